@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: sessions key per-member caches
 class ModelSession:
     name: str                      # the spec it was loaded from, e.g. "smollm2-135m" or "tiny:char"
     model: torch.nn.Module         # a transformers causal LM in eval mode

@@ -1,0 +1,84 @@
+"""Every knob of the decoding engine, with the paper's choices as defaults."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+CRITERIA = ("margin", "entropy", "prob")
+THRESHOLDS = ("fixed", "dynamic")
+BRANCH_SELECT = ("topk", "distinct", "semantic")
+COMBINE = ("mean", "ppl")
+
+
+class ConfigError(ValueError):
+    """A decoding parameter is unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_new_tokens: int = 256      # budget, counted in the first member's tokens
+    batch_size: int = 16           # prompts decoded together
+    # AdaFuse (method.md §1)
+    theta: float = 0.7             # confidence threshold in [0, 1]; confident when confidence >= theta
+    criterion: str = "margin"      # margin p1-p2 (paper) | entropy (1 - H/log V) | prob (p1)
+    threshold: str = "fixed"       # fixed | dynamic (running quantile of the member's recent confidences)
+    dyn_window: int = 32           # dynamic: how many recent word-start confidences to look at
+    dyn_quantile: float = 0.3      # dynamic: theta = this quantile of the window ...
+    dyn_position_slope: float = 0.0  # ... plus slope * (words already in the answer) / 100
+    M: int = 3                     # most words committed by a confident member in one round
+    B: int = 3                     # branches when uncertain (B = 1: ablation without diversity-aware scaling)
+    span_words: int | None = None  # fixed span of this many words (ablation without adaptive commitment)
+    branch_select: str = "topk"    # topk | distinct (skip repeated words) | semantic (log-prob + lambda * distance)
+    diversity_lambda: float = 1.0  # semantic: weight of the embedding distance
+    branch_pool: int = 2           # distinct/semantic: consider B * branch_pool first tokens
+    combine: str = "mean"          # mean NLL (paper) | ppl (mean perplexity, Cool-Fusion)
+    weights: tuple[float, ...] | None = None  # per-member weights of the score average
+    outlier_filter: bool = False   # drop the highest and lowest score when max/min > outlier_ratio
+    outlier_ratio: float = 10.0
+    compat: bool = False           # official-code gating (B>1: uncertain word 2 ends the span, word 3 branches)
+    # baselines
+    member: int = 0                # single: which member decodes
+    unite_k: int = 10              # UniTE: top-k strings per member
+    gac_threshold: float | None = None  # GaC: ensemble only when the first member's top-1 prob is below this
+    sweetspan_words: int = 3       # SweetSpan: fixed span length in words
+    # engine details
+    word_token_cap: int = 24       # a word longer than this many tokens (CJK, URLs) ends here
+    window_tokens: int = 8         # tokens re-tokenized at the boundary when text is appended
+    trace: bool = True             # record the per-round trace
+
+    def __post_init__(self):
+        def need(ok, msg):
+            if not ok:
+                raise ConfigError(msg)
+        need(0.0 <= self.theta <= 1.0, f"theta must be in [0, 1], got {self.theta}")
+        need(self.criterion in CRITERIA, f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        need(self.threshold in THRESHOLDS, f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        need(self.branch_select in BRANCH_SELECT, f"branch_select must be one of {BRANCH_SELECT}, got {self.branch_select!r}")
+        need(self.combine in COMBINE, f"combine must be one of {COMBINE}, got {self.combine!r}")
+        need(self.M >= 1, f"M must be >= 1, got {self.M}")
+        need(self.B >= 1, f"B must be >= 1, got {self.B}")
+        need(self.span_words is None or self.span_words >= 1, f"span_words must be >= 1, got {self.span_words}")
+        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(0.0 < self.dyn_quantile < 1.0, f"dyn_quantile must be in (0, 1), got {self.dyn_quantile}")
+        need(self.dyn_window >= 1 and self.branch_pool >= 1 and self.unite_k >= 1, "dyn_window, branch_pool and unite_k must be >= 1")
+        need(self.outlier_ratio > 1.0, f"outlier_ratio must be > 1, got {self.outlier_ratio}")
+        need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
+        need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DecodeConfig":
+        """Build from user input, naming unknown keys and the closest valid ones."""
+        import difflib
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(f"unknown decoding parameter {key!r}{hint}")
+        if values.get("weights") is not None:
+            values = {**values, "weights": tuple(float(w) for w in values["weights"])}
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,227 @@
+"""One member's decoding state for a batch of prompts.
+
+Rows of the KV cache are prompts (or candidates of a prompt). Rows progress
+raggedly, so a row's real tokens need not be contiguous: an attention-mask zero
+marks a hole (left padding, a pad fed to a row that had nothing to feed, a token
+given back after re-tokenization), and explicit position ids count only real
+tokens. Holes cost a little memory and save every re-encode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from ..session import ModelSession
+
+
+@dataclass
+class KV:
+    cache: DynamicCache
+    mask: torch.Tensor    # rows x columns, 1 = real token
+    n_real: torch.Tensor  # rows: real tokens so far, the next position id
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def forward(self, model, ids: torch.Tensor, in_mask: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        """Append `ids` (rows x T, right-padded where in_mask is 0); return logits rows x T' x V."""
+        pos = (self.n_real[:, None] + in_mask.cumsum(1) - 1).clamp_min(0)
+        mask = torch.cat([self.mask, in_mask], 1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
+                    use_cache=True, logits_to_keep=logits_to_keep)
+        self.mask, self.n_real = mask, self.n_real + in_mask.sum(1)
+        return out.logits
+
+    def select(self, rows: torch.Tensor) -> "KV":
+        """A new KV holding copies of `rows` (repeats allowed)."""
+        cache = DynamicCache()
+        for i, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
+        return KV(cache, self.mask.index_select(0, rows), self.n_real.index_select(0, rows))
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask, self.n_real = self.mask.index_select(0, rows), self.n_real.index_select(0, rows)
+
+    def truncate(self, width: int) -> None:
+        """Drop the columns past `width` (look-ahead tokens) from every row."""
+        extra = self.width - width
+        if extra > 0:
+            self.cache.crop(-extra)  # never crop(0): see docs/DESIGN.md
+            self.n_real = self.n_real - self.mask[:, width:].sum(1)
+            self.mask = self.mask[:, :width]
+
+    def hide(self, row: int, columns: list[int]) -> None:
+        """Turn real tokens of one row into holes (they were re-tokenized)."""
+        if columns:
+            self.mask[row, columns] = 0
+            self.n_real[row] -= len(columns)
+
+
+def pad_right(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class Member:
+    """A session plus its committed state for the prompts of one batch."""
+
+    def __init__(self, session: ModelSession, prompts: list[str], window_tokens: int = 8):
+        self.s = session
+        self.window = window_tokens
+        self.eos = set(session.eos_token_ids)
+        self.forwards = 0
+        ids = [session.encode_prompt(p) for p in prompts]
+        if any(len(x) == 0 for x in ids):
+            raise ValueError(f"{session.name}: an empty prompt has no tokens to condition on")
+        width = max(len(x) for x in ids)
+        tok = torch.full((len(ids), width), session.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(tok)
+        for i, x in enumerate(ids):  # left padding: every row's last prompt token in the last column
+            tok[i, width - len(x):] = torch.tensor(x)
+            mask[i, width - len(x):] = 1
+        dev = session.device
+        self.kv = KV(DynamicCache(), torch.zeros((len(ids), 0), dtype=torch.long, device=dev),
+                     torch.zeros(len(ids), dtype=torch.long, device=dev))
+        with torch.inference_mode():
+            logits = self.kv.forward(session.model, tok.to(dev), mask.to(dev), logits_to_keep=1)
+        self.forwards += 1
+        self.last_logits = logits[:, -1].float()   # predicts the token after the committed text
+        self.ids = ids                              # committed token ids per row
+        self.cols = [list(range(width - len(x), width)) for x in ids]  # cache column of each id
+        self.prompt_len = [len(x) for x in ids]
+
+    # ---- text <-> tokens -------------------------------------------------
+    def text_after(self, row: int, new: list[int]) -> str:
+        """Text of `new` tokens as they read after row's committed ids (keeps leading spaces)."""
+        return self.text_after_ids(self.ids[row], new)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these prompts (the others finished)."""
+        if rows == list(range(len(self.ids))):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.s.device)
+        self.kv.keep_rows(index)
+        self.last_logits = self.last_logits.index_select(0, index)
+        self.ids = [self.ids[r] for r in rows]
+        self.cols = [self.cols[r] for r in rows]
+        self.prompt_len = [self.prompt_len[r] for r in rows]
+
+    def answer_tokens(self, row: int) -> int:
+        return len(self.ids[row]) - self.prompt_len[row]
+
+    def retokenize(self, row: int, text: str, eos: bool) -> tuple[list[int], int, int]:
+        """Committed ids of `row` with `text` appended, tokenized as the joined text would be.
+
+        Only a window of the last few committed tokens is re-tokenized together with
+        `text`, so the boundary is what it would be in the committed text (leading
+        space included; "\n" + "\n" may merge). Returns (new_ids, keep, first_scored):
+        new_ids[:keep] equal the committed ids, new_ids[first_scored:] carry `text` (and EOS).
+        """
+        ids = self.ids[row]
+        ws = max(1, len(ids) - self.window)
+        window_text = self.text_after_ids(ids[:ws], ids[ws:])
+        enc = self.s.tokenizer(window_text + text, add_special_tokens=False, return_offsets_mapping=True)
+        tail = enc["input_ids"]
+        first = next((k for k, (_, end) in enumerate(enc["offset_mapping"]) if end > len(window_text)), len(tail))
+        new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
+        keep = 0
+        for a, b in zip(new, ids):
+            if a != b:
+                break
+            keep += 1
+        return new, keep, ws + first
+
+    def text_after_ids(self, before: list[int], after: list[int]) -> str:
+        """Text of `after` as it reads following `before` (keeps its leading space)."""
+        anchor = before[-4:]
+        head = self.s.decode(anchor)
+        full = self.s.decode(anchor + after)
+        return full[len(head):] if full.startswith(head) else self.s.decode(after)
+
+    # ---- scoring and committing ------------------------------------------
+    @torch.inference_mode()
+    def score(self, rows: list[int], texts: list[str], eos: list[bool], inplace: bool = False) -> "Scored":
+        """Mean token NLL of each text appended to its row's committed text, in one
+        batched forward over copies of the rows' caches (or the cache itself when
+        `inplace`, one text per row, to commit). The result can commit one scored
+        text per row without another forward."""
+        plan = []
+        for r, t, e in zip(rows, texts, eos):
+            new, keep, first = self.retokenize(r, t, e)
+            n = len(self.ids[r])
+            start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
+            plan.append((r, new, start, first))
+        dev = self.s.device
+        kv = self.kv if inplace else self.kv.select(torch.tensor(rows, dtype=torch.long, device=dev))
+        for i, (r, new, start, _) in enumerate(plan):
+            kv.hide(i, self.cols[r][start:])
+        fed = [new[start:] for _, new, start, _ in plan]
+        width0 = kv.width
+        ids, in_mask = pad_right(fed, self.s.pad_token_id, dev)
+        logits = kv.forward(self.s.model, ids, in_mask)
+        self.forwards += 1
+        # Gather log p(token j | tokens < j) for every scored token: from the fed logits,
+        # or from last_logits for the first new token when nothing was re-fed.
+        src_row, src_pos, tok, seg, from_last = [], [], [], [], []
+        for i, (r, new, start, first) in enumerate(plan):
+            for j in range(first, len(new)):
+                prev = j - 1 - start
+                from_last.append(prev < 0)
+                src_row.append(r if prev < 0 else i)
+                src_pos.append(max(prev, 0))
+                tok.append(new[j])
+                seg.append(i)
+        nll = torch.zeros(len(plan), device=dev)
+        count = torch.zeros(len(plan), device=dev)
+        if tok:
+            as_t = lambda x: torch.tensor(x, device=dev)
+            src_row, src_pos, tok, seg, from_last = map(as_t, (src_row, src_pos, tok, seg, from_last))
+            fed_lp = _log_probs(logits, src_row.clamp_max(logits.shape[0] - 1) * ~from_last, src_pos, tok)
+            last_lp = torch.log_softmax(self.last_logits, -1)[src_row * from_last, tok]
+            lp = torch.where(from_last, last_lp, fed_lp)
+            nll.index_add_(0, seg, -lp)
+            count.index_add_(0, seg, torch.ones_like(lp))
+        nll = torch.where(count > 0, nll / count.clamp_min(1), torch.full_like(nll, float("nan")))
+        last_pos = torch.tensor([len(f) - 1 for f in fed], device=dev)
+        last = logits[torch.arange(len(plan), device=dev), last_pos].float()
+        return Scored(self, kv, plan, width0, last, nll.tolist(), [len(f) for f in fed])
+
+
+def _log_probs(logits: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits[rows, pos])[tok], normalising only the positions asked for."""
+    picked = logits[rows, pos].float()
+    return picked.gather(-1, tok[:, None])[:, 0] - torch.logsumexp(picked, -1)
+
+
+@dataclass
+class Scored:
+    member: Member
+    kv: KV
+    plan: list            # (row, new_ids, start, first_scored) per scored text
+    width0: int           # cache width before the fed tokens
+    last: torch.Tensor    # logits after each scored text
+    nll: list[float]      # mean token NLL per scored text
+    fed: list[int]        # tokens fed per scored text
+
+    def commit(self, winners: list[int]) -> None:
+        """winners[row] = index into the scored texts; that text becomes the committed text."""
+        m = self.member
+        pick = torch.tensor(winners, dtype=torch.long, device=m.s.device)
+        if winners != list(range(len(self.plan))):
+            self.kv.keep_rows(pick)
+        for row, w in enumerate(winners):
+            r, new, start, _ = self.plan[w]
+            assert r == row, "a winner must come from its own row"
+            m.ids[row] = new
+            m.cols[row] = m.cols[r][:start] + list(range(self.width0, self.width0 + len(new) - start))
+        m.kv = self.kv
+        m.last_logits = self.last.index_select(0, pick)
