@@ -10,6 +10,7 @@ committed cache, which is exactly as it was before the round.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -84,8 +85,9 @@ def propose(member: Member, cfg, threshold: Threshold, budgets: list[int], answe
                 continue
             t = top_ids[p][0]
             is_eos = t in member.eos
-            piece = "" if is_eos else member.text_after(p, st.toks + [t])[len(st.text):]
-            new_word = not st.toks or is_eos or st.word_tokens >= cfg.word_token_cap or starts_new_word(st.word, piece)
+            piece, head, word = ("", st.text, st.word) if is_eos else \
+                _extend(st.text, st.word, member.text_after(p, st.toks + [t]))
+            new_word = not st.toks or is_eos or st.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece)
             if new_word:
                 if st.toks:
                     st.words += 1
@@ -111,10 +113,10 @@ def propose(member: Member, cfg, threshold: Threshold, budgets: list[int], answe
                 if len(st.toks) >= budgets[p]:
                     st.done = True
                     continue
-                st.word += piece
+                st.word = word + piece
                 st.word_tokens += 1
             st.toks.append(t)
-            st.text += piece
+            st.text = head + piece
             feed[p] = t
         if not feed:
             break
@@ -137,6 +139,14 @@ def propose(member: Member, cfg, threshold: Threshold, budgets: list[int], answe
             pr.texts.append(st.text)
             pr.eos.append(st.eos)
     return props
+
+
+def _extend(text: str, word: str, full: str) -> tuple[str, str, str]:
+    """A token took the decoded text from `text` to `full`: (its piece, text and word cut back to
+    what it left unchanged). Usually full = text + piece, but a token that completes a multi-byte
+    character turns the "\ufffd" its first bytes decoded to into that character."""
+    n = len(os.path.commonprefix([text, full]))
+    return full[n:], text[:n], word[:max(0, len(word) - (len(text) - n))]
 
 
 def step(member: Member, feed: dict[int, int], rows: int) -> torch.Tensor:
@@ -191,21 +201,22 @@ def _branch(member, cfg, rows, branch_rows, budgets, fixed_words, props):
                     b.done = b.eos = True
                     continue
                 full = member.text_after(p, b.base + b.toks + [t])
-                piece = full[len(rows[p].text) + len(b.text):]
-                if b.word_tokens >= cfg.word_token_cap or starts_new_word(b.word, piece):
+                base = rows[p].text
+                piece, head, word = _extend(base + b.text, b.word, full)
+                if b.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece):
                     b.words += 1
                     if b.words >= b.target:
                         b.done = True
                         continue
                     b.word, b.word_tokens = piece, 1
                 else:
-                    b.word += piece
+                    b.word = word + piece
                     b.word_tokens += 1
                 if len(rows[p].toks) + len(b.toks) >= budgets[p]:
                     b.done = True
                     continue
                 b.toks.append(t)
-                b.text += piece
+                b.text = head[len(base):] + piece
                 b.lp += best_lp[i]
                 feed[i] = t
     finally:
