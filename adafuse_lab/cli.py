@@ -1,0 +1,206 @@
+"""python -m adafuse_lab {models,run,eval,demo,bench,figures}
+
+Each subcommand is registered by an ``add_X(subparsers)`` function that sets
+``func`` on its parser. Subcommands that live in other modules (bench, figures)
+expose ``add_parser(subparsers)`` and are registered when they import.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .runs import RunConfig, UsageError
+
+# Modules that add their own subcommand through add_parser(subparsers).
+PLUGINS = ("adafuse_lab.bench", "adafuse_lab.figures")
+
+DEMO_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error here
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _parse_value(text: str):
+    """--set values: JSON when it parses (0.5, true, null, [1, 2]), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# ---------------------------------------------------------------- models
+
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="list, fetch or describe the real models of the zoo")
+    msub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    msub.add_parser("list", help="every zoo model")
+    for name in ("fetch", "info"):
+        q = msub.add_parser(name, help=f"{name} one zoo model")
+        q.add_argument("name")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> None:
+    from . import zoo
+    try:
+        if args.action == "list":
+            cols = ("name", "params", "quant", "licence", "cached")
+            print(_table(cols, [[m.get(c, "") for c in cols] for m in zoo.list_models()]))
+        elif args.action == "fetch":
+            print(zoo.fetch(args.name))
+        else:
+            print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
+    except ValueError as e:  # the zoo's unknown-name error names the closest models
+        raise UsageError(str(e)) from e
+
+
+# ---------------------------------------------------------------- run / demo
+
+def _add_run_options(p, defaults: dict) -> None:
+    a = p.add_argument
+    a("--task", required="task" not in defaults, default=defaults.get("task"), help="task name, e.g. triviaqa")
+    a("--models", required="models" not in defaults, default=defaults.get("models"),
+      help="comma-separated member specs: zoo name, tiny:NAME, hub id, local dir")
+    a("--method", default=defaults.get("method", "adafuse"), help="decoding method (default: %(default)s)")
+    a("--limit", type=int, default=defaults.get("limit"), help="first N examples")
+    a("--out", required="out" not in defaults, default=defaults.get("out"), help="run directory")
+    a("--source", default=defaults.get("source", "auto"), choices=["auto", "local", "hub", "sample"])
+    a("--data-dir", help="local data folder laid out like shared/data")
+    a("--batch-size", type=int, default=RunConfig.batch_size)
+    a("--max-new-tokens", type=int, default=defaults.get("max_new_tokens", RunConfig.max_new_tokens))
+    a("--seed", type=int, default=0)
+    a("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    a("--dtype", help="bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
+    a("--theta", type=float, help="AdaFuse confidence threshold in [0, 1]")
+    a("--M", type=int, help="most words committed per round")
+    a("--B", type=int, help="branches when uncertain")
+    a("--criterion", help="confidence criterion: margin, entropy or prob")
+    a("--set", action="append", default=[], metavar="KEY=VALUE", help="any DecodeConfig field (repeatable)")
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_config(args) -> RunConfig:
+    decode = {k: getattr(args, k) for k in ("theta", "M", "B", "criterion") if getattr(args, k) is not None}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        decode[key.strip()] = _parse_value(value)
+    return RunConfig(task=args.task, models=args.models, method=args.method, limit=args.limit,
+                     source=args.source, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
+                     max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode)
+
+
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="decode a task with an ensemble into a run directory (resumable)")
+    _add_run_options(p, {})
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> dict:
+    from .runs import run
+    res = run(_run_config(args), args.out, progress=not args.no_progress)
+    print(json.dumps({"out": args.out, "metrics": res["metrics"]}, indent=2, default=str))
+    return res
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="a short AdaFuse run on embedded sample questions with two small real models")
+    _add_run_options(p, {"task": "triviaqa", "models": DEMO_MODELS, "limit": 4, "out": "runs/demo",
+                         "source": "sample", "max_new_tokens": 32})
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> None:
+    from .runs import run, read_samples
+    from pathlib import Path
+    run(_run_config(args), args.out, progress=not args.no_progress)
+    rows = [(r.get("question") or "", r["answer"] if r.get("answer") is not None else r["prediction"],
+             _correct(r.get("metrics") or {}))
+            for r in read_samples(Path(args.out) / "samples.jsonl")]
+    print(_table(["question", "prediction", "correct"], rows))
+    print(f"\nfull records: {args.out}/samples.jsonl, metrics: {args.out}/results.json")
+
+
+def _correct(score: dict):
+    """The task's headline per-example verdict, whichever name the scorer uses."""
+    for k in ("correct", "lenient", "lenient_match", "exact_match", "em", "accuracy"):
+        if k in score:
+            return score[k]
+    return next((v for v in score.values() if isinstance(v, (bool, int, float))), "")
+
+
+def _table(head, rows, width=48) -> str:
+    def cell(x):
+        s = " ".join(str(x).split())  # one line per row: newlines and runs of spaces folded
+        return s if len(s) <= width else s[:width - 1] + "…"
+    rows = [list(map(cell, head))] + [list(map(cell, r)) for r in rows]
+    w = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    return "\n".join([lines[0], "  ".join("-" * x for x in w)] + lines[1:])
+
+
+# ---------------------------------------------------------------- eval
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="re-score a run directory's predictions and compare with results.json")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> dict:
+    from .runs import evaluate_dir
+    res = evaluate_dir(args.dir)
+    print(json.dumps(res["metrics"], indent=2, default=str))
+    if res["matches_results"] is False:
+        print("warning: these differ from results.json (scorer changed since the run?)", file=sys.stderr)
+    return res
+
+
+# ---------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m adafuse_lab", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (add_models, add_run, add_eval, add_demo):
+        add(sub)
+    for name in PLUGINS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue  # not written yet
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def _user_errors() -> tuple:
+    errs = [UsageError, FileNotFoundError, KeyboardInterrupt]
+    try:
+        from .tasks import DataError
+        errs.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def main(argv=None) -> int:
+    """Returns 0 on success; user errors print one line and raise SystemExit(2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
+    try:
+        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+        args.func(args)
+    except _user_errors() as e:
+        if debug:
+            raise
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0

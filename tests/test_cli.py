@@ -1,0 +1,133 @@
+"""python -m adafuse_lab: subcommands, option plumbing and one-line errors."""
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import adafuse_lab
+from adafuse_lab import cli
+from adafuse_lab.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--task", "triviaqa", "--models", "tiny:char,tiny:bpe", "--source", "sample", "--limit", "2",
+        "--max-new-tokens", "8", "--no-progress"]
+
+
+def fails(argv, capsys):
+    """Run main, expect exit 2; return the stderr, which must be one line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_run_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, "--method", "single", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics"]["n"] == 2
+    assert main(["eval", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((out / "results.json").read_text())["metrics"]
+
+
+def test_decode_options_reach_the_config(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["run", *TINY, "--out", "x", "--theta", "0.5", "--B", "2", "--M", "4", "--criterion", "entropy",
+         "--set", "branch_select=distinct", "--set", "weights=[1, 2]", "--set", "compat=true"])
+    c = cli._run_config(args)
+    assert c.decode == {"theta": 0.5, "B": 2, "M": 4, "criterion": "entropy", "branch_select": "distinct",
+                        "weights": [1, 2], "compat": True}
+    assert c.models == ("tiny:char", "tiny:bpe") and c.method == "adafuse" and c.limit == 2
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--method", "adafus"], "did you mean 'adafuse'"),
+    (["--method", "single", "--task", "trivia"], "triviaqa"),
+    (["--method", "single", "--models", "tiny:chr"], "did you mean 'tiny:char'"),
+    (["--theta", "1.5"], "theta must be in [0, 1]"),
+    (["--B", "0"], "B must be >= 1"),
+    (["--limit", "0"], "limit must be"),
+    (["--batch-size", "0"], "batch_size must be"),
+    (["--set", "thetta=0.5"], "theta"),
+    (["--set", "theta"], "KEY=VALUE"),
+    (["--limit", "x"], "invalid int value"),
+])
+def test_run_errors_are_one_line(tmp_path, capsys, extra, needle):
+    err = fails(["run", *TINY, "--out", str(tmp_path / "o"), *extra], capsys)
+    assert needle in err
+
+
+def test_other_errors_are_one_line(tmp_path, capsys):
+    assert "not a run directory" in fails(["eval", str(tmp_path / "nothing")], capsys)
+    assert "--task" in fails(["run", "--models", "tiny:char", "--out", "x"], capsys)
+    fails(["no-such-command"], capsys)
+    main(["run", *TINY, "--method", "single", "--out", str(tmp_path / "r")])
+    capsys.readouterr()
+    err = fails(["run", *TINY, "--method", "adafuse", "--out", str(tmp_path / "r")], capsys)
+    assert "method: 'single' -> 'adafuse'" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(adafuse_lab.runs.UsageError):
+        main(["run", *TINY, "--method", "adafus", "--out", str(tmp_path / "o"), "--debug"])
+
+
+def test_keyboard_interrupt_is_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_eval", interrupted)
+    assert fails(["eval", "x"], capsys) == "error: interrupted\n"
+
+
+def test_process_exit_code_and_stderr(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "adafuse_lab", "run", *TINY, "--method", "adafus",
+                        "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        r.stderr.strip()] and "did you mean 'adafuse'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_prints_a_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--models", "tiny:char,tiny:bpe", "--out", str(out), "--limit", "2",
+                 "--max-new-tokens", "6", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split() == ["question", "prediction", "correct"]
+    assert "Which planet" in text  # first embedded TriviaQA question
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "adafuse" and cfg["source"] == "sample"
+
+
+def test_models_subcommands_use_the_zoo(monkeypatch, capsys):
+    zoo = types.ModuleType("adafuse_lab.zoo")
+    zoo.list_models = lambda: [{"name": "smollm2-135m", "params": "135M", "cached": False}]
+    zoo.fetch = lambda name: f"/cache/{name}"
+    def model_info(name):
+        if name != "smollm2-135m":
+            raise ValueError(f"unknown model {name!r}. Did you mean smollm2-135m?")
+        return {"name": name, "licence": "apache-2.0"}
+    zoo.model_info = model_info
+    monkeypatch.setitem(sys.modules, "adafuse_lab.zoo", zoo)
+    monkeypatch.setattr(adafuse_lab, "zoo", zoo, raising=False)
+    main(["models", "list"])
+    main(["models", "fetch", "smollm2-135m"])
+    main(["models", "info", "smollm2-135m"])
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "135M" in out and "/cache/smollm2-135m" in out and "apache-2.0" in out
+    assert "Did you mean smollm2-135m" in fails(["models", "info", "smollm2"], capsys)
+
+
+def test_plugin_subcommands_register(monkeypatch, capsys):
+    bench = types.ModuleType("adafuse_lab.bench")
+
+    def add_parser(sub):
+        p = sub.add_parser("bench")
+        p.set_defaults(func=lambda args: print("bench ran"))
+
+    bench.add_parser = add_parser
+    monkeypatch.setitem(sys.modules, "adafuse_lab.bench", bench)
+    assert main(["bench"]) == 0 and capsys.readouterr().out == "bench ran\n"

@@ -1,0 +1,200 @@
+"""Run directories: files and fields, eval, resume, refusals (tiny members, CPU)."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adafuse_lab import runs
+from adafuse_lab.runs import RunConfig, UsageError, evaluate_dir, run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cfg(**kw):
+    base = dict(task="triviaqa", models=("tiny:char", "tiny:bpe"), method="single", limit=4,
+                source="sample", max_new_tokens=12, batch_size=2)
+    return RunConfig(**{**base, **kw})
+
+
+def lines(path):
+    return Path(path).read_bytes().decode().splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted adafuse run that other tests compare with."""
+    out = tmp_path_factory.mktemp("ref")
+    c = cfg(method="adafuse", limit=3, max_new_tokens=8)
+    return c, out, run(c, out, progress=False)
+
+
+def test_run_writes_files_with_fields(reference):
+    c, out, res = reference
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "results.json", "samples.jsonl"]
+    assert json.loads((out / "config.json").read_text()) == c.to_dict()
+    recs = [json.loads(x) for x in lines(out / "samples.jsonl")]
+    assert [r["id"] for r in recs] == [f"triviaqa-{i:04d}" for i in range(3)]
+    for r in recs:
+        assert {"id", "prompt_sha256", "prediction", "answer", "references", "metrics", "stats", "trace"} <= set(r)
+        assert set(r["metrics"]) == {"exact_match", "f1", "lenient"}
+        assert r["stats"]["tokens"] and r["trace"]  # adafuse records its rounds
+        assert not any("time" in k or k.endswith("_s") for k in r["stats"])
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert on_disk["metrics"]["n"] == 3 and set(on_disk["metrics"]) >= {"exact_match", "f1", "lenient"}
+    assert on_disk["config"] == c.to_dict()
+    assert set(on_disk["versions"]) >= {"python", "torch", "transformers", "adafuse_lab"}
+    assert on_disk["device"].startswith("cpu")
+    assert set(on_disk["timings"]) >= {"wall_s", "load_s", "per_example_s"}
+    assert on_disk["seeds"]["torch"] == 0 and on_disk["data"]["source"] == "sample"
+
+
+def test_eval_reproduces_metrics(reference):
+    _, out, res = reference
+    ev = evaluate_dir(out)
+    assert ev["metrics"] == res["metrics"] and ev["matches_results"] is True
+
+
+def test_rerun_of_finished_dir_decodes_nothing(tmp_path, monkeypatch):
+    c = cfg()
+    first = run(c, tmp_path, progress=False)
+    before = (tmp_path / "samples.jsonl").read_bytes()
+    monkeypatch.setattr(runs, "_load_members", lambda cfg: pytest.fail("nothing left to decode"))
+    res = run(c, tmp_path, progress=False)
+    assert (tmp_path / "samples.jsonl").read_bytes() == before
+    assert res["timings"] == first["timings"] and res["device"] == first["device"]  # the real ones are kept
+
+
+def test_resume_after_truncated_line_is_identical(tmp_path):
+    c = cfg()
+    run(c, tmp_path, progress=False)
+    full = (tmp_path / "samples.jsonl").read_bytes()
+    first, second = full.split(b"\n")[:2]
+    (tmp_path / "samples.jsonl").write_bytes(first + b"\n" + second[: len(second) // 2])  # killed mid-write
+    (tmp_path / "results.json").unlink()
+    res = run(c, tmp_path, progress=False)
+    assert (tmp_path / "samples.jsonl").read_bytes() == full
+    assert res["timings"]["n_resumed"] == 1
+
+
+def test_resume_after_exception_mid_batch_is_identical(reference, tmp_path, monkeypatch):
+    c, ref, _ = reference
+    real, seen = runs._decode_iter, []
+
+    def interrupted(*a, **kw):
+        for item in real(*a, **kw):
+            if len(seen) == 1:  # the first batch is half done
+                raise KeyboardInterrupt
+            seen.append(item)
+            yield item
+
+    monkeypatch.setattr(runs, "_decode_iter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, tmp_path, progress=False)
+    assert len(lines(tmp_path / "samples.jsonl")) == 1 and not (tmp_path / "results.json").exists()
+    monkeypatch.setattr(runs, "_decode_iter", real)
+    run(c, tmp_path, progress=False)
+    assert (tmp_path / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
+
+
+def test_different_config_is_refused_naming_keys(tmp_path):
+    run(cfg(), tmp_path, progress=False)
+    with pytest.raises(UsageError, match=r"max_new_tokens: 12 -> 8; method: 'single' -> 'adafuse'"):
+        run(cfg(method="adafuse", max_new_tokens=8), tmp_path, progress=False)
+    with pytest.raises(UsageError, match=r"decode\.theta"):
+        run(cfg(decode={"theta": 0.5}), tmp_path, progress=False)
+    run(cfg(batch_size=3), tmp_path, progress=False)  # speed-only key: accepted
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(decode={"theta": 1.5}), "theta must be in"),
+    (dict(decode={"B": 0}), "B must be >= 1"),
+    (dict(decode={"M": 0}), "M must be >= 1"),
+    (dict(limit=0), "limit must be"),
+    (dict(batch_size=0), "batch_size must be"),
+    (dict(task="triviaq"), "triviaqa"),
+    (dict(method="adafus"), "adafuse"),
+    (dict(models=("tiny:chr",)), "tiny:char"),
+    (dict(models=("no-such-model",)), "unknown model"),
+    (dict(decode={"thetta": 0.5}), "theta"),
+    (dict(decode={"seed": 1}), "run option"),
+])
+def test_bad_config_refused_before_writing(tmp_path, kw, msg):
+    with pytest.raises(UsageError, match=msg):
+        run(cfg(**kw), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prompt_longer_than_context(tmp_path, monkeypatch):
+    real = runs._load_members
+
+    def short_context(c):
+        members = real(c)
+        members[1].model.config.max_position_embeddings = 64
+        return members
+
+    monkeypatch.setattr(runs, "_load_members", short_context)
+    with pytest.raises(UsageError, match=r"example 'triviaqa-0000': prompt is \d+ tokens but tiny:bpe has a context of 64"):
+        run(cfg(), tmp_path, progress=False)
+    assert not (tmp_path / "samples.jsonl").exists()
+
+
+@pytest.mark.parametrize("ok_fsyncs", [0, 2])  # 0: the atomic rewrite fails; 2: an append fails
+def test_disk_full_gives_clear_error_and_keeps_files(tmp_path, monkeypatch, ok_fsyncs):
+    c = cfg(limit=2)
+    run(c, tmp_path, progress=False)
+    (tmp_path / "samples.jsonl").write_bytes(lines(tmp_path / "samples.jsonl")[0].encode() + b"\n")
+    (tmp_path / "results.json").unlink()
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) > ok_fsyncs:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", fsync)
+    with pytest.raises(UsageError, match="disk full while writing .*samples.jsonl"):
+        run(c, tmp_path, progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept  # no .tmp left, nothing half-written
+    monkeypatch.setattr(runs.os, "fsync", real)
+    assert run(c, tmp_path, progress=False)["timings"]["n_resumed"] == 1
+
+
+def test_read_samples_drops_partial_and_duplicate_lines(tmp_path):
+    p = tmp_path / "samples.jsonl"
+    p.write_bytes(b'{"id": "a"}\nnot json\n{"id": "a", "x": 1}\n{"id": "b"}\n{"id": "c"')
+    assert runs.read_samples(p) == [{"id": "a"}, {"id": "b"}]
+
+
+def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    args = ["--task", "triviaqa", "--models", "tiny:char,tiny:bpe", "--method", "single", "--limit", "4",
+            "--source", "sample", "--max-new-tokens", "16", "--batch-size", "1", "--no-progress"]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    run(RunConfig(task="triviaqa", models=("tiny:char", "tiny:bpe"), method="single", limit=4,
+                  source="sample", max_new_tokens=16, batch_size=1), ref, progress=False)
+    cmd = [sys.executable, "-m", "adafuse_lab", "run", *args, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    samples, deadline = out / "samples.jsonl", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= samples.read_bytes().count(b"\n") < 4 and not (out / "results.json").exists()
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    ids = [json.loads(x)["id"] for x in lines(samples)]
+    assert ids == [f"triviaqa-{i:04d}" for i in range(4)]
+    assert samples.read_bytes() == (ref / "samples.jsonl").read_bytes()
+    assert json.loads((out / "results.json").read_text())["metrics"] == \
+        json.loads((ref / "results.json").read_text())["metrics"]
