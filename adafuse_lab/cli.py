@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     except _user_errors() as e:
         if debug:
             raise
-        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e) or type(e).__name__
+        msg = ("interrupted (rerun the same command to resume a run)" if isinstance(e, KeyboardInterrupt)
+               else str(e) or type(e).__name__)
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0

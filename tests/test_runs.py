@@ -61,6 +61,22 @@ def test_eval_reproduces_metrics(reference):
     assert ev["metrics"] == res["metrics"] and ev["matches_results"] is True
 
 
+@pytest.mark.parametrize("task", ["gsm8k", "flores_en-de"])
+def test_eval_reproduces_other_scorers(task, tmp_path, monkeypatch):
+    real = runs._load_members
+
+    def long_context(c):  # the GSM8K few-shot prompt is longer than a tiny member's 2048 positions
+        members = real(c)
+        for m in members:
+            m.model.config.max_position_embeddings = 8192
+        return members
+
+    monkeypatch.setattr(runs, "_load_members", long_context)
+    res = run(cfg(task=task, models=("tiny:bpe",), limit=2, max_new_tokens=4), tmp_path, progress=False)
+    ev = evaluate_dir(tmp_path)
+    assert ev["matches_results"] is True and ev["metrics"] == res["metrics"]
+
+
 def test_rerun_of_finished_dir_decodes_nothing(tmp_path, monkeypatch):
     c = cfg()
     first = run(c, tmp_path, progress=False)
