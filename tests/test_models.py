@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from adafuse_lab import models
+from adafuse_lab.models import load_session
+from adafuse_lab.tiny import make_tiny
+
+
+def _save(session, d):
+    session.model.save_pretrained(d)
+    session.tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("name", ["char", "spm"])
+def test_local_hf_folder_matches_the_original(tmp_path, name):
+    tiny = make_tiny(name)
+    s = load_session(str(_save(tiny, tmp_path / "m")), device="cpu")
+    assert s.dtype == torch.float32 and s.info["source"] == "local" and not s.model.training
+    ids = torch.tensor([tiny.encode_prompt("Hello there")])
+    assert s.encode_prompt("Hello there") == ids[0].tolist()  # BOS found from the tokenizer alone
+    assert s.eos_token_ids == tiny.eos_token_ids and s.pad_token_id == tiny.pad_token_id
+    with torch.no_grad():
+        assert torch.allclose(s.model(ids).logits, tiny.model(ids).logits, atol=1e-5)
+
+
+def test_dtype_and_extra_eos(tmp_path):
+    tiny = make_tiny("bpe")
+    s = load_session(str(_save(tiny, tmp_path / "m")), dtype=torch.bfloat16)
+    assert s.dtype == next(s.model.parameters()).dtype == torch.bfloat16
+    eos, bos = models._special_ids(s.model, s.tokenizer, extra_eos=("<|im_start|>", "<not-a-token>"))
+    assert eos == tiny.eos_token_ids + [s.tokenizer.convert_tokens_to_ids("<|im_start|>")] and bos is None
+
+
+def test_staged_folder_prefers_its_tokenizer_folder(tmp_path):
+    """A staged zoo folder (hf/ + tokenizer/) loads with the tokenizer in tokenizer/."""
+    tiny = make_tiny("char")
+    _save(tiny, tmp_path / "hf")
+    tok = make_tiny("char").tokenizer
+    tok.model_max_length = 1234  # marks this copy
+    tok.save_pretrained(tmp_path / "tokenizer")
+    s = load_session(str(tmp_path))
+    assert s.info["source"] == "staged" and s.tokenizer.model_max_length == 1234
+
+
+def test_hub_id_goes_to_from_pretrained(monkeypatch):
+    calls = []
+
+    def fake(src, dtype, trust_remote_code=False, tokenizer_src=None):
+        calls.append((src, dtype, trust_remote_code))
+        t = make_tiny("char")
+        return t.model, t.tokenizer
+
+    monkeypatch.setattr(models, "_load_hf", fake)
+    s = load_session("someorg/some-model", device="cpu", trust_remote_code=True)
+    assert calls == [("someorg/some-model", torch.float32, True)] and s.info["source"] == "hub"
+
+
+def test_unknown_name_lists_the_zoo():
+    with pytest.raises(ValueError, match=r"smollm2-135m.*gemma3-270m"):
+        load_session("smolm2-135m")
+    with pytest.raises(ValueError, match="Did you mean qwen2.5-coder-0.5b"):
+        load_session("qwen2.5-coder-0.5")
