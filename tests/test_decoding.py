@@ -1,0 +1,740 @@
+"""Invariants of the decoding engine (adafuse_lab/decoding), on the tiny in-memory members.
+
+The tiny members have random weights. `steer` adds a fixed bias to a member's logits
+(per last input token) so that a test can force what it emits: only printable ASCII,
+a multi-byte character split over byte tokens, EOS after a given token.
+"""
+import copy
+import dataclasses
+import math
+import string
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from adafuse_lab.decoding import ConfigError, DecodeConfig, decode
+from adafuse_lab.decoding import baselines
+from adafuse_lab.decoding.criteria import Threshold
+from adafuse_lab.decoding.engine import Batch, make_stop
+from adafuse_lab.decoding.propose import _gate, _Row
+from adafuse_lab.decoding.select import combine_scores, pick, select_branches
+from adafuse_lab.decoding.state import Member
+from adafuse_lab.decoding.words import has_content, split_words
+from adafuse_lab.models import load_session
+
+PROMPTS = [
+    "Question: What is the capital of France?\nAnswer:",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog. Then",
+    "Let's think step by step.\n",
+    "x = 3 +",
+]
+METHODS_2 = ["adafuse", "single", "sweetspan", "coolfusion", "unite", "gac", "rerank"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny models run faster on one thread, and much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return {n: load_session(f"tiny:{n}") for n in ("char", "bpe", "spm")}
+
+
+def steer(session, bias):
+    """A copy of `session` whose logits get `bias` added: a vector (every position) or a
+    V x V table indexed by the position's input token (forces what follows a token)."""
+    model = copy.deepcopy(session.model)
+    seen = {}
+    model.model.embed_tokens.register_forward_hook(lambda mod, args, out: seen.__setitem__("ids", args[0]))
+
+    def add(mod, args, out):
+        b = bias if bias.dim() == 1 else bias[seen["ids"][:, -out.shape[1]:]]
+        return out + b.to(out.dtype)
+    model.lm_head.register_forward_hook(add)
+    return dataclasses.replace(session, model=model)
+
+
+def ascii_bias(session, eos=True):
+    """-1e4 on every token that is not one printable ASCII character (or EOS)."""
+    ok = set(string.printable) - set("\r\x0b\x0c")
+    bias = torch.full((session.vocab_size,), -1e4)
+    for i in range(len(session.tokenizer)):
+        text = session.decode([i])
+        if (len(text) == 1 and text in ok and session.encode(text) == [i]) or (eos and i in session.eos_token_ids):
+            bias[i] = 0.0
+    return bias
+
+
+@pytest.fixture(scope="module")
+def char_ascii(tiny):
+    """tiny:char emitting printable ASCII only: its output text re-tokenizes to the same ids.
+    (Left alone it also emits bytes >= 0x80, invalid UTF-8 that no text can hold.)"""
+    return steer(tiny["char"], ascii_bias(tiny["char"]))
+
+
+def wordy_table(session, seed=0, noise=3.0):
+    r"""A bigram bias for tiny:char that makes it write words: lowercase letters in a random
+    rank order, a letter followed only by a higher-ranked one (random preferences, plus the
+    model's own logits), and 9 letters, the last-ranked among them, always followed by " ",
+    "\n", "." or ","; then "." -> " ", "," -> "\n". So every word ends within 18 letters.
+    Nothing else is ever emitted, not even EOS."""
+    g = torch.Generator().manual_seed(seed)
+    V = session.vocab_size
+    tid = lambda c: session.encode(c)[0]
+    letters = [tid(c) for c in string.ascii_lowercase]
+    order = [letters[i] for i in torch.randperm(26, generator=g).tolist()]
+    ends = {order[-1]: " "}
+    for i, e in zip(torch.randperm(25, generator=g)[:8].tolist(), [" "] * 5 + ["\n", ".", ","]):
+        ends[order[i]] = e
+    table = torch.full((V, V), -1e4)
+    for a in range(V):
+        if a in ends:
+            table[a, tid(ends[a])] = 20.0
+            continue
+        after = order[order.index(a) + 1:] if a in order else order  # after a space, the prompt: any
+        table[a, torch.tensor(after)] = noise * torch.randn(len(after), generator=g)
+    table[tid("."), tid(" ")] = table[tid(","), tid("\n")] = 20.0
+    return table
+
+
+@pytest.fixture(scope="module")
+def char_words(tiny):
+    """tiny:char writing words separated by spaces, newlines and punctuation."""
+    return steer(tiny["char"], wordy_table(tiny["char"], seed=1))
+
+
+@pytest.fixture(scope="module")
+def char_words2(tiny):
+    return steer(tiny["char"], wordy_table(tiny["char"], seed=2))
+
+
+def generate_ids(session, prompt, max_new_tokens):
+    ids = torch.tensor([session.encode_prompt(prompt)])
+    out = session.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False)
+    new = out[0, ids.shape[1]:].tolist()
+    for i, t in enumerate(new):
+        if t in session.eos_token_ids:
+            return new[:i], True
+    return new, False
+
+
+def n_words(text):
+    r"""Words that hold a letter or digit. A token such as "):\n" keeps its trailing newline in
+    its word, while split_words, one character at a time, makes the "\n" a word of its own."""
+    return sum(has_content(w) for w in split_words(text))
+
+
+def winners(out):
+    return [r["candidates"][r["winner"]] for r in out.trace]
+
+
+# ---- 1. one member, B = 1, equals its greedy decoding ------------------------------
+
+@pytest.mark.parametrize("method", ["single", "adafuse"])
+@pytest.mark.parametrize("member", ["char_ascii", "char_words"])
+def test_one_member_equals_greedy_generate(request, member, method):
+    s, n = request.getfixturevalue(member), 24
+    outs = decode(method, [s], PROMPTS, DecodeConfig(max_new_tokens=n, B=1))
+    for prompt, out in zip(PROMPTS, outs):
+        ids, eos = generate_ids(s, prompt, n)
+        assert out.text == s.decode(ids), prompt
+        assert out.stats["stopped_by"] == ("eos" if eos else "budget")
+        assert out.stats["tokens"] == [len(ids)]
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.7, 1.0])
+def test_one_member_b1_any_theta_equals_single(char_words, theta):
+    """Confident spans of up to M words or single branch words: with B = 1 both are greedy."""
+    cfg = DecodeConfig(max_new_tokens=30, B=1, theta=theta, M=2)
+    a = decode("adafuse", [char_words], PROMPTS, cfg)
+    b = decode("single", [char_words], PROMPTS, cfg)
+    assert [o.text for o in a] == [o.text for o in b]
+    assert max(len(o.trace) for o in a) >= 3
+
+
+@pytest.mark.parametrize("name", ["bpe", "spm"])
+def test_single_equals_generate_token_level(tiny, name):
+    """tiny:bpe/tiny:spm with random weights emit stray UTF-8 byte tokens (their text is
+    "\ufffd", which re-tokenizes as EF BF BD) and non-canonical token sequences, so a text
+    ensemble cannot reproduce their ids; `single` keeps the member's own ids: same ids
+    (count) and the same decoded text as generate()."""
+    s = tiny[name]
+    outs = decode("single", [s], PROMPTS, DecodeConfig(max_new_tokens=24))
+    for prompt, out in zip(PROMPTS, outs):
+        ids, eos = generate_ids(s, prompt, 24)
+        assert out.stats["tokens"] == [len(ids)]
+        assert out.text == s.decode(ids)
+        assert out.stats["eos"] == eos
+
+
+def test_multibyte_character_split_over_byte_tokens(tiny):
+    """'é' is two byte tokens in tiny:char: the committed text holds 'é', not U+FFFD."""
+    s = tiny["char"]
+    chain = s.encode(":Xé\nok") + [s.eos_token_ids[0]]
+    table = torch.zeros(s.vocab_size, s.vocab_size)
+    for a, b in zip(chain, chain[1:]):
+        table[a, b] = 100.0
+    m = steer(s, table)
+    assert generate_ids(m, "Say:", 12) == (s.encode("Xé\nok"), True)
+    for method, cfg in [("single", DecodeConfig(B=1)), ("adafuse", DecodeConfig(B=1)),
+                        ("adafuse", DecodeConfig(B=2, theta=1.0)), ("sweetspan", DecodeConfig()),
+                        ("coolfusion", DecodeConfig())]:
+        out = decode(method, [m], ["Say:"], dataclasses.replace(cfg, max_new_tokens=12))[0]
+        assert out.text == "Xé\nok", (method, cfg)
+        assert out.stats["eos"]
+
+
+# ---- 2. cached scoring equals one plain forward ------------------------------------
+
+def full_nll(session, ids, first):
+    """Mean NLL of ids[first:] from one uncached forward of the whole sequence."""
+    with torch.inference_mode():
+        logits = session.model(torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits[:-1], -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    return float(-lp[first - 1:].mean()), logits[-1]
+
+
+SCORE_CASES = [  # (prefix, candidate, eos)
+    ("Question: hi\n", "\nThe", False),     # newline at the boundary
+    ("Answer: ", "the answer", False),      # the prefix's trailing space merges with "the" (bpe, spm)
+    ("It is 1", "2 apples", False),         # digits merge across the boundary
+    ("Answer:", " Paris.", True),           # scored with EOS
+    ("Natalia sold", " clips to 48 of her friends in April, and then she", False),  # longer than the window
+]
+
+
+@pytest.mark.parametrize("name", ["char", "bpe", "spm"])
+def test_score_equals_full_forward(tiny, name):
+    s = tiny[name]
+    prefixes = [p for p, _, _ in SCORE_CASES]
+    m = Member(s, prefixes, window_tokens=4)
+    rows = list(range(len(SCORE_CASES))) + [0, 2]       # two candidates for some rows
+    texts = [c for _, c, _ in SCORE_CASES] + [" Paris", "0 apples"]
+    eos = [e for _, _, e in SCORE_CASES] + [False, False]
+    scored = m.score(rows, texts, eos)
+    merged = 0
+    for i, (r, t, e) in enumerate(zip(rows, texts, eos)):
+        new, keep, first = m.retokenize(r, t, e)
+        assert new == s.encode_prompt(prefixes[r] + t) + ([min(s.eos_token_ids)] if e else [])
+        merged += keep < len(m.ids[r])
+        ref, _ = full_nll(s, new, first)
+        assert scored.nll[i] == pytest.approx(ref, rel=1e-4, abs=1e-4), (prefixes[r], t)
+    if name != "char":
+        assert merged >= 2  # the boundary re-tokenization path was exercised
+
+
+@pytest.mark.parametrize("name", ["char", "bpe", "spm"])
+def test_score_after_commits_equals_full_forward(tiny, name):
+    """Commit candidates one by one (the cache grows incrementally, with holes where the
+    boundary was re-tokenized) and score more on top: still one plain forward's values."""
+    s = tiny[name]
+    m = Member(s, ["Answer:", "Question: Who wrote the play?\nAnswer:"], window_tokens=4)
+    steps = [(" It is 1", "\nSo the"), ("2 apples", " answer "), (" and ", "is 7"), ("the", "2.\n")]
+    for k, pair in enumerate(steps):
+        rows = [0, 1, 0, 1]
+        texts = list(pair) + [" more", "\n"]
+        scored = m.score(rows, texts, [False] * 4)
+        for i, (r, t) in enumerate(zip(rows, texts)):
+            new, _, first = m.retokenize(r, t, False)
+            ref, _ = full_nll(s, new, first)
+            assert scored.nll[i] == pytest.approx(ref, rel=1e-4, abs=1e-4), (k, r, t)
+        expected = [m.retokenize(r, t, False)[0] for r, t in enumerate(pair)]
+        scored.commit([0, 1])
+        for r in range(2):
+            assert m.ids[r] == expected[r]
+            _, last = full_nll(s, m.ids[r], 1)
+            assert torch.allclose(m.last_logits[r], last, atol=1e-4)  # what the next proposal reads
+    texts = ["Answer: It is 12 apples and the", "Question: Who wrote the play?\nAnswer:\nSo the answer is 72.\n"]
+    for r in range(2):
+        assert m.ids[r] == s.encode_prompt(texts[r])
+
+
+# ---- 3. batched equals unbatched ----------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS_2)
+def test_batched_equals_unbatched(tiny, method):
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=16, batch_size=1)
+    one = decode(method, members, PROMPTS, cfg)
+    four = decode(method, members, PROMPTS, dataclasses.replace(cfg, batch_size=4))
+    assert [o.text for o in one] == [o.text for o in four]
+    assert [o.stats["tokens"] for o in one] == [o.stats["tokens"] for o in four]
+
+
+def test_batched_equals_unbatched_branching(tiny):
+    members = [tiny["char"], tiny["bpe"]]
+    cfg = DecodeConfig(max_new_tokens=16, batch_size=1, theta=0.9, branch_select="distinct")
+    one = decode("adafuse", members, PROMPTS, cfg)
+    four = decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, batch_size=4))
+    assert [o.text for o in one] == [o.text for o in four]
+    assert [[r["winner"] for r in o.trace] for o in one] == [[r["winner"] for r in o.trace] for o in four]
+
+
+# ---- 4. members with different tokenizers, each able to win ------------------------
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_weights_force_each_member_to_win(tiny, k):
+    weights = tuple(1.0 if j == k else 0.0 for j in range(2))
+    outs = decode("adafuse", [tiny["bpe"], tiny["spm"]], PROMPTS[:3], DecodeConfig(max_new_tokens=16, weights=weights))
+    rounds = [r for o in outs for r in o.trace]
+    assert any(r["candidates"][r["winner"]]["from"] == [k] for r in rounds)  # a candidate only member k proposed
+    for r in rounds:  # and member k's score alone decides
+        own = [c["nll"][k] if c["nll"][k] is not None else math.inf for c in r["candidates"]]
+        assert r["winner"] == min(range(len(own)), key=lambda i: (own[i], i))
+
+
+def test_three_members_end_to_end(tiny, char_ascii):
+    members = [char_ascii, tiny["bpe"], tiny["spm"]]
+    outs = decode("adafuse", members, PROMPTS[:3], DecodeConfig(max_new_tokens=16))
+    froms = set()
+    for o in outs:
+        assert o.stats["members"] == ["tiny:char", "tiny:bpe", "tiny:spm"]
+        assert len(o.stats["tokens"]) == len(o.stats["forwards"]) == 3
+        assert o.text == "".join(w["text"] for w in winners(o))
+        for r in o.trace:
+            assert len(r["members"]) == 3
+            assert all(len(c["nll"]) == 3 for c in r["candidates"])
+            froms.update(k for c in r["candidates"] for k in c["from"])
+    assert froms == {0, 1, 2}
+
+
+# ---- 5. the trace -------------------------------------------------------------------
+
+@pytest.mark.parametrize("criterion", ["margin", "entropy", "prob"])
+def test_trace_records_every_round(tiny, criterion):
+    K, cfg = 2, DecodeConfig(max_new_tokens=20, criterion=criterion)
+    outs = decode("adafuse", [tiny["bpe"], tiny["spm"]], PROMPTS, cfg)
+    for o in outs:
+        assert o.stats["rounds"] == len(o.trace) >= 1
+        assert o.text == "".join(w["text"] for w in winners(o))
+        for r in o.trace:
+            for m in r["members"]:
+                assert len(m["conf"]) == len(m["margin"]) == len(m["entropy"]) == len(m["theta"]) >= 1
+                assert all(0.0 <= x <= 1.0 for x in m["margin"] + m["entropy"])
+                if criterion == "prob":  # p1 >= p1 - p2
+                    assert all(c >= x for c, x in zip(m["conf"], m["margin"]))
+                else:
+                    assert m["conf"] == m[criterion]
+                assert isinstance(m["branched"], bool) and m["forwards"] >= 1
+                # it branched exactly when its last word-start confidence was below theta
+                assert m["branched"] == (m["conf"][-1] < m["theta"][-1])
+            keys = [(c["text"], c["eos"]) for c in r["candidates"]]
+            assert len(set(keys)) == len(keys)  # union by exact text
+            for c in r["candidates"]:
+                assert len(c["nll"]) == K and c["from"] and set(c["from"]) <= {0, 1}
+                finite = [x for x in c["nll"] if x is not None]
+                assert c["score"] == pytest.approx(sum(finite) / len(finite))
+            scores = [c["score"] if c["score"] is not None else math.inf for c in r["candidates"]]
+            assert r["winner"] == pick(scores)
+
+
+def test_theta_one_always_branches_into_up_to_b(tiny):
+    B = 3
+    outs = decode("adafuse", [tiny["bpe"], tiny["spm"]], PROMPTS, DecodeConfig(max_new_tokens=12, theta=1.0, B=B))
+    full = 0
+    for o in outs:
+        for r in o.trace:
+            for k, m in enumerate(r["members"]):
+                assert m["branched"] and m["words"] == 0 and len(m["conf"]) == 1  # the first word start
+                n = sum(k in c["from"] for c in r["candidates"])
+                assert 1 <= n <= B
+                full += n == B
+            for c in r["candidates"]:  # a branch is one word
+                assert n_words(c["text"]) <= 1
+    assert full > 0
+
+
+@pytest.mark.parametrize("M", [1, 3])
+def test_theta_zero_one_greedy_span_of_at_most_m_words(tiny, M):
+    outs = decode("adafuse", [tiny["bpe"], tiny["spm"]], PROMPTS, DecodeConfig(max_new_tokens=24, theta=0.0, M=M))
+    longest = 0
+    for o in outs:
+        for r in o.trace:
+            for k, m in enumerate(r["members"]):
+                assert not m["branched"] and len(m["conf"]) <= M and m["words"] <= M
+                assert sum(k in c["from"] for c in r["candidates"]) == 1
+            for c in r["candidates"]:
+                n = n_words(c["text"])
+                assert n <= M
+                longest = max(longest, n)
+    assert longest == M
+
+
+def test_threshold_fixed_and_dynamic():
+    assert Threshold(cfg_(theta=0.4))(0, 10) == 0.4
+    dyn = Threshold(cfg_(theta=0.4, threshold="dynamic", dyn_window=5, dyn_quantile=0.5, dyn_position_slope=1.0))
+    for c in [0.9, 0.1, 0.2]:
+        dyn.observe(7, c)
+    assert dyn(7, 0) == 0.4                      # fewer than 4 confidences seen: the fixed theta
+    for c in [0.3, 0.5, 0.6]:
+        dyn.observe(7, c)
+    assert dyn(7, 0) == pytest.approx(0.3)       # median of the last 5: 0.1 0.2 0.3 0.5 0.6
+    assert dyn(7, 20) == pytest.approx(0.5)      # + slope * words / 100
+    assert dyn(8, 0) == 0.4                      # per prompt
+
+
+def test_trace_off(tiny):
+    out = decode("adafuse", [tiny["bpe"]], PROMPTS[:1], DecodeConfig(max_new_tokens=8, trace=False))[0]
+    assert out.trace is None and out.stats["rounds"] >= 1
+
+
+# ---- 6. each rule on a constructed case ---------------------------------------------
+
+def cfg_(**kw):
+    return DecodeConfig(**kw)
+
+
+def test_combine_mean_and_weights():
+    assert combine_scores([[1.0, 3.0], [3.0, 5.0]], cfg_()) == [2.0, 4.0]
+    assert combine_scores([[1.0], [5.0]], cfg_(weights=(3.0, 1.0))) == [2.0]
+    assert combine_scores([[1.0], [5.0]], cfg_(weights=(0.0, 1.0))) == [5.0]
+    with pytest.raises(ValueError):
+        combine_scores([[1.0], [5.0]], cfg_(weights=(1.0,)))
+
+
+def test_combine_ppl():
+    assert combine_scores([[0.0], [math.log(3.0)]], cfg_(combine="ppl")) == [pytest.approx(2.0)]
+
+
+def test_combine_skips_non_finite():
+    nan, inf = float("nan"), float("inf")
+    assert combine_scores([[nan, 2.0], [1.0, inf], [3.0, 4.0]], cfg_()) == [2.0, 3.0]
+    assert combine_scores([[nan], [nan]], cfg_()) == [math.inf]
+
+
+def test_outlier_filter():
+    f = cfg_(outlier_filter=True)
+    assert combine_scores([[1.0], [2.0], [30.0]], f) == [2.0]               # 30 > 10: drop max and min
+    assert combine_scores([[1.0], [1.0], [2.0], [50.0]], f) == [1.5]        # one max and one min only
+    assert combine_scores([[1.0], [2.0], [5.0]], f) == [pytest.approx(8 / 3)]  # 5 <= 10: kept
+    assert combine_scores([[1.0], [30.0]], f) == [15.5]                     # fewer than 3 members
+    assert combine_scores([[1.0], [2.0], [30.0]], cfg_()) == [11.0]         # off by default
+    assert combine_scores([[1.0], [2.0], [2.5]], cfg_(outlier_filter=True, outlier_ratio=2.0)) == [2.0]
+    assert combine_scores([[float("nan")], [2.0], [30.0]], f) == [16.0]     # non-finite first: 2 left
+
+
+def test_pick_lowest_then_earliest():
+    assert pick([3.0, 1.0, 2.0]) == 1
+    assert pick([2.0, 1.0, 1.0]) == 1
+    assert pick([math.inf, math.inf]) == 0
+
+
+def rows_(*specs):
+    return [_Row(toks=[i + 1], text=t, eos=e, lp=lp) for i, (t, e, lp) in enumerate(specs)]
+
+
+def test_select_branches_topk_and_distinct():
+    bs = rows_((" cat", False, -0.1), ("cat", False, -0.2), (" dog", False, -0.3), (" cat", True, -0.4),
+               (" cow", False, -0.5))
+    assert [b.text for b in select_branches(None, cfg_(B=2), bs)] == [" cat", "cat"]
+    kept = select_branches(None, cfg_(B=3, branch_select="distinct"), bs)
+    assert [(b.text, b.eos) for b in kept] == [(" cat", False), (" dog", False), (" cat", True)]
+
+
+def test_select_branches_semantic():
+    emb = torch.zeros(10, 2)
+    emb[1] = torch.tensor([1.0, 0.0])   # " cat"
+    emb[2] = torch.tensor([1.0, 0.01])  # " cats": close to " cat"
+    emb[3] = torch.tensor([0.0, 1.0])   # " dog": far
+    emb[4] = torch.tensor([1.0, 0.0])   # "cat": same word as the first
+    member = SimpleNamespace(s=SimpleNamespace(model=SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(weight=emb))),
+                             eos={0})
+    bs = rows_((" cat", False, -0.1), (" cats", False, -0.2), (" dog", False, -0.6))
+    bs = [bs[0], _Row(toks=[4], text="cat", lp=-0.15)] + bs[1:]
+    sem = lambda lam: [b.text for b in select_branches(member, cfg_(B=2, branch_select="semantic", diversity_lambda=lam), bs)]
+    assert sem(0.0) == [" cat", " cats"]  # log-probability only; the repeated word is skipped
+    assert sem(1.0) == [" cat", " dog"]   # -0.6 + 1.0 * (1 - 0) beats -0.2 + ~0
+
+
+def set_probs(member, row, probs):
+    logits = torch.full_like(member.last_logits[row], -40.0)
+    for text, p in probs.items():
+        logits[member.s.encode(text)[0]] = math.log(p)
+    member.last_logits = member.last_logits.clone()  # an inference tensor: no in-place update
+    member.last_logits[row] = logits
+
+
+def token_round(tiny, fn, cfg):
+    """One step of a token-level method from hand-set next-token distributions:
+    tiny:char: q .6, y .4; tiny:bpe: " the" .6, y .4. Averaged, y (.4) beats q and " the" (.3)."""
+    prompts = ["Answer:"]
+    members = [Member(tiny["char"], prompts), Member(tiny["bpe"], prompts)]
+    set_probs(members[0], 0, {"q": 0.6, "y": 0.4})
+    set_probs(members[1], 0, {" the": 0.6, "y": 0.4})
+    cfg = dataclasses.replace(cfg, max_new_tokens=1)
+    outs = list(fn(Batch([0], members, cfg, make_stop(None)), cfg))
+    assert [i for i, _ in outs] == [0]
+    return outs[0][1].text
+
+
+def test_unite_picks_highest_average_probability(tiny):
+    assert token_round(tiny, baselines.unite_rounds, cfg_()) == "y"
+
+
+def test_unite_scores_a_missing_string_by_its_own_first_token(tiny):
+    """tiny:char has no " the" token: it scores " the" by its first token " "."""
+    prompts = ["Answer:"]
+    members = [Member(tiny["char"], prompts), Member(tiny["bpe"], prompts)]
+    set_probs(members[0], 0, {"q": 0.5, " ": 0.5})
+    set_probs(members[1], 0, {" the": 0.55, "q": 0.45})
+    cfg = cfg_(max_new_tokens=1)
+    (_, out), = list(baselines.unite_rounds(Batch([0], members, cfg, make_stop(None)), cfg))
+    assert out.text == " the"  # char: q, " ", " the" 1/3 each after renormalising; bpe: " the" .55 > q .45
+
+
+def test_gac_union_vocabulary_and_threshold(tiny):
+    assert token_round(tiny, baselines.gac_rounds, cfg_()) == "y"                    # .4 + .4 > .6
+    assert token_round(tiny, baselines.gac_rounds, cfg_(gac_threshold=0.7)) == "y"   # member 0 unsure: ensemble
+    assert token_round(tiny, baselines.gac_rounds, cfg_(gac_threshold=0.5)) == "q"   # member 0 sure: its own token
+
+
+def test_rerank_picks_lowest_mean_nll(tiny):
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=12)
+    outs = decode("rerank", members, PROMPTS, cfg)
+    singles = [decode("single", members, PROMPTS, dataclasses.replace(cfg, member=k)) for k in range(2)]
+    for i, o in enumerate(outs):
+        cands = o.stats["candidates"]
+        assert [c["text"] for c in cands] == list(dict.fromkeys(s[i].text for s in singles))
+        for c in cands:
+            if not c["text"]:  # nothing to score
+                assert all(math.isnan(x) for x in c["nll"]) and c["score"] == math.inf
+                continue
+            assert c["score"] == pytest.approx(sum(c["nll"]) / 2)
+            for k, s in enumerate(members):  # each member's mean NLL of the answer after the prompt
+                st = Member(s, [PROMPTS[i]])
+                new, _, first = st.retokenize(0, c["text"], False)
+                assert c["nll"][k] == pytest.approx(full_nll(s, new, first)[0], rel=1e-4, abs=1e-4)
+        scores = [c["score"] for c in cands]
+        assert o.stats["winner"] == pick(scores) and o.text == cands[o.stats["winner"]]["text"]
+
+
+def many_words(n):
+    """Stop once the answer has n words (keeps span lengths clear of the token budget)."""
+    return lambda text: len(text) if len(split_words(text)) >= n else None
+
+
+@pytest.mark.parametrize("words", [2, 3])
+def test_sweetspan_fixed_span_length(char_words, char_words2, words):
+    """(On members that write clean words: a random member may write a 24-token "word" with no
+    space, which word_token_cap cuts where no text rule can see.)"""
+    members = [char_words, char_words2]
+    cfg = DecodeConfig(max_new_tokens=400, sweetspan_words=words)
+    outs = decode("sweetspan", members, PROMPTS[:3], cfg, stop=many_words(10))
+    for o in outs:
+        for r in o.trace:
+            for k, m in enumerate(r["members"]):
+                assert not m["branched"]
+                assert sum(k in c["from"] for c in r["candidates"]) == 1  # one span per member
+            for c in r["candidates"]:
+                if not c["eos"]:
+                    assert n_words(c["text"]) == words, c["text"]
+
+
+def test_sweetspan_filters_outliers_and_coolfusion_uses_ppl(tiny):
+    members = [tiny["char"], tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=16)
+    for method, check in [("sweetspan", cfg_(outlier_filter=True)), ("coolfusion", cfg_(combine="ppl"))]:
+        for o in decode(method, members, PROMPTS[:2], cfg):
+            for r in o.trace:
+                for c in r["candidates"]:
+                    nll = [math.inf if x is None else x for x in c["nll"]]
+                    assert c["score"] == pytest.approx(combine_scores([[x] for x in nll], check)[0])
+
+
+def test_coolfusion_one_word_per_member_per_round(char_words, char_words2):
+    members = [char_words, char_words2]
+    outs = decode("coolfusion", members, PROMPTS[:3], DecodeConfig(max_new_tokens=400), stop=many_words(8))
+    for o in outs:
+        assert len(o.trace) >= 8
+        for r in o.trace:
+            for k in range(2):
+                assert sum(k in c["from"] for c in r["candidates"]) == 1
+            for c in r["candidates"]:
+                assert c["eos"] or n_words(c["text"]) == 1, c["text"]
+
+
+@pytest.mark.parametrize("compat, B, confident, word, expected", [
+    # paper: confident commits, uncertain branches, at any word
+    (False, 3, True, 0, "commit"), (False, 3, False, 0, "branch"),
+    (False, 3, True, 2, "commit"), (False, 3, False, 2, "branch"),
+    (False, 1, False, 1, "branch"),
+    # official code with B > 1: word 2 (index 1) uncertain ends the span; word 3 always branches
+    (True, 3, True, 0, "commit"), (True, 3, False, 0, "branch"),
+    (True, 3, True, 1, "commit"), (True, 3, False, 1, "stop"),
+    (True, 3, True, 2, "branch"), (True, 3, False, 2, "branch"),
+    # official code with B = 1: the plain rule
+    (True, 1, False, 1, "branch"), (True, 1, True, 2, "commit"),
+])
+def test_gate_table(compat, B, confident, word, expected):
+    assert _gate(cfg_(compat=compat, B=B), confident, word, fixed=False) == expected
+
+
+@pytest.mark.parametrize("B, confident, word, expected", [
+    (3, False, 0, "branch"), (3, True, 0, "commit"), (3, False, 1, "commit"), (1, False, 0, "commit"),
+])
+def test_gate_fixed_spans(B, confident, word, expected):
+    assert _gate(cfg_(B=B, compat=True), confident, word, fixed=True) == expected
+
+
+# ---- 8. stop rules ------------------------------------------------------------------
+
+def committed_tokens(session, prompt, out):
+    """The answer's token count after each round, replaying the engine's commits of the winners."""
+    m = Member(session, [prompt])
+    counts = []
+    for w in winners(out):
+        m.score([0], [w["text"]], [w["eos"]], inplace=True).commit([0])
+        counts.append(m.answer_tokens(0))
+    return counts
+
+
+def stop_string_of(text):
+    """A 3-character piece of `text`, from its middle."""
+    mid = len(text) // 2
+    return text[mid:mid + 3]
+
+
+@pytest.mark.parametrize("method, names", [("single", ["char"]), ("adafuse", ["bpe", "spm"]),
+                                           ("sweetspan", ["bpe", "spm"]), ("unite", ["bpe", "spm"])])
+def test_stop_string_cuts_the_answer(tiny, method, names):
+    members = [tiny[n] for n in names]
+    cfg = DecodeConfig(max_new_tokens=24)
+    full = decode(method, members, PROMPTS[:3], cfg)
+    stops = [stop_string_of(o.text) for o in full]
+    for i, (o, s) in enumerate(zip(full, stops)):
+        assert len(s) == 3, o.text
+        cut = decode(method, members, [PROMPTS[i]], cfg, stop=[s, "\x01never"])[0]
+        assert cut.text == o.text[:o.text.find(s)]
+        assert cut.stats["stopped_by"] == "stop" and s not in cut.text
+
+
+def test_make_stop():
+    cut = make_stop(["Question:", "\n\n"])
+    assert cut("Paris.\n\nQuestion: x") == 6  # the earliest of several stop strings
+    assert cut("Paris. Question:\n\n") == 7
+    assert cut("Paris.") is None
+    assert make_stop(None)("Question:") is None
+    f = lambda text: 3
+    assert make_stop(f) is f
+
+
+def test_stop_function(tiny):
+    out = decode("adafuse", [tiny["bpe"], tiny["spm"]], PROMPTS[:1], DecodeConfig(max_new_tokens=24),
+                 stop=lambda text: 2 if len(text) >= 5 else None)[0]
+    assert len(out.text) == 2 and out.stats["stopped_by"] == "stop"
+
+
+@pytest.fixture(scope="module")
+def char_eos(tiny, char_words):
+    """char_words emitting EOS after the first token of its greedy answer to PROMPTS[0] that
+    is new at index 5 or later."""
+    s = tiny["char"]
+    ids, _ = generate_ids(char_words, PROMPTS[0], 24)
+    first_new = next(i for i in range(5, len(ids)) if ids[i] not in ids[:i])
+    table = wordy_table(s, seed=1)
+    table[ids[first_new], min(s.eos_token_ids)] = 1e4
+    m = steer(s, table)
+    return m, s.decode(ids[:first_new + 1])
+
+
+@pytest.mark.parametrize("method", ["single", "adafuse", "sweetspan", "coolfusion"])
+def test_eos_winner_stops(char_eos, method):
+    m, expected = char_eos
+    out = decode(method, [m], PROMPTS[:1], DecodeConfig(max_new_tokens=24))[0]
+    assert out.text == expected
+    assert out.stats["eos"] and out.stats["stopped_by"] == "eos"
+    if out.trace:
+        assert winners(out)[-1]["eos"]
+
+
+def test_eos_of_one_member_stops_the_ensemble(tiny, char_eos):
+    m, expected = char_eos
+    out = decode("adafuse", [m, tiny["bpe"]], PROMPTS[:1], DecodeConfig(max_new_tokens=40, weights=(1.0, 0.0)))[0]
+    assert out.stats["stopped_by"] == "eos" and winners(out)[-1]["eos"]
+    assert out.text == expected
+
+
+@pytest.mark.parametrize("method", ["adafuse", "sweetspan", "coolfusion"])
+@pytest.mark.parametrize("budget", [5, 17])
+def test_budget(tiny, char_words, method, budget):
+    """Member 0's answer reaches max_new_tokens in the last round, not before; a span member 0
+    proposed itself stays within its budget. (Member 0 writes clean ASCII here: a byte token of
+    a random member decodes to U+FFFD and re-tokenizes as three.)"""
+    members = [char_words, tiny["bpe"]]
+    outs = decode(method, members, PROMPTS, DecodeConfig(max_new_tokens=budget))
+    own = 0
+    for p, o in zip(PROMPTS, outs):
+        n = o.stats["tokens"][0]
+        assert o.stats["stopped_by"] == "budget" and n >= budget
+        counts = committed_tokens(char_words, p, o)  # replay member 0's commits
+        assert counts[-1] == n
+        assert all(c < budget for c in counts[:-1])
+        if 0 in winners(o)[-1]["from"]:
+            assert n == budget
+            own += 1
+    assert own > 0
+
+
+@pytest.mark.parametrize("method", ["unite", "gac"])
+@pytest.mark.parametrize("budget", [5, 17])
+def test_budget_token_level(tiny, method, budget):
+    """One token string per step: stops at the first step that reaches the budget."""
+    outs = decode(method, [tiny["bpe"], tiny["spm"]], PROMPTS, DecodeConfig(max_new_tokens=budget))
+    for o in outs:
+        n = o.stats["tokens"][0]
+        if o.stats["stopped_by"] == "budget":
+            assert budget <= n <= budget + 2
+        else:
+            assert o.stats["stopped_by"] == "eos" and n < budget
+
+
+def test_budget_single_member_exact(char_words):
+    outs = decode("adafuse", [char_words], PROMPTS, DecodeConfig(max_new_tokens=7, B=1))
+    for o in outs:
+        assert o.stats["tokens"][0] <= 7
+        assert o.stats["stopped_by"] == "eos" or o.stats["tokens"][0] == 7
+
+
+# ---- 9. configuration ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(theta=-0.1), dict(theta=1.5), dict(B=0), dict(M=0), dict(span_words=0),
+                                dict(criterion="entropyy"), dict(combine="max"), dict(branch_select="mmr"),
+                                dict(max_new_tokens=0), dict(batch_size=0), dict(outlier_ratio=1.0),
+                                dict(dyn_quantile=1.0), dict(gac_threshold=2.0)])
+def test_config_rejects(kw):
+    with pytest.raises(ConfigError):
+        DecodeConfig(**kw)
+
+
+def test_config_bounds_accepted():
+    DecodeConfig(theta=0.0), DecodeConfig(theta=1.0), DecodeConfig(B=1, M=1)
+
+
+def test_config_from_dict():
+    with pytest.raises(ConfigError, match=r"unknown decoding parameter 'thetta' \(did you mean theta"):
+        DecodeConfig.from_dict({"thetta": 0.5})
+    with pytest.raises(ConfigError, match="unknown decoding parameter 'zzz'$"):
+        DecodeConfig.from_dict({"zzz": 1})
+    cfg = DecodeConfig.from_dict({"theta": 0.5, "weights": [1, 2]})
+    assert cfg.theta == 0.5 and cfg.weights == (1.0, 2.0)
+    assert DecodeConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError):
+        DecodeConfig.from_dict({"theta": 2.0})
+
+
+def test_unknown_method_and_member(tiny):
+    with pytest.raises(ConfigError, match="did you mean adafuse"):
+        decode("adafusee", [tiny["bpe"]], ["x"])
+    with pytest.raises(ConfigError, match="member 1 does not exist"):
+        decode("single", [tiny["bpe"]], ["x"], DecodeConfig(member=1))
+    with pytest.raises(ValueError, match="weights"):
+        decode("adafuse", [tiny["bpe"], tiny["spm"]], ["x"], DecodeConfig(max_new_tokens=4, weights=(1.0,)))
