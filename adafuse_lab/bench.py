@@ -1,0 +1,169 @@
+"""Speed benchmark: a method against each member's plain greedy `generate` on the same batch.
+
+    python -m adafuse_lab bench --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse \
+        --task gsm8k --limit 64 --batch-size 64 --max-new-tokens 256 --out benchmarks/results/x.json
+
+Both sides stop only at EOS or the token budget (task stop strings are off unless
+--task-stops), so they do the same amount of work. Reports wall time, generated
+tokens per second, forward passes (model calls), and peak GPU memory; writes JSON.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CallCounter:
+    """Counts forward calls of a model (one per batched step, whatever the batch size)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_):
+        self.n += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def _measure(fn, device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    result = fn()
+    _sync(device)
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if torch.device(device).type == "cuda" else None
+    return result, wall, peak
+
+
+@torch.inference_mode()
+def generate_baseline(session, prompts: list[str], batch_size: int, max_new_tokens: int) -> dict:
+    """Plain HF greedy generate of one member, left-padded batches; returns tokens and calls."""
+    tok = session.tokenizer
+    counter = CallCounter(session.model)
+    new_tokens, texts = 0, []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids = [session.encode_prompt(p) for p in prompts[start:start + batch_size]]
+            width = max(map(len, ids))
+            inp = torch.full((len(ids), width), session.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(inp)
+            for i, x in enumerate(ids):
+                inp[i, width - len(x):] = torch.tensor(x)
+                mask[i, width - len(x):] = 1
+            out = session.model.generate(inp.to(session.device), attention_mask=mask.to(session.device),
+                                         max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
+                                         temperature=None, eos_token_id=session.eos_token_ids,
+                                         pad_token_id=session.pad_token_id)
+            for row in out[:, width:].tolist():
+                n = next((j for j, t in enumerate(row) if t in session.eos_token_ids), len(row))
+                new_tokens += n
+                texts.append(session.decode(row[:n]))
+    finally:
+        counter.close()
+    return {"new_tokens": new_tokens, "forward_calls": counter.n, "texts": texts}
+
+
+def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
+    from .decoding import decode
+    counters = [CallCounter(s.model) for s in sessions]
+    try:
+        outs = decode(method, sessions, prompts, cfg, stop)
+    finally:
+        for c in counters:
+            c.close()
+    tokens = sum(o.stats.get("tokens", [0])[0] for o in outs)
+    rounds = sum(o.stats.get("rounds", 0) for o in outs)
+    branched = sum(1 for o in outs for r in (o.trace or []) for m in r["members"] if m["branched"])
+    starts = sum(1 for o in outs for r in (o.trace or []) for m in r["members"])
+    return {"new_tokens": tokens, "forward_calls": [c.n for c in counters], "rounds": rounds,
+            "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
+
+
+def benchmark(args) -> dict:
+    from .decoding import DecodeConfig
+    from .models import load_session
+    from .tasks import get_task
+    specs = [m for m in args.models.split(",") if m]
+    sessions = [load_session(m, device=args.device) for m in specs]
+    device = sessions[0].device
+    task = get_task(args.task)
+    examples = task.load(source=args.source, data_dir=args.data_dir, limit=args.limit)
+    prompts = [task.prompt(e) for e in examples]
+    extra = {k: json.loads(v) if v[:1] in "0123456789[{tfn-" else v
+             for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = DecodeConfig.from_dict({"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                                  "trace": True, **extra})
+    stop = task.stop_fn if args.task_stops else None
+    # warm-up: CUDA context, kernels, allocator
+    for s in sessions:
+        generate_baseline(s, prompts[:2], 2, 4)
+    run_method(args.method, sessions, prompts[:2], DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": 4,
+                                                                           "batch_size": 2}))
+    result = {"command": " ".join(["python -m adafuse_lab bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"]
+              else " ".join(sys.argv),
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+              "dtype": str(sessions[0].dtype), "torch": torch.__version__,
+              "transformers": __import__("transformers").__version__,
+              "task": args.task, "n_prompts": len(prompts), "batch_size": args.batch_size,
+              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(), "generate": {}, "method": {}}
+    for s in sessions:
+        r, wall, peak = _measure(lambda: generate_baseline(s, prompts, args.batch_size, args.max_new_tokens), device)
+        r.pop("texts")
+        result["generate"][s.name] = {**r, "wall_s": round(wall, 3), "tokens_per_s": round(r["new_tokens"] / wall, 1),
+                                      "peak_gib": peak}
+        print(f"generate {s.name}: {wall:.2f} s, {r['new_tokens']} tokens, {r['forward_calls']} calls", flush=True)
+    r, wall, peak = _measure(lambda: run_method(args.method, sessions, prompts, cfg, stop), device)
+    r.pop("texts")
+    summed = sum(g["wall_s"] for g in result["generate"].values())
+    result["method"] = {"name": args.method, **r, "wall_s": round(wall, 3),
+                        "tokens_per_s": round(r["new_tokens"] / wall, 1), "peak_gib": peak,
+                        "ratio_to_summed_generate": round(wall / summed, 3),
+                        "ratio_to_slowest_member_generate": round(wall / max(g["wall_s"] for g in result["generate"].values()), 3)}
+    print(f"{args.method}: {wall:.2f} s, {r['new_tokens']} tokens, ratio to summed generate {wall / summed:.2f}", flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            run_method(args.method, sessions, prompts[: min(len(prompts), args.batch_size)],
+                       DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(64, args.max_new_tokens)}), stop)
+        result["profile"] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+        print(result["profile"])
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return result
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time a method against each member's plain greedy generate")
+    a = p.add_argument
+    a("--models", required=True, help="comma-separated member specs")
+    a("--method", default="adafuse")
+    a("--task", default="gsm8k")
+    a("--source", default="auto", choices=["auto", "local", "hub", "sample"])
+    a("--data-dir")
+    a("--limit", type=int, default=64)
+    a("--batch-size", type=int, default=64)
+    a("--max-new-tokens", type=int, default=256)
+    a("--device")
+    a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
+    a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
+    a("--profile", action="store_true", help="also profile one batch with torch.profiler")
+    a("--out", help="JSON file to write")
+    p.set_defaults(func=benchmark)
