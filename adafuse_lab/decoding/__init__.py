@@ -11,6 +11,7 @@ from typing import Iterator, Sequence
 from .config import ConfigError, DecodeConfig
 from .engine import Batch, DecodeOutput, greedy_rounds, make_stop, span_rounds
 from .state import Member
+from .stream import stream_rounds
 
 METHODS = ("single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank")
 
@@ -33,13 +34,13 @@ def _rounds(method: str, batch: Batch, cfg: DecodeConfig):
     if method == "single":
         return greedy_rounds(batch, 0)
     if method == "adafuse":
-        return span_rounds(batch, cfg, None, cfg)
+        return stream_rounds(batch, cfg, None, cfg)
     if method == "sweetspan":  # fixed spans, one greedy span per member, outlier scores filtered
         c = dataclasses.replace(cfg, B=1, outlier_filter=True)
-        return span_rounds(batch, c, cfg.sweetspan_words, c)
+        return stream_rounds(batch, c, cfg.sweetspan_words, c)
     if method == "coolfusion":  # one word per member per round, lowest mean perplexity wins
         c = dataclasses.replace(cfg, B=1, combine="ppl")
-        return span_rounds(batch, c, 1, c)
+        return stream_rounds(batch, c, 1, c)
     if method == "unite":
         return baselines.unite_rounds(batch, cfg)
     if method == "gac":

@@ -71,15 +71,18 @@ class Batch:
             st["stopped_by"] = "budget"
         return st["stopped_by"] is not None
 
+    def output(self, r: int) -> DecodeOutput:
+        st = self.stats[r]
+        st["tokens"] = [m.answer_tokens(r) for m in self.members]
+        trace = self.traces[r] if self.cfg.trace and self.traces[r] else None
+        return DecodeOutput(self.answers[r], st, trace)
+
     def finish(self, finished: list[bool]) -> Iterator[tuple[int, DecodeOutput]]:
         """Yield finished rows and drop them from every member."""
         keep = [r for r, f in enumerate(finished) if not f]
         for r, f in enumerate(finished):
             if f:
-                st = self.stats[r]
-                st["tokens"] = [m.answer_tokens(r) for m in self.members]
-                trace = self.traces[r] if self.cfg.trace and self.traces[r] else None
-                yield self.idx[r], DecodeOutput(self.answers[r], st, trace)
+                yield self.idx[r], self.output(r)
         for m in self.members:
             m.keep(keep)
         self.idx = [self.idx[r] for r in keep]

@@ -47,6 +47,9 @@ class _Row:
     lp: float = 0.0               # log-probability of the decoded tokens (branches)
     target: int = 0               # branches: stop once this many words are complete
     base: list = field(default_factory=list)  # branches: the look-ahead tokens before the branch
+    base_text: str = ""           # branches: their text
+    rank: int = 0                 # branches: rank of the first token
+    ready: list = field(default_factory=list)  # branch points: branches complete without decoding (EOS)
 
 
 def _gate(cfg, confident: bool, word_index: int, fixed: bool) -> str:
