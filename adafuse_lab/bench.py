@@ -143,6 +143,17 @@ def benchmark(args) -> dict:
                        DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(64, args.max_new_tokens)}), stop)
         result["profile"] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
         print(result["profile"])
+    if args.cprofile:  # where the host time goes, on one batch of at most 64 new tokens
+        import cProfile
+        import io
+        import pstats
+        prof = cProfile.Profile()
+        short = DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(64, args.max_new_tokens)})
+        prof.runcall(run_method, args.method, sessions, prompts[: min(len(prompts), args.batch_size)], short, stop)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+        result["cprofile"] = buf.getvalue()
+        print(result["cprofile"])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -165,5 +176,6 @@ def add_parser(sub) -> None:
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
+    a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")
     a("--out", help="JSON file to write")
     p.set_defaults(func=benchmark)

@@ -12,28 +12,17 @@ from typing import Iterator
 import torch
 
 from .engine import Batch
+from .pieces import piece_table
 from .select import combine_scores, pick
 
 EOS = "\x00<eos>"  # the union's name for "end of text", whatever each member's EOS token is
 
 
-@lru_cache(maxsize=8)
-def _token_table(session) -> tuple[list[str], frozenset]:
-    """Every token id's text as it reads after another token (leading space kept)."""
-    anchor = session.encode("a")[-1:]
-    head = session.decode(anchor)
-    texts = []
-    for i in range(session.vocab_size):
-        full = session.decode(anchor + [i]) if i < len(session.tokenizer) else ""
-        texts.append(full[len(head):] if full.startswith(head) else full)
-    return texts, frozenset(session.eos_token_ids)
-
-
 def _text_of(session, token: int) -> str | None:
-    texts, eos = _token_table(session)
-    if token in eos:
+    if token in session.eos_token_ids:
         return EOS
-    t = texts[token]
+    table = piece_table(session)
+    t = table[token] if table is not None else session.decode([token])
     return None if (not t or "\ufffd" in t) else t   # partial UTF-8 bytes have no string of their own
 
 

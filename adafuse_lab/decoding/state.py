@@ -127,7 +127,7 @@ class Member:
         new_ids[:keep] equal the committed ids, new_ids[first_scored:] carry `text` (and EOS).
         """
         ids = self.ids[row]
-        ws = max(1, len(ids) - self.window)
+        ws = self._window_start(ids)
         window_text = self.text_after_ids(ids[:ws], ids[ws:])
         enc = self.s.tokenizer(window_text + text, add_special_tokens=False, return_offsets_mapping=True)
         tail = enc["input_ids"]
@@ -140,9 +140,35 @@ class Member:
             keep += 1
         return new, keep, ws + first
 
+    def _starts_char(self, ids: list[int]) -> bool:
+        """Do `ids` (ending where a character ends) begin where a character begins?
+
+        A character spread over several tokens (byte fallback, byte-level BPE: CJK,
+        emoji, "é") decodes to U+FFFD when cut: byte fallback even turns the whole run
+        of byte tokens into U+FFFD. (A literal U+FFFD in the text reads as a cut: the
+        caller then just looks one token further.)"""
+        return not self.s.decode(ids).startswith("\ufffd")
+
+    def _window_start(self, ids: list[int]) -> int:
+        """`window` tokens back (never the first token), moved to a character boundary.
+
+        A UTF-8 character is at most 4 bytes, so a boundary is at most 3 tokens back;
+        failing that (the first character is split, or U+FFFD), the next one forward.
+        The end of the committed ids is always a boundary."""
+        start = max(1, len(ids) - self.window)
+        for ws in [*range(start, max(0, start - 4), -1), *range(start + 1, len(ids))]:
+            if self._starts_char(ids[ws:]):
+                return ws
+        return len(ids)
+
     def text_after_ids(self, before: list[int], after: list[int]) -> str:
         """Text of `after` as it reads following `before` (keeps its leading space)."""
-        anchor = before[-4:]
+        a = max(0, len(before) - 4)
+        for _ in range(3):  # start the anchor on a character boundary too
+            if a == 0 or self._starts_char(before[a:]):
+                break
+            a -= 1
+        anchor = before[a:]
         head = self.s.decode(anchor)
         full = self.s.decode(anchor + after)
         return full[len(head):] if full.startswith(head) else self.s.decode(after)

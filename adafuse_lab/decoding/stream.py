@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .criteria import Threshold, confidences
-from .propose import Proposal, _Row, _extend, _gate
+from .pieces import next_piece
+from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
 from .state import KV, Member, pad_right
 from .words import split_words, starts_new_word
@@ -201,10 +202,11 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             ms.fed_logits, ms.width0 = logits, width0
         # 5. score the candidates, pick winners, commit them
         finished_now = []
+        scores = [_nll_all(ms, cands) for ms in members]
         for p in range(P):
             if done[p] or cands[p] is None:
                 continue
-            nll = [_nll(ms, p, len(cands[p])) for ms in members]
+            nll = [sc[p] for sc in scores]
             combined = combine_scores(nll, score_cfg)
             w = pick(combined)
             text, is_eos = cands[p][w]
@@ -247,7 +249,7 @@ def _lookahead(ms: Streams, i: int, s: Stream, cfg, top_ids, top_lp, host, thres
     m, st, p = ms.m, s.st, s.p
     t = top_ids[0]
     is_eos = t in m.eos
-    piece, head, word = ("", st.text, st.word) if is_eos else _extend(st.text, st.word, m.text_after(p, st.toks + [t]))
+    piece, head, word = ("", st.text, st.word) if is_eos else next_piece(m, p, st.text, st.word, st.toks, t)
     new_word = not st.toks or is_eos or st.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece)
     if new_word:
         if st.toks:
@@ -272,7 +274,7 @@ def _lookahead(ms: Streams, i: int, s: Stream, cfg, top_ids, top_lp, host, thres
                         b.toks = []
                         st.ready.append(b)
                         continue
-                    b.text = b.word = _extend(st.text, "", m.text_after(p, st.toks + [bt]))[0]
+                    b.text = b.word = next_piece(m, p, st.text, "", st.toks, bt)[0]
                     b.word_tokens = 1
                     ms.spawn.append((i, Stream(p, "branch", b, feed=[bt])))
             return
@@ -298,7 +300,8 @@ def _branch_step(ms: Streams, s: Stream, cfg, t: int, lp: float, budget: int) ->
         b.words += 1
         b.done = b.eos = True
         return
-    piece, head, word = _extend(b.text, b.word, m.text_after(p, b.base + b.toks + [t])[len(b.base_text):])
+    piece, head, word = next_piece(m, p, b.base_text + b.text, b.word, b.base + b.toks, t)
+    head = head[len(b.base_text):]
     if b.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece):
         b.words += 1
         if b.words >= b.target:
@@ -330,35 +333,41 @@ def _finish_proposal(ms: Streams, prop: Proposal, st: _Row, branches: list, cfg)
         prop.eos.append(st.eos)
 
 
-def _nll(ms: Streams, p: int, n: int) -> list[float]:
-    """Mean token NLL of each of prompt p's candidates under this member, from the last forward."""
-    logits, m = ms.fed_logits, ms.m
-    rows = [(i, s) for i, s in enumerate(ms.rows) if s.kind == "score" and s.p == p and not s.dead]
-    out = [float("nan")] * n
-    src, tok, seg, use_last = [], [], [], []
-    for i, s in rows:
+def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
+    """Mean token NLL of every candidate scored in the last forward, by prompt, in one gather."""
+    logits, m = ms.fed_logits if hasattr(ms, "fed_logits") else None, ms.m
+    src_r, src_c, tok, seg, use_last, prompt = [], [], [], [], [], []
+    slots: dict[tuple[int, int], int] = {}
+    for i, s in enumerate(ms.rows):
+        if s.kind != "score" or s.dead:
+            continue
+        slot = slots.setdefault((s.p, s.cand), len(slots))
         new, start, first = s.plan
         for j in range(first, len(new)):
             prev = j - 1 - start
             use_last.append(prev < 0)
-            src.append((i, max(prev, 0)))
+            src_r.append(i)
+            src_c.append(max(prev, 0))
             tok.append(new[j])
-            seg.append(s.cand)
+            seg.append(slot)
+            prompt.append(s.p)
+    out = {p: [float("nan")] * len(c) for p, c in enumerate(cands) if c is not None}
     if not tok:
         return out
     dev = logits.device
-    r = torch.tensor([a for a, _ in src], device=dev)
-    c = torch.tensor([b for _, b in src], device=dev)
-    t = torch.tensor(tok, device=dev)
-    picked = logits[r, c].float()
+    as_t = lambda x: torch.tensor(x, device=dev)
+    t = as_t(tok)
+    picked = logits[as_t(src_r), as_t(src_c)].float()
     lp = picked.gather(-1, t[:, None])[:, 0] - torch.logsumexp(picked, -1)
-    last = torch.log_softmax(m.last_logits[p].float(), -1)[t]
-    lp = torch.where(torch.tensor(use_last, device=dev), last, lp)
-    total = torch.zeros(n, device=dev).index_add_(0, torch.tensor(seg, device=dev), -lp)
-    count = torch.zeros(n, device=dev).index_add_(0, torch.tensor(seg, device=dev), torch.ones_like(lp))
-    vals = (total / count.clamp_min(1)).tolist()
-    cnt = count.tolist()
-    return [v if k > 0 else float("nan") for v, k in zip(vals, cnt)]
+    committed = m.last_logits.index_select(0, as_t(prompt)).float()  # logits after the committed text
+    lp_last = committed.gather(-1, t[:, None])[:, 0] - torch.logsumexp(committed, -1)
+    lp = torch.where(as_t(use_last), lp_last, lp)
+    total = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), -lp)
+    count = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), torch.ones_like(lp))
+    means = (total / count.clamp_min(1)).tolist()
+    for (p, c), slot in slots.items():
+        out[p][c] = means[slot]
+    return out
 
 
 def _commit(ms: Streams, p: int, w: int) -> None:
