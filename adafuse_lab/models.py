@@ -7,9 +7,17 @@ spec is, in this order of lookup:
   (model.gguf + tokenizer/ [+ hf/]);
 - a Hugging Face hub id "owner/name" (safetensors only).
 A name with no "/" that matches nothing above is taken for a mistyped zoo name.
+
+Only safetensors and GGUF weights are read (PyTorch .bin/.pt files are pickles,
+which can run code when loaded), and trust_remote_code is off unless asked for.
+A member needs an end-of-sequence token (from its generation config or tokenizer);
+without a pad token it pads with its first EOS id (padded positions are masked).
+
+In a notebook, `release(*sessions)` frees a member's memory before loading others.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -17,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import zoo
@@ -42,7 +51,15 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
         d = zoo.model_dir(spec)
         if not _has_hf(d / "hf"):
             zoo.fetch(spec)  # verifies the GGUF; downloads only if missing or corrupt
-        model, tok, info["loaded_from"] = _load_staged(d, dtype)
+        try:
+            model, tok, info["loaded_from"] = _load_staged(d, dtype)
+        except CorruptWeights as e:  # the converted hf/ cache is damaged: rebuild it from the GGUF
+            if not _has_hf(d / "hf"):
+                raise
+            log.warning("%s; rebuilding %s from the verified GGUF", e, d / "hf")
+            shutil.rmtree(d / "hf")
+            zoo.fetch(spec)
+            model, tok, info["loaded_from"] = _load_staged(d, dtype)
         extra_eos = m.extra_eos
         info.update(source="zoo", licence=m.licence, sha256=m.sha256, quant=m.quant, upstream=m.upstream)
     elif path.is_file() and path.suffix == ".gguf":
@@ -62,12 +79,54 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
 
     model.to(device=device, dtype=dtype).eval()
     eos, bos = _special_ids(model, tok, extra_eos)
+    if not eos:
+        raise ValueError(f"{spec}: no end-of-sequence token: neither the generation config nor the tokenizer "
+                         "names one, so an answer could never end; set eos_token_id in generation_config.json "
+                         "or eos_token in tokenizer_config.json")
     model.generation_config.eos_token_id = eos
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     model.generation_config.pad_token_id = pad
     info["load_seconds"] = round(time.perf_counter() - t0, 2)
     return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
                         eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
+
+
+class CorruptWeights(ValueError):
+    """A weights file that does not read (truncated or damaged)."""
+
+
+def release(*sessions: ModelSession) -> None:
+    """Free the memory of these members, e.g. in a notebook between runs.
+
+    Each session drops its model (the session object may live on in a variable or
+    a notebook's output history; it can no longer decode), then garbage is
+    collected and cached CUDA blocks go back to the driver. Other references to a
+    model that you keep yourself keep it alive."""
+    for s in sessions:
+        if not isinstance(s.model, _Released):
+            s.model = _Released(s.name)
+    free_memory()
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA blocks back to the driver."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class _Released:
+    """Stands in for the model of a released session: any use says so."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr):
+        raise RuntimeError(f"member {self.name!r} was released (adafuse_lab.models.release); "
+                           "load it again with load_session")
+
+    def __call__(self, *args, **kwargs):
+        return self.__getattr__("__call__")
 
 
 def _has_hf(d: Path) -> bool:
@@ -79,9 +138,19 @@ def _tokenizer_dir(d: Path) -> Path | None:
 
 
 def _load_hf(src, dtype, trust_remote_code=False, tokenizer_src=None):
+    if isinstance(src, Path) and not any(src.glob("*.safetensors")):
+        pickles = sorted(p.name for ext in ("bin", "pt", "pth", "ckpt") for p in src.glob(f"*.{ext}"))
+        if pickles:
+            raise ValueError(f"{src} holds only PyTorch pickle weights ({', '.join(pickles[:3])}), which can run "
+                             "code when loaded; only safetensors and GGUF weights are loaded: use a safetensors "
+                             "copy of the model, or convert it if you trust its source")
     tok = AutoTokenizer.from_pretrained(tokenizer_src or src, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except SafetensorError as e:
+        raise CorruptWeights(f"{src}: the safetensors weights do not read ({e}): the file is truncated or "
+                             "damaged; download it again") from e
     return model, tok
 
 
@@ -92,7 +161,11 @@ def _load_gguf(path: Path, tokenizer_dir: Path | None):
     (no <bos>, "Hello" -> "▁H el lo"); 5.23 gets it right."""
     tok = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else \
         AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, IndexError, EOFError) as e:  # what a truncated file raises while reading tensors
+        raise CorruptWeights(f"{path}: the GGUF weights do not read ({e}): the file may be truncated or "
+                             "damaged; download it again") from e
     # Plain dequantised weights from here on: without the GGUF quantizer and its
     # config the model behaves (and saves) like any HF checkpoint.
     model.hf_quantizer = None

@@ -228,8 +228,8 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _claim_dir(out: Path, cfg: RunConfig) -> None:
-    """Write config.json, or check that the existing one describes the same run."""
+def _claim_dir(out: Path, cfg: RunConfig, write: bool = True) -> None:
+    """Write config.json (if `write`), or check that the existing one describes the same run."""
     path = out / CONFIG
     new = cfg.to_dict()
     if path.exists():
@@ -242,7 +242,8 @@ def _claim_dir(out: Path, cfg: RunConfig) -> None:
             raise UsageError(f"{out} holds a run with a different config ({'; '.join(diff)}): "
                              "rerun with the same options to resume, or choose another --out")
         return
-    write_atomic(path, (json.dumps(new, indent=2) + "\n").encode())
+    if write:
+        write_atomic(path, (json.dumps(new, indent=2) + "\n").encode())
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -304,7 +305,9 @@ def _load_members(cfg: RunConfig):
     for spec in cfg.models:
         try:
             members.append(load_session(spec, device=cfg.device, dtype=_dtype(cfg.dtype)))
-        except (OSError, ValueError) as e:  # missing path, hub id not found, bad spec: one line (--debug: traceback)
+        # Missing path, hub id not found, bad or corrupt weights, zoo download failed (sha256
+        # mismatch, pip error), out of memory: one line (--debug: the traceback).
+        except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as e:
             raise UsageError(f"could not load model {spec!r}: {' '.join(str(e).split())}") from e
     return members
 
@@ -344,6 +347,45 @@ def _decode_iter(*args, **kw):
     return decode_iter(*args, **kw)
 
 
+def _oom_errors() -> tuple:
+    import torch
+    return tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+
+
+def _decode_batch(method, members, batch, prompts, dcfg, stop, oom: list):
+    """Yield (example, DecodeOutput) for one batch; on out-of-memory, halve and go on.
+
+    When the GPU runs out of memory, the examples of `batch` that have not finished
+    are decoded again in sub-batches of half the size of the one that failed, down
+    to one example; `oom` gets a note of each halving. (Smaller batches pad prompts
+    differently: trace values may then differ from a run that did not halve in the
+    last float bits, see IGNORED_KEYS.)"""
+    from tqdm.auto import tqdm
+
+    from .models import free_memory
+    todo, size, finished = list(batch), dcfg.batch_size, set()
+    while todo:
+        try:
+            for i, o in _decode_iter(method, members, [prompts[ex.id] for ex in todo],
+                                     dataclasses.replace(dcfg, batch_size=size), stop=stop):
+                finished.add(todo[i].id)
+                yield todo[i], o
+            return
+        except _oom_errors() as e:
+            k = next(j for j, ex in enumerate(todo) if ex.id not in finished)
+            failed = todo[k // size * size:][:size]  # the sub-batch decode_iter was working on
+            if len(failed) == 1:
+                raise UsageError(f"out of GPU memory decoding example {failed[0].id!r} on its own (batch size 1): "
+                                 "free GPU memory, lower --max-new-tokens or use smaller models; finished "
+                                 "examples are saved, rerun the same command to resume") from e
+        todo = [ex for ex in todo if ex.id not in finished]
+        size = len(failed) // 2
+        free_memory()  # after the except block: the traceback no longer holds the batch's tensors
+        oom.append({"example": todo[0].id, "batch_size": len(failed), "retry_batch_size": size})
+        tqdm.write(f"warning: out of GPU memory decoding {len(failed)} examples together; decoding the "
+                   f"{len(todo)} unfinished ones of this batch {size} at a time", file=sys.stderr)
+
+
 def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
     """Decode every example of cfg.task into out_dir; resume if it holds a partial run.
 
@@ -353,11 +395,9 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     task, dcfg = validate(cfg)
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _disk_error(e, out) from e
-    _claim_dir(out, cfg)
+    # Nothing is written before the data and the models have loaded: a bad data file
+    # or model leaves no run directory behind, and an existing one as it was.
+    _claim_dir(out, cfg, write=False)
     seed_everything(cfg.seed)
 
     try:
@@ -369,7 +409,7 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
         raise UsageError(f"task {cfg.task!r} yields duplicate example ids")
     prompts = {ex.id: task.prompt(ex) for ex in examples}
 
-    # Resume: keep finished records whose prompt is unchanged, compact the file.
+    # Resume: keep finished records whose prompt is unchanged.
     samples = out / SAMPLES
     done = {}
     for rec in read_samples(samples):
@@ -378,8 +418,6 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
                 raise UsageError(f"example {rec['id']!r} in {samples} was made from a different prompt "
                                  "(data or prompt changed); choose another --out")
             done[rec["id"]] = rec
-    if samples.exists():
-        write_atomic(samples, b"".join(_line(done[i]) for i in ids if i in done))
 
     # Batches are aligned with the full example list and a batch with any unfinished
     # example is decoded whole: padding makes float bits depend on which prompts share
@@ -392,16 +430,22 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
     load_s = time.perf_counter() - t_load
     _check_context(members, examples, prompts, cfg.max_new_tokens)
 
-    per_example = {}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _disk_error(e, out) from e
+    _claim_dir(out, cfg)
+    if samples.exists():  # compact: finished records in example order, partial lines dropped
+        write_atomic(samples, b"".join(_line(done[i]) for i in ids if i in done))
+
+    per_example, oom = {}, []
     t_decode = time.perf_counter()
     if batches:
         with open(samples, "ab", buffering=0) as f, tqdm(total=len(examples), initial=len(done), disable=not progress,
                                             desc=f"{cfg.task}/{cfg.method}", unit="ex") as bar:
             t_prev = time.perf_counter()
             for batch in batches:
-                for i, o in _decode_iter(cfg.method, members, [prompts[ex.id] for ex in batch], dcfg,
-                                         stop=task.stop_fn):
-                    ex = batch[i]
+                for ex, o in _decode_batch(cfg.method, members, batch, prompts, dcfg, task.stop_fn, oom):
                     if ex.id in done:
                         continue  # finished before the interruption; same bytes either way
                     rec = _record(task, ex, prompts[ex.id], o)
@@ -434,7 +478,7 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
                     "n_resumed": len(records) - len(per_example),
                     "per_example_mean_s": round(sum(per_example.values()) / len(per_example), 4)
                     if per_example else None,
-                    "per_example_s": per_example},
+                    "per_example_s": per_example, "oom_halvings": oom},
     }
     if old and "timings" in old:
         results["timings"] = old["timings"]
