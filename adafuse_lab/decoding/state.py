@@ -63,12 +63,9 @@ class KV:
 
 def pad_right(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
+    ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
+    return ids, mask
 
 
 class Member:
@@ -98,6 +95,7 @@ class Member:
         self.ids = ids                              # committed token ids per row
         self.cols = [list(range(width - len(x), width)) for x in ids]  # cache column of each id
         self.prompt_len = [len(x) for x in ids]
+        self._windows: dict[int, tuple] = {}        # row -> cached re-tokenization window
 
     # ---- text <-> tokens -------------------------------------------------
     def text_after(self, row: int, new: list[int]) -> str:
@@ -127,11 +125,9 @@ class Member:
         new_ids[:keep] equal the committed ids, new_ids[first_scored:] carry `text` (and EOS).
         """
         ids = self.ids[row]
-        ws = self._window_start(ids)
-        window_text = self.text_after_ids(ids[:ws], ids[ws:])
-        enc = self.s.tokenizer(window_text + text, add_special_tokens=False, return_offsets_mapping=True)
-        tail = enc["input_ids"]
-        first = next((k for k, (_, end) in enumerate(enc["offset_mapping"]) if end > len(window_text)), len(tail))
+        ws, window_text = self._window(row, ids)
+        tail, offsets = self._encode_offsets(window_text + text)
+        first = next((k for k, (_, end) in enumerate(offsets) if end > len(window_text)), len(tail))
         new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
         keep = 0
         for a, b in zip(new, ids):
@@ -139,6 +135,25 @@ class Member:
                 break
             keep += 1
         return new, keep, ws + first
+
+    def _window(self, row: int, ids: list[int]) -> tuple[int, str]:
+        """Start and text of the re-tokenized window; the same for every candidate of a round."""
+        key = (id(ids), len(ids))
+        hit = self._windows.get(row)
+        if hit is None or hit[0] != key:
+            ws = self._window_start(ids)
+            hit = (key, ws, self.text_after_ids(ids[:ws], ids[ws:]))
+            self._windows[row] = hit
+        return hit[1], hit[2]
+
+    def _encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character offsets, straight from the Rust tokenizer when there is one."""
+        backend = getattr(self.s.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            enc = backend.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets
+        enc = self.s.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
 
     def _starts_char(self, ids: list[int]) -> bool:
         """Do `ids` (ending where a character ends) begin where a character begins?

@@ -178,14 +178,19 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             n_old = sum(1 for s in ms.rows if not s.dead)
             spawned = list(ms.spawn)
             ms.restructure()
-            for j, (_, s) in enumerate(spawned):  # roll score rows back to the committed text
+            rows, cuts = [], []  # roll score rows back to the committed text
+            for j, (_, s) in enumerate(spawned):
                 if s.kind == "score":
-                    row = n_old + j
-                    cols = ms.m.cols[s.p]
-                    new, start, _ = s.plan
-                    cut = cols[start] if start < len(cols) else cols[-1] + 1
-                    ms.m.kv.mask[row, cut:] = 0
-                    ms.m.kv.n_real[row] = ms.m.kv.mask[row].sum()
+                    cols, start = ms.m.cols[s.p], s.plan[1]
+                    rows.append(n_old + j)
+                    cuts.append(cols[start] if start < len(cols) else cols[-1] + 1)
+            if rows:
+                kv = ms.m.kv
+                dev = kv.mask.device
+                r = torch.tensor(rows, dtype=torch.long, device=dev)
+                keep = torch.arange(kv.width, device=dev)[None, :] < torch.tensor(cuts, device=dev)[:, None]
+                kv.mask[r] = kv.mask[r] * keep
+                kv.n_real[r] = kv.mask[r].sum(1)
             feeds = [s.feed for s in ms.rows]
             if not any(feeds):
                 continue
