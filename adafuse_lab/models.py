@@ -159,9 +159,9 @@ def _load_gguf(path: Path, tokenizer_dir: Path | None):
     folder wins over the one transformers builds from the GGUF: that build is slow
     (~30 s for 150k+ vocabularies) and, for Gemma-3, wrong in transformers 5.17
     (no <bos>, "Hello" -> "▁H el lo"); 5.23 gets it right."""
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else \
-        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    try:
+    try:  # both read the whole file (the GGUF reader maps every tensor)
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else \
+            AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (ValueError, IndexError, EOFError) as e:  # what a truncated file raises while reading tensors
         raise CorruptWeights(f"{path}: the GGUF weights do not read ({e}): the file may be truncated or "

@@ -262,11 +262,25 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 # ---------------------------------------------------------------- environment
 
 def seed_everything(seed: int) -> None:
+    """Seed every RNG and ask for deterministic kernels.
+
+    Without deterministic kernels, CUDA sums some reductions (index_add_, cuBLAS
+    split-K) in a varying order: the same run twice on an H100 gave the same
+    predictions but trace NLLs that differed in the last bits. cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG when it first runs, so in a process that already used
+    it (a notebook), set it before that."""
     import numpy as np
     import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
+
+
+def _deterministic() -> bool:
+    import torch
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def versions() -> dict:
@@ -471,6 +485,8 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
                  "dropped_demo_leaks": list(getattr(examples, "dropped", []))},
         "decode_config": json.loads(json.dumps(dataclasses.asdict(dcfg), default=_json_default)),
         "seeds": {"torch": cfg.seed, "random": cfg.seed, "numpy": cfg.seed},
+        "deterministic": {"torch_algorithms": _deterministic(),
+                          "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")},
         "versions": versions(), "git_commit": git_commit(),
         "device": device_name(members[0].device) if members else (old or {}).get("device"),
         "timings": {"wall_s": round(time.perf_counter() - t_start, 3), "load_s": round(load_s, 3),

@@ -334,6 +334,16 @@ def test_truncated_safetensors_is_one_line(tmp_path, capsys):
     assert "safetensors weights do not read" in err and "truncated or damaged" in err
 
 
+def test_truncated_gguf_is_one_line_if_cached(tmp_path):
+    gguf = zoo.model_dir("smollm2-135m") / "model.gguf"
+    if not gguf.is_file():
+        pytest.skip("smollm2-135m is not cached")
+    with open(gguf, "rb") as f:
+        (tmp_path / "model.gguf").write_bytes(f.read(20_000_000))  # a download cut off at 20 of 98 MB
+    with pytest.raises(models.CorruptWeights, match=r"model.gguf: the GGUF weights do not read .*truncated"):
+        load_session(str(tmp_path / "model.gguf"))
+
+
 @pytest.fixture
 def fake_zoo_model(tmp_path, monkeypatch):
     """A zoo entry whose GGUF "loads" as tiny:char (no real GGUF needed)."""
@@ -403,3 +413,5 @@ def test_same_config_twice_gives_the_same_bytes(tmp_path):
     assert set(res["versions"]) >= {"python", "torch", "transformers", "numpy", "adafuse_lab"}
     assert res["versions"]["torch"] == torch.__version__ and "git_commit" in res and res["device"]
     assert res["decode_config"]["batch_size"] == 4 and res["decode_config"]["theta"] == 0.7
+    # deterministic kernels asked for (on an H100 without them, trace NLLs differed in the last bits)
+    assert res["deterministic"]["torch_algorithms"] is True and res["deterministic"]["cublas_workspace_config"]
