@@ -1,0 +1,183 @@
+"""python -m adafuse_lab figures: re-execute the notebooks and write their figures.
+
+    python -m adafuse_lab figures                      # full parameters, figures into figures/
+    python -m adafuse_lab figures --params smoke --out /tmp/figs --only 00,02
+
+Every numbered notebook in notebooks/ runs through papermill with the parameters
+of notebooks/params/<name>.yaml (or .json, or a path): the "common" section goes
+to each notebook that declares the parameter, a notebook's own section overrides
+it. The executed copies, each notebook's summary.json and the shared run
+directories go under --work (git-ignored runs/notebooks/ by default); PNG and PDF
+figures go to --out.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+PATH_PARAMS = ("runs_dir", "out_dir", "fig_dir")  # set by this command, never by a parameter file
+
+
+def notebook_dir(path=None) -> Path:
+    """notebooks/ of the current directory, else of the source checkout."""
+    for cand in ([Path(path)] if path else [Path.cwd() / "notebooks", REPO / "notebooks"]):
+        if cand.is_dir() and any(cand.glob("[0-9][0-9]_*.ipynb")):
+            return cand.resolve()
+    from .runs import UsageError
+    raise UsageError(f"no numbered notebooks found in {path or 'notebooks/'}; run from the repository root "
+                     "or pass --notebooks")
+
+
+def notebooks(nb_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """The numbered notebooks, in order; `only`: prefixes or names such as "00" or "02_trigger_rates"."""
+    found = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        keep = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
+        if not keep:
+            from .runs import UsageError
+            raise UsageError(f"--only {','.join(only)} matches none of {', '.join(p.stem for p in found)}")
+        found = keep
+    return found
+
+
+def load_params(spec: str, nb_dir: Path) -> dict:
+    """A parameter file: a name in notebooks/params ("smoke", "full") or a path; YAML or JSON.
+    Returns {"common": {...}, "notebooks": {name: {...}}}."""
+    from .runs import UsageError
+    path = Path(spec)
+    if not path.exists():
+        for ext in (".yaml", ".yml", ".json"):
+            if (nb_dir / "params" / f"{spec}{ext}").exists():
+                path = nb_dir / "params" / f"{spec}{ext}"
+                break
+        else:
+            names = sorted({p.stem for p in (nb_dir / "params").glob("*.*")})
+            raise UsageError(f"no parameter file {spec!r}; choose one of {', '.join(names) or 'none'} or give a path")
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+        data = yaml.safe_load(text) or {}
+    unknown = set(data) - {"common", "notebooks"}
+    if unknown:
+        raise UsageError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; use common and notebooks")
+    return {"common": dict(data.get("common") or {}), "notebooks": {k: dict(v or {}) for k, v in
+                                                                    (data.get("notebooks") or {}).items()},
+            "path": str(path)}
+
+
+def parameters_for(nb: Path, pfile: dict, paths: dict) -> dict:
+    """The parameters injected into one notebook. Names a notebook does not declare are an
+    error for its own section and skipped for "common"; papermill would only warn."""
+    import papermill as pm
+    from .runs import UsageError
+    declared = set(pm.inspect_notebook(str(nb)))
+    own = pfile["notebooks"].get(nb.stem, {})
+    bad = sorted(set(own) - declared)
+    if bad:
+        raise UsageError(f"{pfile.get('path', 'parameters')}: {nb.stem} has no parameter(s) {', '.join(bad)}; "
+                         f"it declares {', '.join(sorted(declared))}")
+    fixed = sorted(set(own) & set(PATH_PARAMS) | set(pfile["common"]) & set(PATH_PARAMS))
+    if fixed:
+        raise UsageError(f"{', '.join(fixed)} are set by the figures command (--out, --work), not the parameter file")
+    out = {k: v for k, v in pfile["common"].items() if k in declared}
+    out.update(own)
+    out.update({k: str(v) for k, v in paths.items() if k in declared})
+    return out
+
+
+@contextlib.contextmanager
+def headless():
+    """Set $ADAFUSE_HEADLESS=1 for the kernels started inside (they inherit the environment):
+    plots.interact then draws its figure without creating widgets."""
+    from .plots import HEADLESS_ENV
+    old = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = old
+
+
+def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", only: Sequence[str] | None = None,
+          nb_dir=None, kernel: str = "python3", cell_timeout: float | None = None, retries: int = 0,
+          log=print) -> dict:
+    """Execute the notebooks; returns {notebook: {"seconds", "executed", "summary", "attempts"}}.
+
+    cell_timeout: seconds a cell may run (None: no limit). retries: how often a notebook
+    whose kernel stopped answering (a cell timeout, a dead kernel) is run again; finished
+    runs are found in runs_dir, so a retry only redoes what was not saved. A cell that
+    raises is never retried."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    from .runs import UsageError
+    nb_dir = notebook_dir(nb_dir)
+    pfile = load_params(params, nb_dir)
+    fig_dir, work_dir = Path(fig_dir).resolve(), Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for nb in notebooks(nb_dir, only):
+        paths = {"runs_dir": work_dir / "runs", "out_dir": work_dir / nb.stem, "fig_dir": fig_dir}
+        values = parameters_for(nb, pfile, paths)
+        executed = work_dir / nb.name
+        t0 = time.perf_counter()
+        log(f"{nb.stem}: running with {Path(pfile['path']).name} ...")
+        for attempt in range(retries + 1):
+            try:
+                with headless():
+                    pm.execute_notebook(str(nb), str(executed), parameters=values, cwd=str(nb.parent),
+                                        kernel_name=kernel, progress_bar=False, log_output=False,
+                                        execution_timeout=cell_timeout)
+                break
+            except pm.PapermillExecutionError as e:
+                raise UsageError(f"{nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; "
+                                 f"the executed copy is {executed}") from e
+            except (TimeoutError, DeadKernelError) as e:  # the kernel, not the notebook, went wrong
+                if attempt == retries:
+                    raise UsageError(f"{nb.stem}: the kernel stopped answering ({type(e).__name__}: {e}); "
+                                     f"the executed copy is {executed}") from e
+                log(f"{nb.stem}: kernel stopped answering ({type(e).__name__}); running it again")
+        secs = time.perf_counter() - t0
+        summary_path = paths["out_dir"] / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        report[nb.stem] = {"seconds": round(secs, 1), "executed": str(executed), "summary": summary,
+                           "attempts": attempt + 1}
+        log(f"{nb.stem}: done in {secs:.1f} s; figures: {', '.join((summary or {}).get('figures', [])) or 'none'}")
+    return report
+
+
+def add_parser(subparsers) -> None:
+    """Register `figures` on the CLI (cli.py calls this)."""
+    p = subparsers.add_parser("figures", help="re-execute the notebooks through papermill and write their figures")
+    p.add_argument("--params", default="full",
+                   help="parameter file: smoke, full (notebooks/params/) or a YAML/JSON path (default: %(default)s)")
+    p.add_argument("--out", default="figures", help="where PNG and PDF figures go (default: %(default)s)")
+    p.add_argument("--work", default="runs/notebooks",
+                   help="executed notebooks, summaries and shared run directories (default: %(default)s)")
+    p.add_argument("--only", help="comma-separated notebook prefixes, e.g. 00,02")
+    p.add_argument("--notebooks", help="folder holding the numbered notebooks (default: ./notebooks)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: %(default)s)")
+    p.add_argument("--cell-timeout", type=float, help="seconds a cell may run (default: no limit)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="run a notebook again when its kernel stops answering (default: %(default)s)")
+    p.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args) -> dict:
+    only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    report = build(args.params, args.out, args.work, only, args.notebooks, args.kernel, args.cell_timeout,
+                   args.retries)
+    total = sum(r["seconds"] for r in report.values())
+    print(f"{len(report)} notebook(s) in {total:.0f} s; figures in {args.out}, executed notebooks in {args.work}")
+    return report

@@ -1,0 +1,438 @@
+"""Figures for the notebooks: one style, one method -> colour mapping, stable files.
+
+Every notebook calls ``style()`` once and saves through ``save()``, which writes
+PNG and PDF without timestamps or version strings, so re-running a notebook on
+the same data gives byte-identical figures. The functions taking a ``theta`` or
+a question index are what the notebooks' widgets call.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import matplotlib.patches
+import matplotlib.ticker
+import numpy as np
+
+# Okabe-Ito based, colour-blind safe. One entry per method, ablation variant and member.
+METHOD_COLORS: dict[str, str] = {
+    "adafuse": "#D55E00",
+    "adafuse-distinct": "#E69F00",
+    "adafuse-semantic": "#CC79A7",
+    "adafuse-fixed": "#8C510A",
+    "sweetspan": "#0072B2",
+    "coolfusion": "#56B4E9",
+    "unite": "#009E73",
+    "gac": "#66A61E",
+    "rerank": "#7570B3",
+    "single": "#7F7F7F",
+    "member0": "#332288",
+    "member1": "#44AA99",
+    "member2": "#999933",
+    "member3": "#882255",
+    "shared": "#BBBBBB",
+}
+TASK_COLORS: dict[str, str] = {
+    "gsm8k": "#D55E00", "triviaqa": "#0072B2", "nq": "#56B4E9", "squad": "#009E73",
+    "flores_en-de": "#CC79A7", "flores_de-en": "#7570B3", "flores_en-ro": "#E69F00",
+}
+_FALLBACK = "#7F7F7F"
+
+# PNG: drop "Software" (matplotlib version); PDF: no dates, producer or creator.
+PNG_METADATA = {"Software": None}
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+
+
+def color(name: str, models: Sequence[str] | None = None) -> str:
+    """The colour of a method, ablation variant ("adafuse-..."), member ("member0") or task.
+
+    "single: <model>" labels take their member's colour when `models` lists it."""
+    if name in METHOD_COLORS:
+        return METHOD_COLORS[name]
+    if name in TASK_COLORS:
+        return TASK_COLORS[name]
+    if name.startswith("single"):
+        model = name.partition(":")[2].strip()
+        if models and model in models:
+            return METHOD_COLORS.get(f"member{list(models).index(model)}", _FALLBACK)
+        return METHOD_COLORS["single"]
+    if name.startswith("adafuse"):
+        return METHOD_COLORS["adafuse"]
+    return _FALLBACK
+
+
+def style() -> None:
+    """The one figure style of the project (matplotlib only, no seaborn theme)."""
+    matplotlib.rcParams.update({
+        "figure.figsize": (6.4, 4.0), "figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
+        "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
+        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+        "lines.linewidth": 1.6, "lines.markersize": 5, "legend.frameon": False,
+        "pdf.fonttype": 42, "svg.hashsalt": "adafuse-lab", "image.cmap": "viridis",
+    })
+
+
+def save(fig, name: str, fig_dir, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write fig_dir/name.png and .pdf with stable metadata; returns the paths."""
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        path = fig_dir / f"{name}.{fmt}"
+        md = PNG_METADATA if fmt == "png" else PDF_METADATA if fmt == "pdf" else None
+        fig.savefig(path, format=fmt, metadata=md)
+        out.append(path)
+    return out
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def show(fig):
+    """Display a figure once (in a notebook or a widget's output) and close it; returns it,
+    still savable. Widget callbacks end with `return plots.show(fig)`."""
+    try:
+        from IPython.display import display
+        display(fig)
+    except ImportError:  # pragma: no cover - IPython comes with the notebook extra
+        pass
+    _plt().close(fig)
+    return fig
+
+
+HEADLESS_ENV = "ADAFUSE_HEADLESS"  # set to 1 by the figures command for the kernels it starts
+
+
+def control(value, *, min=None, max=None, step=None, options=None, description: str | None = None) -> dict:
+    """A widget's description for `interact`: a slider (numbers with min/max), or a dropdown
+    (options). Only turned into an ipywidget when a front end is there to show it."""
+    return {"value": value, "min": min, "max": max, "step": step, "options": options, "description": description}
+
+
+def _widget(name: str, spec: dict):
+    import ipywidgets as W
+    desc = spec["description"] or name
+    if spec["options"] is not None:
+        return W.Dropdown(options=list(spec["options"]), value=spec["value"], description=desc)
+    kw = {k: spec[k] for k in ("min", "max", "step") if spec[k] is not None}
+    cls = W.IntSlider if isinstance(spec["value"], int) and not isinstance(spec["step"], float) else W.FloatSlider
+    # continuous_update off: the function runs when the slider is released, not on every step
+    return cls(value=spec["value"], description=desc, continuous_update=False, **kw)
+
+
+class Headless:
+    """What `interact` returns without a front end: the function's value for the defaults."""
+
+    def __init__(self, kwargs: dict, result):
+        self.kwargs, self.result = kwargs, result
+
+
+def interact(fn, **controls):
+    """Show `fn` with one widget per `control(...)` (ipywidgets.interactive) and return the
+    interactive object; its `.result` is fn's value for the current settings.
+
+    Headless, i.e. when $ADAFUSE_HEADLESS is 1 (the figures command sets it for papermill
+    runs), no widget is made: fn runs once with the controls' values and a `Headless`
+    stand-in comes back. Widget messages under papermill (ipykernel 7, nbclient 0.11)
+    now and then leave the client waiting forever; the figure is the same either way."""
+    import os
+    values = {k: c["value"] for k, c in controls.items()}
+    if os.environ.get(HEADLESS_ENV) == "1":
+        return Headless(values, fn(**values))
+    import ipywidgets as W
+    view = W.interactive(fn, **{k: _widget(k, c) for k, c in controls.items()})
+    try:
+        from IPython.display import display
+        display(view)
+    except ImportError:  # pragma: no cover
+        pass
+    return view
+
+
+def widget_result(view):
+    """The value `interact`'s function returned for the current settings. ipywidgets shows a
+    failure in the widget's output but keeps no exception: raise one here."""
+    if getattr(view, "result", None) is None:
+        raise RuntimeError("the widget's function failed or returned nothing: see the traceback in its output above")
+    return view.result
+
+
+# ---------------------------------------------------------------- one answer, round by round
+
+
+def winner_key(rd: dict) -> str:
+    """Colour key of a round's winner: "memberK", or "shared" when several members proposed it."""
+    src = rd["candidates"][rd["winner"]]["from"]
+    return f"member{src[0]}" if len(src) == 1 else "shared"
+
+
+def answer_html(trace: Sequence[dict] | None, names: Sequence[str], prediction: str | None = None) -> str:
+    """The answer as HTML: each round's committed text on its winner's colour, a ⑂ where
+    a member branched, the round's details in the tooltip; and a legend."""
+    if not trace:
+        return f"<pre>{html.escape(prediction or '')}</pre>"
+    parts = []
+    for r, rd in enumerate(trace):
+        win = rd["candidates"][rd["winner"]]
+        key = winner_key(rd)
+        branched = [names[k] for k, m in enumerate(rd["members"]) if m["branched"]]
+        tip = (f"round {r}: {len(rd['candidates'])} candidates; won by "
+               f"{', '.join(names[k] for k in win['from'])}; branched: {', '.join(branched) or 'none'}; "
+               f"confidence at start: " + ", ".join(f"{names[k]} {m['conf'][0]:.2f}" for k, m in
+                                                     enumerate(rd["members"]) if m["conf"]))
+        mark = "<b style='color:#000'>⑂</b>" if branched else ""
+        text = html.escape(win["text"]).replace("\n", "↵<br>") + ("⏹" if win["eos"] else "")
+        parts.append(f"{mark}<span title='{html.escape(tip, quote=True)}' style='background:{color(key)}33;"
+                     f"border-bottom:2px solid {color(key)}'>{text}</span>")
+    legend = " ".join(f"<span style='background:{color(f'member{k}')}33;border-bottom:2px solid "
+                      f"{color(f'member{k}')}'>{html.escape(n)}</span>" for k, n in enumerate(names))
+    legend += f" <span style='background:{color('shared')}33'>proposed by several</span> ⑂ = a member branched"
+    return (f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.6'>{''.join(parts)}</div>"
+            f"<div style='font-size:80%;margin-top:4px'>{legend}</div>")
+
+
+def plot_rounds(trace: Sequence[dict] | None, names: Sequence[str], title: str | None = None):
+    """Two panels over rounds: each member's confidence at the round's first word start
+    against its threshold; the committed span in words, coloured by the winning
+    member, hatched where the ensemble was triggered (some member branched)."""
+    from .analysis import n_words
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8.0, 4.2), sharex=True, height_ratios=[1, 1])
+    trace = trace or []
+    x = np.arange(len(trace))
+    for k, name in enumerate(names):
+        conf = [rd["members"][k]["conf"][0] if rd["members"][k]["conf"] else np.nan for rd in trace]
+        ax1.plot(x, conf, "o-", color=color(f"member{k}"), label=name, alpha=0.9)
+    thetas = [rd["members"][0]["theta"][0] for rd in trace if rd["members"][0]["theta"]]
+    if thetas:
+        ax1.step(x[:len(thetas)], thetas, where="mid", color="k", ls="--", lw=1, label="θ")
+    ax1.set_ylim(-0.02, 1.02)
+    ax1.set_ylabel("confidence\nat round start")
+    ax1.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    spans = [n_words(rd["candidates"][rd["winner"]]["text"]) for rd in trace]
+    for r, rd in enumerate(trace):
+        trig = any(m["branched"] for m in rd["members"])
+        ax2.bar(r, spans[r], color=color(winner_key(rd)), hatch="///" if trig else None,
+                edgecolor="white" if trig else color(winner_key(rd)), linewidth=0)
+    ax2.set_ylabel("words committed")
+    ax2.set_xlabel("round")
+    ax2.set_ylim(0, max(spans + [1]) + 0.5)
+    ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    handles = [matplotlib.patches.Patch(color=color(f"member{k}"), label=f"won by {n}") for k, n in enumerate(names)]
+    handles += [matplotlib.patches.Patch(color=color("shared"), label="proposed by several"),
+                matplotlib.patches.Patch(facecolor="white", edgecolor="k", hatch="///", label="triggered")]
+    ax2.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        ax1.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def quickstart_view(members, task, examples, theta: float = 0.7, M: int = 3, B: int = 3,
+                    criterion: str = "margin", question: int = 0, max_new_tokens: int = 64,
+                    draw: bool = True) -> dict:
+    """Re-decode one question with AdaFuse at (theta, M, B, criterion) and draw it.
+
+    The quickstart's widgets call this. Returns {"output", "figure", "html", "example"}."""
+    from .decoding import DecodeConfig, decode
+    ex = examples[int(question) % len(examples)]
+    cfg = DecodeConfig(theta=float(theta), M=int(M), B=int(B), criterion=criterion,
+                       max_new_tokens=int(max_new_tokens), batch_size=1)
+    out = decode("adafuse", members, [task.prompt(ex)], cfg, stop=task.stop_fn)[0]
+    names = [m.name for m in members]
+    fig = plot_rounds(out.trace, names, title=f"θ={theta:.2f}, M={M}, B={B}, {criterion}: {ex.question[:60]}")
+    page = answer_html(out.trace, names, out.text)
+    if draw:
+        from IPython.display import HTML, display
+        score = task.score(ex, out.text)
+        display(HTML(f"<p><b>Q:</b> {html.escape(ex.question)}<br><b>gold:</b> "
+                     f"{html.escape(' | '.join(ex.references[:3]))}<br><b>answer:</b> "
+                     f"{html.escape(str(score.get('answer')))}</p>" + page))
+        show(fig)
+    return {"output": out, "figure": fig, "html": page, "example": ex}
+
+
+# ---------------------------------------------------------------- uncertainty
+
+
+def plot_confidence_hist(words, value: str = "margin", tasks: Sequence[str] | None = None, bins: int = 20):
+    """Histograms of a confidence value per member, one panel per task.
+    `words`: a DataFrame with columns task, member_name, member and `value`."""
+    plt = _plt()
+    tasks = list(tasks or sorted(words["task"].unique()))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 2.8), squeeze=False, sharey=True)
+    edges = np.linspace(0, 1, bins + 1)
+    for ax, task in zip(axes[0], tasks):
+        sub = words[words["task"] == task]
+        for k, g in sub.groupby("member"):
+            ax.hist(g[value].dropna(), bins=edges, histtype="step", density=True, lw=1.6,
+                    color=color(f"member{k}"), label=str(g["member_name"].iloc[0]))
+        ax.set_title(task)
+        ax.set_xlabel({"margin": "Δ = p1 − p2", "entropy": "1 − H / log V"}.get(value, value))
+    axes[0][0].set_ylabel("density")
+    axes[0][-1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(curves: dict, title: str | None = None, ylabel: str = "observed rate"):
+    """Reliability curves: curves = {label: (bins from analysis.reliability, colour key)}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls=":")
+    for label, (bins, key) in curves.items():
+        if bins:
+            ax.plot([b["mean_conf"] for b in bins], [b["rate"] for b in bins], "o-", color=color(key),
+                    label=label, alpha=0.85)
+    ax.set_xlim(0, 1), ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("confidence (bin mean)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_auroc(table, value_cols: Sequence[str], group_col: str = "task"):
+    """Grouped bars of AUROC values (rows of `table`), chance level at 0.5."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(table), 3.2))
+    n = len(value_cols)
+    width = 0.8 / n
+    x = np.arange(len(table))
+    palette = ["member0", "member1", "adafuse", "sweetspan", "unite", "rerank"]
+    for i, col in enumerate(value_cols):
+        ax.bar(x + (i - (n - 1) / 2) * width, table[col].astype(float), width,  # NaN (one class only): no bar
+               color=color(palette[i % len(palette)]), label=col)
+    ax.axhline(0.5, color="k", lw=0.8, ls=":")
+    ax.set_xticks(x, [str(v) for v in table[group_col]], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AUROC")
+    ax.legend(ncol=min(n, 3), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_catch_curves(curves: dict, title: str | None = None):
+    """Trigger criteria at equal budget: curves = {label: (analysis.catch_curve(...), colour key,
+    line style)}; x = share of word starts triggered, y = share of the events caught."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls=":")
+    for label, (c, key, ls) in curves.items():
+        ax.plot(c["trigger_rate"], c["recall"], ls=ls, color=color(key), label=label, drawstyle="steps-post")
+    ax.set_xlim(0, 1), ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("share of word starts triggered")
+    ax.set_ylabel("share of overruled words caught")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- trigger rates
+
+
+def plot_trigger_curves(curves: dict, theta: float, measured: dict | None = None):
+    """Three panels over theta, one line per task: ensemble trigger rate (share of rounds),
+    mean committed span (words), and rounds per word relative to a one-word-per-round
+    ensemble (1.0). curves[task] = {"theta", "trigger_rate", "mean_span", "rounds_per_word"}
+    (and optionally "word_rate", drawn dashed); measured[task] = list of
+    {"theta", "trigger_rate", "mean_span", "rounds_per_word"} from decoded runs (markers).
+    A vertical line marks `theta` and the titles read the curves off there."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.4))
+    panels = [("trigger_rate", "ensemble trigger rate"), ("mean_span", "mean committed span (words)"),
+              ("rounds_per_word", "rounds per word (fixed = 1)")]
+    for ax, (key, label) in zip(axes, panels):
+        reads = []
+        for task, c in curves.items():
+            th = np.asarray(c["theta"], dtype=float)
+            y = np.asarray(c[key], dtype=float)
+            ax.plot(th, y, color=color(task), label=task)
+            if key == "trigger_rate" and "word_rate" in c:
+                ax.plot(th, c["word_rate"], color=color(task), ls="--", lw=1)
+            for m in (measured or {}).get(task, []):
+                ax.plot(m["theta"], m[key], "o", color=color(task), mec="k", mew=0.6)
+            if len(th) and np.isfinite(y).any():
+                reads.append(f"{task} {np.interp(theta, th, y):.2f}")
+        ax.axvline(theta, color="k", lw=0.8)
+        ax.set_xlabel("θ")
+        ax.set_title(label + (f"\nat θ={theta:.2f}: " + ", ".join(reads[:3]) if reads else ""), fontsize=8)
+        ax.set_xlim(0, 1)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_span_hist(spans: dict, max_span: int | None = None):
+    """Distribution of committed span lengths (words) per task: spans = {task: [lengths]}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    top = max_span or max([max(v) for v in spans.values() if len(v)] + [1])
+    edges = np.arange(0.5, top + 1.5)
+    for task, v in spans.items():
+        if len(v):
+            ax.hist(v, bins=edges, histtype="step", density=True, lw=1.6, color=color(task), label=task)
+    ax.set_xlabel("committed span (words)")
+    ax.set_ylabel("share of rounds")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- accuracy and cost
+
+
+def plot_cost_accuracy(df, x: str = "forwards", y: str = "score", label_col: str = "variant",
+                       key_col: str = "color_key", task_col: str = "task"):
+    """Accuracy against cost, one panel per task; error bars from the `<y> lo` / `<y> hi`
+    columns; points coloured by `key_col` (a METHOD_COLORS key) and annotated by label."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(df[task_col]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = df[df[task_col] == task]
+        for _, r in sub.iterrows():
+            lo, hi = r.get(f"{y} lo", np.nan), r.get(f"{y} hi", np.nan)
+            yerr = None if not (np.isfinite(lo) and np.isfinite(hi)) else [[r[y] - lo], [hi - r[y]]]
+            ax.errorbar(r[x], r[y], yerr=yerr, fmt="o", color=color(r[key_col]), capsize=3)
+            ax.annotate(str(r[label_col]), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_title(task)
+        ax.set_xlabel({"forwards": "forward passes / example", "tokens": "decoded tokens / example",
+                       "seconds": "seconds / example"}.get(x, x))
+        ax.set_ylabel(f"{y} ({sub['metric'].iloc[0]})" if "metric" in sub and len(sub) else y)
+    fig.tight_layout()
+    return fig
+
+
+def plot_benchmark(table, tasks: Sequence[str], models: Sequence[str] | None = None):
+    """One panel per task: each method's paper metric with its bootstrap interval
+    (table from analysis.benchmark_table)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.8 * len(tasks) + 1.5, 0.35 * len(table) + 1.4),
+                             squeeze=False, sharey=True)
+    y = np.arange(len(table))
+    for ax, task in zip(axes[0], tasks):
+        v = table[task].astype(float).to_numpy()
+        lo = table[f"{task} lo"].astype(float).to_numpy()
+        hi = table[f"{task} hi"].astype(float).to_numpy()
+        cols = [color(str(m), models) for m in table.index]
+        ax.barh(y, np.nan_to_num(v), color=cols, height=0.7)
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(v)
+        ax.errorbar(v[ok], y[ok], xerr=[v[ok] - lo[ok], hi[ok] - v[ok]], fmt="none", ecolor="k", capsize=2, lw=0.8)
+        ax.set_title(task)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("paper metric")
+        ax.grid(axis="y", visible=False)
+    axes[0][0].set_yticks(y, [str(m) for m in table.index])
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    return fig

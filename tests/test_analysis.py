@@ -1,0 +1,323 @@
+"""adafuse_lab.analysis: trace rows, recomputed thresholds, AUROC, reliability, costs, runs."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from adafuse_lab import analysis as A
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from adafuse_lab.models import load_session
+    return [load_session("tiny:bpe"), load_session("tiny:spm")]
+
+
+def member(conf, theta=0.7, branched=None, words=None, tokens=3, forwards=4):
+    conf = list(conf)
+    if branched is None:
+        branched = bool(conf) and conf[-1] < theta
+    if words is None:
+        words = sum(c >= theta for c in conf)
+    return {"conf": conf, "margin": conf, "entropy": [min(1.0, c + 0.1) for c in conf], "theta": [theta] * len(conf),
+            "words": words, "branched": branched, "tokens": tokens, "forwards": forwards}
+
+
+def cand(text, frm, eos=False):
+    return {"text": text, "eos": eos, "from": frm, "nll": [1.0] * 2, "score": 1.0}
+
+
+# Round 0: member 0 confident for 2 words then branches; member 1 confident for 3 words (M = 3).
+# Member 1's span wins; nothing was proposed by both: a split.
+# Round 1: both members uncertain at once (branch); they share the winning word.
+TRACE = [
+    {"members": [member([0.9, 0.8, 0.2]), member([0.95, 0.9, 0.75], branched=False, words=3)],
+     "candidates": [cand(" the big cat", [0]), cand(" the big dog", [0]), cand(" the big red", [1])],
+     "winner": 2},
+    {"members": [member([0.1]), member([0.3])],
+     "candidates": [cand(" fox", [0, 1]), cand(" hen", [0]), cand(" owl", [1])],
+     "winner": 0},
+]
+
+
+def test_round_rows():
+    rows = A.round_rows(TRACE, id="x")
+    assert [r["span_words"] for r in rows] == [3, 1]
+    assert [r["triggered"] for r in rows] == [True, True]
+    assert [r["n_branched"] for r in rows] == [1, 2]
+    assert [r["split"] for r in rows] == [True, False]
+    assert [r["shared_win"] for r in rows] == [False, True]
+    assert rows[0]["min_conf0"] == 0.9 and rows[1]["min_conf0"] == 0.1
+    assert rows[0]["tokens"] == 6 and rows[0]["forwards"] == 8
+    assert all(r["id"] == "x" for r in rows)
+    assert A.round_rows(None) == []
+
+
+def test_member_rounds_lost_and_split():
+    rows = A.member_rounds(TRACE, ["a", "b"], task="t")
+    assert [(r["round"], r["member"], r["lost"]) for r in rows] == [(0, 0, True), (0, 1, False), (1, 0, False),
+                                                                     (1, 1, False)]
+    assert rows[0]["conf"] == 0.9 and rows[0]["min_conf"] == 0.2 and rows[0]["n_starts"] == 3
+    assert rows[0]["member_name"] == "a" and rows[0]["task"] == "t"
+    assert rows[0]["split"] and not rows[2]["split"]
+
+
+def test_word_rows_actions():
+    rows = A.word_rows(TRACE)
+    assert len(rows) == 3 + 3 + 1 + 1
+    assert [r["action"] for r in rows[:3]] == ["commit", "commit", "branch"]
+    assert [r["action"] for r in rows[3:6]] == ["commit"] * 3
+    assert [r["j"] for r in rows[:3]] == [0, 1, 2]
+
+
+def test_run_rows_over_records():
+    recs = [{"id": "a", "trace": TRACE, "stats": {"members": ["m0", "m1"]}}, {"id": "b", "trace": None}]
+    assert len(A.run_rows(recs, "rounds")) == 2
+    mr = A.run_rows(recs, "members", task="t")
+    assert {r["member_name"] for r in mr} == {"m0", "m1"} and all(r["id"] == "a" for r in mr)
+    assert len(A.run_rows(recs, "words")) == 8
+    df = A.frame(mr)
+    assert list(df["member"]) == [0, 1, 0, 1]
+
+
+def test_n_words():
+    assert A.n_words(" the big cat") == 3
+    assert A.n_words(" = 5") == 1          # punctuation joins the next word
+    assert A.n_words("") == 0
+    assert A.n_words(" ...") == 1
+
+
+# ------------------------------------------------------------------ thresholds
+
+
+def test_trigger_curve_monotone():
+    conf = np.random.default_rng(0).random(200)
+    th = np.linspace(0, 1, 21)
+    c = A.trigger_curve(conf, th)
+    assert c[0] == 0.0 and c[-1] == 1.0
+    assert np.all(np.diff(c) >= 0)
+    assert np.isnan(A.trigger_curve([], [0.5])).all()
+
+
+def test_round_triggers_reproduce_branching():
+    assert A.round_triggers(TRACE, 0.7) == [r["triggered"] for r in A.round_rows(TRACE)]
+    assert A.round_triggers(TRACE, 0.05) == [False, False]
+    assert A.round_triggers(TRACE, 0.92) == [True, True]
+    assert list(A.round_trigger_curve([TRACE, None], [0.05, 0.7])) == [0.0, 1.0]
+
+
+def test_round_triggers_on_a_real_trace(tiny_pair):
+    """At the theta it was decoded with, recomputing from the trace gives exactly the branching."""
+    from adafuse_lab.decoding import DecodeConfig, decode
+    for theta in (0.3, 0.7):
+        out = decode("adafuse", tiny_pair, ["Question: what is two plus two?\nAnswer:"],
+                     DecodeConfig(theta=theta, max_new_tokens=10))[0]
+        assert out.trace
+        assert A.round_triggers(out.trace, theta) == [any(m["branched"] for m in rd["members"]) for rd in out.trace]
+
+
+def test_probe_path_and_simulation():
+    probe = [{"members": [member([c0]), member([c1])], "candidates": [cand(" a", [0, 1])], "winner": 0}
+             for c0, c1 in [(0.9, 0.8), (0.9, 0.9), (0.9, 0.2), (0.9, 0.9), (0.1, 0.1)]]
+    path = A.probe_path(probe)
+    assert path.shape == (5, 2)
+    # theta 0: everybody always confident: spans of M words
+    s = A.simulate_commitment(path, 0.0, M=3)
+    assert s == {"rounds": 2, "words": 5, "triggered": 0, "spans": [3, 2]}
+    # theta above every confidence: one word per round, every round triggered
+    s = A.simulate_commitment(path, 0.99, M=3)
+    assert s["spans"] == [1] * 5 and s["triggered"] == 5
+    # theta 0.5: member 0 confident on words 0-2 (3 words), member 1 uncertain at word 2 -> branches;
+    # member 0 leads at word 0 (0.9 > 0.8) so its 3 words win; then word 3..4: member 0 commits
+    # word 3 and branches at word 4 (span 2)
+    s = A.simulate_commitment(path, 0.5, M=3)
+    assert s["spans"] == [3, 2] and s["triggered"] == 2
+    c = A.commitment_curve([path, np.zeros((0, 2))], [0.0, 0.5, 0.99], M=3)
+    assert c["rounds_per_word"] == [pytest.approx(2 / 5), pytest.approx(2 / 5), 1.0]
+    assert c["mean_span"][0] == pytest.approx(2.5)
+    assert c["trigger_rate"] == [0.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------ prediction quality
+
+
+def brute_auc(s, y):
+    pos = [a for a, l in zip(s, y) if l]
+    neg = [a for a, l in zip(s, y) if not l]
+    return np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg)])
+
+
+def test_auroc_rank_formula():
+    assert A.auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert A.auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+    assert A.auroc([0.5] * 4, [0, 1, 0, 1]) == 0.5
+    assert math.isnan(A.auroc([0.1, 0.2], [1, 1]))
+    assert A.auroc([0.1, float("nan"), 0.9], [0, 1, 1]) == 1.0  # NaN scores dropped
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        s = rng.integers(0, 6, 40).astype(float)  # many ties
+        y = rng.random(40) < 0.4
+        assert A.auroc(s, y) == pytest.approx(brute_auc(s, y))
+
+
+def test_reliability_and_ece():
+    bins = A.reliability([0.05, 0.15, 0.95, 0.97, 1.0], [0, 0, 1, 1, 0], n_bins=10)
+    assert [b["bin"] for b in bins] == [0, 1, 9]
+    assert bins[-1]["n"] == 3 and bins[-1]["rate"] == pytest.approx(2 / 3)
+    assert sum(b["n"] for b in bins) == 5
+    rng = np.random.default_rng(0)
+    c = rng.random(20000)
+    calibrated = A.reliability(c, rng.random(20000) < c, n_bins=10)
+    assert A.ece(calibrated) < 0.02
+    assert A.ece(A.reliability(c, np.zeros(20000), 10)) == pytest.approx(c.mean(), abs=0.01)
+
+
+def test_catch_curve():
+    c = A.catch_curve([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0])
+    assert c["trigger_rate"][0] == 0.0 and c["trigger_rate"][-1] == 1.0
+    assert c["recall"][-1] == 1.0
+    i = c["theta"].index(0.8)  # triggers below 0.8: the two lost words, nothing else
+    assert c["trigger_rate"][i] == 0.5 and c["recall"][i] == 1.0
+
+
+def test_uncertainty_table():
+    df = A.frame(A.member_rounds(TRACE * 3, ["a", "b"], task="t"))
+    t = A.uncertainty_table(df)
+    assert list(t["member_name"]) == ["a", "b"]
+    assert t.loc[0, "lost rate"] == pytest.approx(0.5)
+    assert t.loc[0, "AUROC lost | margin"] == 0.0  # member a lost at its HIGH confidence here
+    assert math.isnan(t.loc[1, "AUROC lost | margin"])  # b never lost
+
+
+# ------------------------------------------------------------------ metrics, costs, tables
+
+
+def qa_records(scores, prefix="triviaqa"):
+    return [{"id": f"{prefix}-{i}", "answer": "x", "references": ["x"], "prediction": " x y",
+             "metrics": {"lenient": s, "exact_match": s, "f1": s},
+             "stats": {"forwards": [3, 4], "tokens": [2, 2], "rounds": 2}, "trace": None}
+            for i, s in enumerate(scores)]
+
+
+def test_score_ci_and_paired_diff():
+    ci = A.score_ci("triviaqa", qa_records([1, 0, 1, 1]), "lenient", n_boot=200)
+    assert ci["value"] == 75.0 and ci["low"] <= 75.0 <= ci["high"] and ci["n"] == 4
+    d = A.paired_diff("triviaqa", qa_records([1, 1, 1, 1]), qa_records([1, 0, 1, 1]), "lenient", n_boot=200)
+    assert d["diff"] == 25.0 and d["n"] == 4
+    mt = [{"id": str(i), "answer": h, "references": [r]} for i, (h, r) in
+          enumerate([("the cat sat", "the cat sat"), ("a dog", "the dog ran")])]
+    ci = A.score_ci("flores_en-de", mt, "bleu", n_boot=50)
+    assert 0 <= ci["low"] <= ci["high"] <= 100 and ci["n"] == 2
+    assert math.isnan(A.score_ci("flores_en-de", mt, "spbleu")["value"])
+    assert math.isnan(A.score_ci("triviaqa", [], "lenient")["value"])
+
+
+def test_metric_keys_and_headline():
+    assert A.metric_keys("gsm8k")["example"] == "exact_match"
+    assert A.metric_keys("nq")["paper"] == "lenient"
+    assert A.headline_key("flores_de-en", {"metrics": {"spbleu": None}}) == "bleu"
+    assert A.headline_key("flores_de-en", {"metrics": {"spbleu": 30.0}}) == "spbleu"
+
+
+def test_cost_uses_trace_tokens():
+    recs = qa_records([1, 0])
+    c = A.cost(recs, {"timings": {"decode_s": 4.0, "n_decoded": 2}})
+    assert c == {"forwards": 7.0, "tokens": 4.0, "rounds": 2.0, "words": 2.0, "seconds": 2.0}
+    recs[0]["trace"] = TRACE
+    assert A.cost(recs)["tokens"] == (12 + 4) / 2  # trace: 4 members x 3 tokens; stats: 2 + 2
+    assert math.isnan(A.cost([])["forwards"])
+
+
+def test_measured_point_and_per_example_trigger():
+    recs = [{"id": "a", "trace": TRACE}, {"id": "b", "trace": TRACE[1:]}]
+    m = A.measured_point(recs, 0.7)
+    assert m["rounds"] == 3 and m["words"] == 5 and m["trigger_rate"] == 1.0
+    assert m["mean_span"] == pytest.approx(5 / 3)
+    assert list(A.per_example_trigger(recs + [{"id": "c", "trace": None}])) == [1.0, 1.0]
+
+
+def test_diff_ci_and_claim():
+    d = A.diff_ci([1, 1, 1, 1], [0, 0, 0, 0], n=100)
+    assert d == {"diff": 1.0, "low": 1.0, "high": 1.0}
+    claim = A.claim_by_kind({"gsm8k": [0.9, 0.8], "triviaqa": [0.1, 0.2], "flores_en-de": [0.3]},
+                            {"gsm8k": "math", "triviaqa": "qa", "flores_en-de": "mt"}, n_boot=100)
+    assert set(claim["by_kind"]) == {"math", "qa", "mt"}
+    assert claim["math_minus_qa"]["diff"] == pytest.approx(0.7)
+    assert claim["math_minus_mt"]["low"] > 0
+
+
+def test_benchmark_table():
+    runs = {("single: a", "triviaqa"): A.Run(None, {"task": "triviaqa"}, {"metrics": {}}, qa_records([1, 0])),
+            ("adafuse", "triviaqa"): A.Run(None, {"task": "triviaqa"}, {"metrics": {}}, qa_records([1, 1])),
+            ("adafuse", "nq"): A.Run(None, {"task": "nq"}, {"metrics": {}}, qa_records([0, 1], "nq"))}
+    t = A.benchmark_table(runs, ["triviaqa", "nq"], ["single: a", "adafuse"], n_boot=50)
+    assert t.loc["adafuse", "triviaqa"] == 100.0 and t.loc["adafuse", "nq"] == 50.0
+    assert t.loc["adafuse", "Avg"] == 75.0
+    assert math.isnan(t.loc["single: a", "nq"]) and math.isnan(t.loc["single: a", "Avg"])
+    assert t.loc["adafuse", "forwards/ex"] == 7.0
+    f = A.format_table(t, ["triviaqa", "nq"])
+    assert f.loc["single: a", "nq"] == "–" and f.loc["adafuse", "triviaqa"].startswith("100.0 [")
+
+
+def test_plans():
+    v = A.ablation_variants(0.7, 3, 3, [1, 2, 3, 5], ["topk", "distinct"], 3)
+    assert [x["label"] for x in v] == ["B=3", "B=1 (no scaling)", "B=2", "B=5", "distinct B=3", "fixed 3 words"]
+    assert v[-1]["decode"]["span_words"] == 3 and v[-2]["key"] == "adafuse-distinct"
+    assert len(A.ablation_variants(0.7, 3, 3, [3], ["topk"], None)) == 1
+    p = A.benchmark_plan(["single", "adafuse"], ["m0", "m1"])
+    assert [x["label"] for x in p] == ["single: m0", "single: m1", "adafuse"]
+    assert p[1]["models"] == ["m1"] and p[2]["models"] == ["m0", "m1"]
+
+
+# ------------------------------------------------------------------ run directories
+
+
+def test_canonical_decode_and_run_dir(tmp_path):
+    assert A.canonical_decode({"theta": 0.7, "M": 3, "B": 1, "weights": [1, 2]}) == {"B": 1, "weights": [1, 2]}
+    kw = dict(limit=2, source="sample", max_new_tokens=8)
+    a = A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {"theta": 0.7}, **kw)
+    b = A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {}, batch_size=1, **kw)
+    c = A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {"B": 1}, **kw)
+    assert A.run_dir(tmp_path, a) == A.run_dir(tmp_path, b)  # defaults and batch size do not matter
+    assert A.run_dir(tmp_path, a) != A.run_dir(tmp_path, c)
+    assert A.run_dir(tmp_path, c).parent == tmp_path / "triviaqa"
+    assert A.run_dir(tmp_path, c).name.startswith("adafuse_B1-")
+
+
+def test_ensure_run_launches_once(tmp_path):
+    cfg = A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {}, limit=1, source="sample", max_new_tokens=4)
+    logs = []
+    assert A.ensure_run(cfg, tmp_path, launch=False, log=logs.append) is None
+    run = A.ensure_run(cfg, tmp_path, launch=True, log=logs.append)
+    assert run.results["n_examples"] == 1 and len(run.records) == 1 and run.records[0]["trace"]
+    again = A.ensure_run(cfg, tmp_path, launch=False, log=logs.append)
+    assert again.records == run.records
+    assert [line.split()[0] for line in logs] == ["missing", "decoded", "found"]
+    assert [r.path for r in A.find_runs(tmp_path)] == [run.path]
+
+
+# ------------------------------------------------------------------ notebook plumbing
+
+
+def test_notebook_params():
+    p = A.NotebookParams(models="a, b", tasks="triviaqa,gsm8k", thetas=[0.3, 0.7], B_values=[1, 3])
+    assert p.models == ("a", "b") and p.tasks == ("triviaqa", "gsm8k") and p.thetas == (0.3, 0.7)
+    assert p.run_kw()["max_new_tokens"] == 256
+    with pytest.raises(ValueError, match="unknown notebook parameter.*'thetaa'.*did you mean 'theta"):
+        A.NotebookParams.from_dict({"thetaa": 0.5})
+    with pytest.raises(KeyError):
+        A.NotebookParams(tasks="trivia_qa")
+    with pytest.raises(ValueError, match="theta"):
+        A.NotebookParams(theta=1.5)
+    with pytest.raises(ValueError, match="methods"):
+        A.NotebookParams(methods=["adafuse", "magic"])
+
+
+def test_write_summary(tmp_path):
+    path = A.write_summary(tmp_path / "o", {"a": np.float32(0.5), "b": float("nan"), "c": np.int64(3),
+                                            "d": [np.bool_(True), (1, 2)], 4: 1.23456789})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": None, "c": 3, "d": [True, [1, 2]], "4": 1.234568}

@@ -1,0 +1,178 @@
+"""adafuse_lab.plots: one style, one colour mapping, stable files, widget-callable functions."""
+from __future__ import annotations
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from adafuse_lab import analysis as A, plots  # noqa: E402
+from adafuse_lab.decoding import METHODS  # noqa: E402
+
+from test_analysis import TRACE, qa_records  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    plots.style()
+    yield
+    plt.close("all")
+
+
+def test_one_colour_per_method():
+    for m in METHODS:
+        assert m in plots.METHOD_COLORS
+    colours = list(plots.METHOD_COLORS.values())
+    assert len(set(colours)) == len(colours), "two keys share a colour"
+    assert all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in colours + list(plots.TASK_COLORS.values()))
+    assert plots.color("single: b", ["a", "b"]) == plots.METHOD_COLORS["member1"]
+    assert plots.color("single: z") == plots.METHOD_COLORS["single"]
+    assert plots.color("adafuse-whatever") == plots.METHOD_COLORS["adafuse"]
+    assert plots.color("gsm8k") == plots.TASK_COLORS["gsm8k"]
+    assert plots.color("nonsense") == "#7F7F7F"
+
+
+def test_style_sets_rcparams():
+    matplotlib.rcdefaults()
+    plots.style()
+    assert matplotlib.rcParams["savefig.dpi"] == 150 and matplotlib.rcParams["pdf.fonttype"] == 42
+
+
+def test_saved_files_are_stable(tmp_path):
+    def draw():
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 1], color=plots.color("adafuse"), label="adafuse")
+        ax.set_title("θ and Δ")
+        ax.legend()
+        return fig
+    a = plots.save(draw(), "fig", tmp_path / "a")
+    b = plots.save(draw(), "fig", tmp_path / "b")
+    assert [p.name for p in a] == ["fig.png", "fig.pdf"]
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes(), f"{pa.name} differs between two saves"
+    png, pdf = a[0].read_bytes(), a[1].read_bytes()
+    assert b"Software" not in png and matplotlib.__version__.encode() not in png
+    assert b"CreationDate" not in pdf and b"ModDate" not in pdf and b"Producer" not in pdf
+    assert matplotlib.__version__.encode() not in pdf
+
+
+def test_answer_html_escapes_and_colours():
+    trace = [dict(TRACE[0]), dict(TRACE[1])]
+    first = {**TRACE[1]["candidates"][0], "text": " <b>&\nx"}
+    trace[1] = {**TRACE[1], "candidates": [first] + TRACE[1]["candidates"][1:]}
+    page = plots.answer_html(trace, ["m0", "m1"])
+    assert "&lt;b&gt;&amp;" in page and "<b>&" not in page
+    assert plots.METHOD_COLORS["member1"] in page and plots.METHOD_COLORS["shared"] in page
+    assert page.count("⑂") >= 2 and "↵<br>" in page
+    assert plots.answer_html(None, ["a"], "<x>") == "<pre>&lt;x&gt;</pre>"
+    assert plots.winner_key(TRACE[0]) == "member1" and plots.winner_key(TRACE[1]) == "shared"
+
+
+def test_plot_rounds():
+    fig = plots.plot_rounds(TRACE, ["m0", "m1"], title="t")
+    ax1, ax2 = fig.axes[:2]
+    assert len(ax2.patches) >= 2 and [round(p.get_height()) for p in ax2.patches[:2]] == [3, 1]
+    assert plots.plot_rounds([], ["m0"]) is not None
+
+
+def test_analysis_figures_draw():
+    members = A.frame(A.member_rounds(TRACE * 4, ["m0", "m1"], task="triviaqa"))
+    assert plots.plot_confidence_hist(members, "margin").axes
+    assert plots.plot_confidence_hist(members, "entropy", ["triviaqa"]).axes
+    table = A.uncertainty_table(members)
+    fig = plots.plot_auroc(table, ["AUROC lost | margin", "AUROC split | entropy"], group_col="member_name")
+    assert fig.axes[0].get_ylim() == (0.0, 1.0)
+    rel = {"m0": (A.reliability(members.margin, ~members.lost, 5), "member0"), "none": ([], "member1")}
+    assert plots.plot_reliability(rel, title="x").axes
+    cc = {"m0 · margin": (A.catch_curve(members.margin, members.lost), "member0", "-")}
+    assert plots.plot_catch_curves(cc).axes
+
+
+def test_trigger_curves_read_off_theta():
+    grid = np.linspace(0, 1, 11)
+    curves = {"gsm8k": {"theta": grid, "trigger_rate": grid, "mean_span": 3 - 2 * grid, "rounds_per_word": grid,
+                        "word_rate": grid}}
+    measured = {"gsm8k": [{"theta": 0.7, "trigger_rate": 0.6, "mean_span": 1.5, "rounds_per_word": 0.5}]}
+    fig = plots.plot_trigger_curves(curves, 0.3, measured)
+    assert "gsm8k 0.30" in fig.axes[0].get_title()
+    assert "gsm8k 2.40" in fig.axes[1].get_title()
+    assert plots.plot_span_hist({"gsm8k": [1, 2, 3, 3], "nq": []}).axes
+
+
+def test_cost_accuracy_and_benchmark():
+    df = pd.DataFrame([{"task": "triviaqa", "variant": "B=3", "key": "adafuse", "metric": "lenient", "score": 50.0,
+                        "score lo": 40.0, "score hi": 60.0, "forwards": 10.0},
+                       {"task": "triviaqa", "variant": "B=1", "key": "adafuse", "metric": "lenient", "score": 45.0,
+                        "score lo": np.nan, "score hi": np.nan, "forwards": 5.0}])
+    fig = plots.plot_cost_accuracy(df, label_col="variant", key_col="key")
+    assert fig.axes[0].get_ylabel() == "score (lenient)"
+    runs = {("single: a", "triviaqa"): A.Run(None, {}, {}, qa_records([1, 0])),
+            ("adafuse", "triviaqa"): A.Run(None, {}, {}, qa_records([1, 1]))}
+    table = A.benchmark_table(runs, ["triviaqa"], ["single: a", "adafuse", "unite"], n_boot=20)
+    fig = plots.plot_benchmark(table, ["triviaqa"], ["a"])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["single: a", "adafuse", "unite"]
+
+
+def test_show_and_widget_result():
+    fig, _ = plt.subplots()
+    assert plots.show(fig) is fig
+    assert not plt.fignum_exists(fig.number)
+
+    class View:
+        result = None
+    with pytest.raises(RuntimeError, match="widget"):
+        plots.widget_result(View())
+    View.result = 3
+    assert plots.widget_result(View()) == 3
+
+
+def test_quickstart_view_redecodes():
+    from adafuse_lab.models import load_session
+    from adafuse_lab.tasks import get_task
+    members = [load_session("tiny:bpe"), load_session("tiny:spm")]
+    task = get_task("flores_en-de")
+    examples = task.load(source="sample", limit=2)
+    res = plots.quickstart_view(members, task, examples, theta=1.0, M=2, B=2, criterion="entropy", question=3,
+                                max_new_tokens=6, draw=False)
+    assert res["example"].id == examples[1].id  # indices wrap around
+    trace = res["output"].trace
+    assert trace and all(m["branched"] for rd in trace for m in rd["members"])  # theta 1: always uncertain
+    assert res["figure"].axes and "⑂" in res["html"]
+
+
+def test_interact_builds_widgets(monkeypatch):
+    import ipywidgets as W
+    monkeypatch.delenv(plots.HEADLESS_ENV, raising=False)
+    calls = []
+    view = plots.interact(lambda theta, M, criterion: calls.append((theta, M, criterion)) or len(calls),
+                          theta=plots.control(0.7, min=0.0, max=1.0, step=0.05, description="θ"),
+                          M=plots.control(3, min=1, max=8),
+                          criterion=plots.control("margin", options=["margin", "entropy"]))
+    assert isinstance(view, W.interactive)
+    kinds = {w.description: type(w).__name__ for w in view.kwargs_widgets}
+    assert kinds == {"θ": "FloatSlider", "M": "IntSlider", "criterion": "Dropdown"}
+    assert calls == [(0.7, 3, "margin")] and plots.widget_result(view) == 1  # ran once with the defaults
+    view.kwargs_widgets[1].value = 5
+    assert calls[-1] == (0.7, 5, "margin") and view.result == 2
+
+
+def test_interact_headless(monkeypatch):
+    monkeypatch.setenv(plots.HEADLESS_ENV, "1")
+    view = plots.interact(lambda theta: theta * 2, theta=plots.control(0.25, min=0.0, max=1.0))
+    assert isinstance(view, plots.Headless)
+    assert plots.widget_result(view) == 0.5 and view.kwargs == {"theta": 0.25}
+
+
+def test_figures_headless_restores_environment(monkeypatch):
+    from adafuse_lab import figures
+    monkeypatch.delenv(plots.HEADLESS_ENV, raising=False)
+    import os
+    with figures.headless():
+        assert os.environ[plots.HEADLESS_ENV] == "1"
+    assert plots.HEADLESS_ENV not in os.environ
