@@ -34,7 +34,7 @@ def _rounds(method: str, batch: Batch, cfg: DecodeConfig):
     if method == "single":
         return greedy_rounds(batch, 0)
     if method == "adafuse":
-        return stream_rounds(batch, cfg, None, cfg)
+        return stream_rounds(batch, cfg, cfg.span_words, cfg)
     if method == "sweetspan":  # fixed spans, one greedy span per member, outlier scores filtered
         c = dataclasses.replace(cfg, B=1, outlier_filter=True)
         return stream_rounds(batch, c, cfg.sweetspan_words, c)
