@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 # and Llama): a literal "▁" cannot round-trip (tests/test_tiny.py), so it is left out.
 METASPACE = "▁"
 CHARS = st.one_of(
-    st.characters(blacklist_characters=METASPACE),          # any code point: emoji, CJK, controls ...
+    st.characters(blacklist_characters=METASPACE, blacklist_categories=("Cs",)),  # any code point but lone surrogates (not encodable text)
     st.sampled_from(list("你好世界日本語") + ["🙂", "👍🏽", "é", "ß"]),  # multi-byte text without spaces
     st.sampled_from(list("0123456789") + [" ", "  ", "\t", "\n", "\n\n", "\r\n", ".", ",", "+", "="]),
     st.sampled_from(list("abcdefghij") + ["the", "Answer", " is", "ing", "Question"]),  # merges of the tiny BPEs

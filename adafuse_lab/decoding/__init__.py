@@ -9,7 +9,7 @@ import difflib
 from typing import Iterator, Sequence
 
 from .config import ConfigError, DecodeConfig
-from .engine import Batch, DecodeOutput, greedy_rounds, make_stop, span_rounds
+from .engine import Batch, DecodeOutput, greedy_rounds, make_stop
 from .state import Member
 from .stream import stream_rounds
 

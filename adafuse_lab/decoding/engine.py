@@ -5,18 +5,13 @@ raggedly and finished rows are dropped from every member's cache.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import torch
 
 from .config import DecodeConfig
-from .criteria import Threshold
-from .propose import propose, step
-from .select import combine_scores, pick
+from .propose import step
 from .state import Member
-from .words import split_words
 
 StopFn = Callable[[str], "int | None"]
 
@@ -51,10 +46,6 @@ class Batch:
         self.answers = [""] * len(indices)
         self.traces: list[list] = [[] for _ in indices]
         self.stats = [{"rounds": 0, "eos": False, "stopped_by": None} for _ in indices]
-
-    def budgets(self, k: int) -> list[int]:
-        m = self.members[k]
-        return [max(1, self.cfg.max_new_tokens - m.answer_tokens(r)) for r in range(len(self.idx))]
 
     def append(self, row: int, text: str, eos: bool) -> bool:
         """Add committed text to a row's answer; True when the row is finished."""
@@ -93,65 +84,6 @@ class Batch:
     def add_forwards(self, k: int, row: int, n: int) -> None:
         fw = self.stats[row].setdefault("forwards", [0] * len(self.members))
         fw[k] += n
-
-
-def span_rounds(batch: Batch, cfg: DecodeConfig, span_words: int | None, score_cfg: DecodeConfig) -> Iterator:
-    """AdaFuse (span_words None) or a fixed-span ensemble (SweetSpan, Cool-Fusion)."""
-    members = batch.members
-    thresholds = [Threshold(cfg) for _ in members]
-    while batch.idx:
-        P = len(batch.idx)
-        words_so_far = [len(split_words(a)) for a in batch.answers]
-        props = [propose(m, cfg, thresholds[k], batch.budgets(k), words_so_far, span_words)
-                 for k, m in enumerate(members)]
-        # union by exact text, in member order
-        cands, owners = [], []
-        for p in range(P):
-            seen: dict = {}
-            for k, pr in enumerate(props):
-                for text, eos in zip(pr[p].texts, pr[p].eos):
-                    seen.setdefault((text, eos), []).append(k)
-            cands.append(list(seen))
-            owners.append(list(seen.values()))
-        rows = [p for p in range(P) for _ in cands[p]]
-        texts = [t for p in range(P) for t, _ in cands[p]]
-        eos = [e for p in range(P) for _, e in cands[p]]
-        inplace = len(rows) == P
-        scored = [m.score(rows, texts, eos, inplace=inplace) for m in members]
-        offsets = [0]
-        for p in range(P):
-            offsets.append(offsets[-1] + len(cands[p]))
-        winners, finished = [], []
-        for p in range(P):
-            sl = slice(offsets[p], offsets[p + 1])
-            nll = [sc.nll[sl] for sc in scored]
-            combined = combine_scores(nll, score_cfg)
-            w = pick(combined)
-            winners.append(offsets[p] + w)
-            text, is_eos = cands[p][w]
-            for k, pr in enumerate(props):
-                batch.add_forwards(k, p, pr[p].forwards + 1)
-            if cfg.trace:
-                batch.traces[p].append({
-                    "members": [{"conf": pr[p].conf, "margin": pr[p].margin, "entropy": pr[p].entropy,
-                                 "theta": pr[p].theta, "words": pr[p].words, "branched": pr[p].branched,
-                                 "tokens": pr[p].tokens, "forwards": pr[p].forwards + 1} for pr in props],
-                    "candidates": [{"text": t, "eos": e, "from": owners[p][c],
-                                    "nll": [_finite(x[c]) for x in nll], "score": _finite(combined[c])}
-                                   for c, (t, e) in enumerate(cands[p])],
-                    "winner": w,
-                })
-            finished.append(False)
-        for sc in scored:
-            sc.commit(winners)
-        for p in range(P):
-            text, is_eos = cands[p][winners[p] - offsets[p]]
-            finished[p] = batch.append(p, text, is_eos)
-        yield from batch.finish(finished)
-
-
-def _finite(x: float):
-    return x if math.isfinite(x) else None
 
 
 def greedy_rounds(batch: Batch, k: int) -> Iterator:

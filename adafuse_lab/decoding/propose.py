@@ -1,12 +1,6 @@
-"""Each member's proposals for one round (method.md §1, step 1).
-
-Phase 1, look-ahead: all prompts decode greedily as one batch. At the first token
-of each word the member reads its confidence; confident, it commits the word and
-goes on (up to M words); uncertain, it stops there and marks a branch point.
-Phase 2, branches: every branch point becomes `pool` batch rows (copies of its
-cache), one per top first token, each completed greedily to the end of the word;
-a selector keeps B of them. The look-ahead tokens are then dropped from the
-committed cache, which is exactly as it was before the round.
+"""Pieces of a member's proposal for one round (method.md §1, step 1): the proposal
+record, the per-row decoding state, the gate that decides commit / branch / stop at a
+word start, and one batched decode step. The round loop itself is stream.py.
 """
 from __future__ import annotations
 
@@ -15,9 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .criteria import Threshold, confidences
 from .state import Member
-from .words import starts_new_word
 
 
 @dataclass
@@ -64,86 +56,6 @@ def _gate(cfg, confident: bool, word_index: int, fixed: bool) -> str:
     return "commit" if confident else "branch"
 
 
-@torch.inference_mode()
-def propose(member: Member, cfg, threshold: Threshold, budgets: list[int], answer_words: list[int],
-            span_words: int | None = None) -> list[Proposal]:
-    """Proposals of one member for every prompt row. `budgets[p]`: tokens it may still decode."""
-    P = len(member.ids)
-    fixed = span_words is not None
-    max_words = span_words or cfg.M
-    pool = cfg.B if cfg.branch_select == "topk" else cfg.B * cfg.branch_pool
-    props = [Proposal([], []) for _ in range(P)]
-    rows = [_Row() for _ in range(P)]
-    width0 = member.kv.width
-    logits = member.last_logits
-    while True:
-        conf = confidences(logits)
-        k = min(max(pool, 1), logits.shape[-1])
-        top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
-        host = torch.stack([conf[cfg.criterion], conf["margin"], conf["entropy"]], 1).tolist()
-        top_ids, top_lp = top_ids.tolist(), top_lp.tolist()
-        feed = {}
-        for p, st in enumerate(rows):
-            if st.done:
-                continue
-            t = top_ids[p][0]
-            is_eos = t in member.eos
-            piece, head, word = ("", st.text, st.word) if is_eos else \
-                _extend(st.text, st.word, member.text_after(p, st.toks + [t]))
-            new_word = not st.toks or is_eos or st.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece)
-            if new_word:
-                if st.toks:
-                    st.words += 1
-                if st.words >= max_words or len(st.toks) >= budgets[p]:
-                    st.done = True
-                    continue
-                c, margin, ent = host[p]
-                theta = threshold(p, answer_words[p] + st.words)
-                threshold.observe(p, c)
-                pr = props[p]
-                pr.conf.append(c), pr.margin.append(margin), pr.entropy.append(ent), pr.theta.append(theta)
-                action = _gate(cfg, c >= theta, st.words, fixed)
-                if action != "commit":
-                    st.done = True
-                    if action == "branch":
-                        st.branch = (top_ids[p], top_lp[p])
-                    continue
-                if is_eos:
-                    st.done = st.eos = True
-                    continue
-                st.word, st.word_tokens = piece, 1
-            else:
-                if len(st.toks) >= budgets[p]:
-                    st.done = True
-                    continue
-                st.word = word + piece
-                st.word_tokens += 1
-            st.toks.append(t)
-            st.text = head + piece
-            feed[p] = t
-        if not feed:
-            break
-        logits = step(member, feed, P)
-        for p in feed:
-            props[p].forwards += 1
-    branch_rows = [p for p, st in enumerate(rows) if st.branch]
-    branches = _branch(member, cfg, rows, branch_rows, budgets, max_words if fixed else None, props) if branch_rows else {}
-    member.kv.truncate(width0)
-    for p, st in enumerate(rows):
-        pr = props[p]
-        pr.words = st.words
-        pr.tokens += len(st.toks)
-        if p in branches:
-            pr.branched = True
-            for b in branches[p]:
-                pr.texts.append(st.text + b.text)
-                pr.eos.append(b.eos)
-        else:
-            pr.texts.append(st.text)
-            pr.eos.append(st.eos)
-    return props
-
-
 def _extend(text: str, word: str, full: str) -> tuple[str, str, str]:
     """A token took the decoded text from `text` to `full`: (its piece, text and word cut back to
     what it left unchanged). Usually full = text + piece, but a token that completes a multi-byte
@@ -163,70 +75,3 @@ def step(member: Member, feed: dict[int, int], rows: int) -> torch.Tensor:
     return member.kv.forward(member.s.model, ids.to(dev), mask.to(dev))[:, -1]
 
 
-def _branch(member, cfg, rows, branch_rows, budgets, fixed_words, props):
-    """Complete every branch point's top first tokens greedily to the end of the word
-    (fixed spans: to the span length), as batch rows over copies of the cache."""
-    from .select import select_branches
-    origin, states = [], []
-    for p in branch_rows:
-        st = rows[p]
-        ids, lps = st.branch
-        for t, lp in zip(ids, lps):
-            origin.append(p)
-            b = _Row(toks=[t], words=st.words, lp=lp, target=fixed_words or st.words + 1, base=st.toks)
-            if t in member.eos:
-                b.done = b.eos = True
-                b.toks = []
-            else:
-                b.text = b.word = member.text_after(p, st.toks + [t])[len(st.text):]
-                b.word_tokens = 1
-            states.append(b)
-    dev = member.s.device
-    kv = member.kv.select(torch.tensor(origin, device=dev))
-    first = [b.toks[0] if b.toks else member.s.pad_token_id for b in states]
-    feed = {i: t for i, (t, b) in enumerate(zip(first, states)) if not b.done}
-    main_kv, member.kv = member.kv, kv  # step works on member.kv
-    try:
-        while feed:
-            logits = step(member, feed, len(states))
-            for i in feed:
-                props[origin[i]].forwards += 1
-            lps = torch.log_softmax(logits.float(), -1)
-            best_lp, best = lps.max(-1)
-            best, best_lp = best.tolist(), best_lp.tolist()
-            feed = {}
-            for i, b in enumerate(states):
-                if b.done:
-                    continue
-                p, t = origin[i], best[i]
-                if t in member.eos:
-                    b.words += 1
-                    b.done = b.eos = True
-                    continue
-                full = member.text_after(p, b.base + b.toks + [t])
-                base = rows[p].text
-                piece, head, word = _extend(base + b.text, b.word, full)
-                if b.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece):
-                    b.words += 1
-                    if b.words >= b.target:
-                        b.done = True
-                        continue
-                    b.word, b.word_tokens = piece, 1
-                else:
-                    b.word = word + piece
-                    b.word_tokens += 1
-                if len(rows[p].toks) + len(b.toks) >= budgets[p]:
-                    b.done = True
-                    continue
-                b.toks.append(t)
-                b.text = head[len(base):] + piece
-                b.lp += best_lp[i]
-                feed[i] = t
-    finally:
-        member.kv = main_kv
-    for i, b in enumerate(states):
-        props[origin[i]].tokens += len(b.toks)
-    grouped: dict[int, list] = {}
-    for i, b in enumerate(states):
-        grouped.setdefault(origin[i], []).append(b)
-    return {p: select_branches(member, cfg, bs) for p, bs in grouped.items()}

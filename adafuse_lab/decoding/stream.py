@@ -27,7 +27,7 @@ from .criteria import Threshold, confidences
 from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
-from .state import KV, Member, pad_right
+from .state import Member, pad_right
 from .words import split_words, starts_new_word
 
 
@@ -250,7 +250,7 @@ def _finite(x):
 
 def _lookahead(ms: Streams, i: int, s: Stream, cfg, top_ids, top_lp, host, threshold, prop, words_before,
                budget, max_words, fixed) -> None:
-    """One look-ahead decision of a main row (the body of the lock-step loop in propose.py)."""
+    """One look-ahead decision of a main row: commit the word, branch, or stop."""
     m, st, p = ms.m, s.st, s.p
     t = top_ids[0]
     is_eos = t in m.eos
