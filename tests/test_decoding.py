@@ -738,3 +738,21 @@ def test_unknown_method_and_member(tiny):
         decode("single", [tiny["bpe"]], ["x"], DecodeConfig(member=1))
     with pytest.raises(ValueError, match="weights"):
         decode("adafuse", [tiny["bpe"], tiny["spm"]], ["x"], DecodeConfig(max_new_tokens=4, weights=(1.0,)))
+
+
+@pytest.mark.parametrize("method", ["single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank"])
+def test_every_forward_runs_without_autograd(method):
+    """An autograd graph would keep every step's KV cache alive (memory grew by the
+    whole cache per step in `single` before this was pinned)."""
+    from adafuse_lab.decoding import decode, DecodeConfig
+    from adafuse_lab.models import load_session
+    members = [load_session("tiny:bpe"), load_session("tiny:spm")]
+    grad_seen = []
+    hooks = [m.model.register_forward_pre_hook(lambda *_: grad_seen.append(torch.is_grad_enabled()))
+             for m in members]
+    try:
+        decode(method, members, ["The cat sat on the", "Question: 2 + 2?\nAnswer:"], DecodeConfig(max_new_tokens=6))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert grad_seen and not any(grad_seen)

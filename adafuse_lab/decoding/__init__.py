@@ -8,6 +8,8 @@ import dataclasses
 import difflib
 from typing import Iterator, Sequence
 
+import torch
+
 from .config import ConfigError, DecodeConfig
 from .engine import Batch, DecodeOutput, greedy_rounds, make_stop
 from .state import Member
@@ -48,6 +50,7 @@ def _rounds(method: str, batch: Batch, cfg: DecodeConfig):
     return baselines.rerank_rounds(batch, cfg)
 
 
+@torch.inference_mode()  # no autograd graph: it would keep every step's cache alive
 def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,
                 stop=None) -> Iterator[tuple[int, DecodeOutput]]:
     """Decode `prompts` with `members` (ModelSessions); yield (prompt index, output) as each finishes.
