@@ -141,29 +141,28 @@ def _numbers(text: str) -> list[str]:
     return [_canon(m.group()) for m in _NUM_RE.finditer(text)]
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last closed \\boxed{...} (nested braces allowed), else None."""
-    found = None
+def _closed_boxes(text: str):
+    """(content start, end) of each closed \\boxed{...} in order; nested braces allowed."""
     for m in re.finditer(r"\\boxed\s*\{", text):
         depth, i = 1, m.end()
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            found = text[m.end():i - 1]
+            yield m.end(), i
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last closed \\boxed{...} (nested braces allowed), else None."""
+    found = None
+    for start, end in _closed_boxes(text):
+        found = text[start:end - 1]
     return found
 
 
 def boxed_end(text: str) -> int | None:
     """Index just after the first closed \\boxed{...}, for stopping generation."""
-    for m in re.finditer(r"\\boxed\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return i
-    return None
+    return next((end for _, end in _closed_boxes(text)), None)
 
 
 def extract_gsm8k_answer(text: str) -> str | None:
