@@ -1,8 +1,9 @@
 """AdaFuse rounds with ragged progress: one forward per member per step, for every prompt at once.
 
-The lock-step loop (every prompt proposes, then every prompt branches, then every
-prompt is scored) waits each round for the slowest prompt's look-ahead and the
-longest branch word of the batch. Here each member's cache rows are *streams*:
+A lock-step loop (every prompt proposes, then every prompt branches, then every
+prompt is scored) would wait each round for the slowest prompt's look-ahead and the
+longest branch word of the batch (it made 8.5x generate's forward calls on an H100,
+BENCHMARKS.md). Here each member's cache rows are *streams*:
 
   main    a prompt's committed text plus this round's look-ahead tokens
   branch  a copy of a main row at its branch point, completing one alternative word
@@ -14,7 +15,7 @@ one forward over all its rows (a row with nothing to feed gets a masked pad).
 When every member's proposal for a prompt is complete, its candidates are scored
 in the next forward and the winner's score row becomes the prompt's main row: the
 committed cache comes from the scoring pass, with no extra pass to commit.
-Logically every prompt follows the same rounds as in the lock-step loop.
+Logically every prompt follows the rounds of method.md §1, whatever the others do.
 """
 from __future__ import annotations
 
