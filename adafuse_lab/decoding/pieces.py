@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from .propose import _extend
+
 _CHECK = "Hello world, 12 + 30 = 42.\n\nQuestion: Who wrote it?\tAnswer:  Twain's (1876) book."
 
 
@@ -39,5 +41,4 @@ def next_piece(member, row: int, text: str, word: str, toks: list[int], t: int) 
         piece = table[t]
         if "\ufffd" not in piece:
             return piece, text, word
-    from .propose import _extend
     return _extend(text, word, member.text_after(row, toks + [t]))

@@ -46,14 +46,6 @@ class KV:
         self.cache.batch_select_indices(rows)
         self.mask, self.n_real = self.mask.index_select(0, rows), self.n_real.index_select(0, rows)
 
-    def truncate(self, width: int) -> None:
-        """Drop the columns past `width` (look-ahead tokens) from every row."""
-        extra = self.width - width
-        if extra > 0:
-            self.cache.crop(-extra)  # never crop(0): see docs/DESIGN.md
-            self.n_real = self.n_real - self.mask[:, width:].sum(1)
-            self.mask = self.mask[:, :width]
-
     def hide(self, row: int, columns: list[int]) -> None:
         """Turn real tokens of one row into holes (they were re-tokenized)."""
         if columns:

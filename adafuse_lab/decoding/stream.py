@@ -63,9 +63,7 @@ class Streams:
         keep = [i for i, s in enumerate(self.rows) if not s.dead]
         src = keep + [i for i, _ in self.spawn]
         index = torch.tensor(src, dtype=torch.long, device=self.m.s.device)
-        kv = self.m.kv
-        kv.cache.batch_select_indices(index)
-        kv.mask, kv.n_real = kv.mask.index_select(0, index), kv.n_real.index_select(0, index)
+        self.m.kv.keep_rows(index)
         self.last = self.last.index_select(0, index)
         self.rows = [self.rows[i] for i in keep] + [s for _, s in self.spawn]
         self.spawn = []
