@@ -257,6 +257,51 @@ def test_score_after_commits_equals_full_forward(tiny, name):
         assert m.ids[r] == s.encode_prompt(texts[r])
 
 
+def sliding(session, kind, window=5):
+    """`session` with its weights in a sliding-window architecture: Mistral (every layer
+    slides) or Qwen2 with layer types (layer 0 slides, layer 1 attends to everything)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    c = session.model.config
+    common = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                  num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                  num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
+                  tie_word_embeddings=False, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
+                  pad_token_id=c.pad_token_id)
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(sliding_window=window, **common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=True, sliding_window=window, attention_bias=False,
+                                             layer_types=["sliding_attention", "full_attention"], **common))
+    state = {k: v for k, v in session.model.state_dict().items() if "rotary" not in k}
+    model.load_state_dict(state, strict=False)
+    return dataclasses.replace(session, model=model.eval())
+
+
+@pytest.mark.parametrize("pair", ["bpe+spm", "bpe+mistral", "spm+qwen2"])
+def test_stream_scores_equal_full_forward(tiny, pair):
+    """The streaming engine reads candidates off a token tree in the prompt's cache row
+    (a 4-D mask); every score in the trace is still one plain forward's mean NLL, also
+    for sliding-window members whose window the prompts outgrow."""
+    a, b = pair.split("+")
+    members = [tiny[a], tiny[b] if b in tiny else sliding(tiny[a], b)]
+    cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16)
+    outs = decode("adafuse", members, PROMPTS, cfg)
+    checked = 0
+    for prompt, o in zip(PROMPTS, outs):
+        text = prompt
+        for r in o.trace:
+            for c in r["candidates"]:
+                for k, s in enumerate(members):
+                    new, _, first = Member(s, [text], window_tokens=8).retokenize(0, c["text"], c["eos"])
+                    if first >= len(new):
+                        continue
+                    ref, _ = full_nll(s, new, first)
+                    assert c["nll"][k] == pytest.approx(ref, rel=1e-4, abs=1e-4), (pair, text, c["text"], k)
+                    checked += 1
+            text += r["candidates"][r["winner"]]["text"]
+    assert checked >= 50
+
+
 # ---- 3. batched equals unbatched ----------------------------------------------------
 
 @pytest.mark.parametrize("method", METHODS_2)

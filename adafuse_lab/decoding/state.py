@@ -21,6 +21,7 @@ class KV:
     cache: DynamicCache
     mask: torch.Tensor    # rows x columns, 1 = real token
     n_real: torch.Tensor  # rows: real tokens so far, the next position id
+    pos: torch.Tensor     # rows x columns: the position id each column was fed with
 
     @property
     def width(self) -> int:
@@ -33,6 +34,7 @@ class KV:
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
                     use_cache=True, logits_to_keep=logits_to_keep)
         self.mask, self.n_real = mask, self.n_real + in_mask.sum(1)
+        self.pos = torch.cat([self.pos, pos], 1)
         return out.logits
 
     def select(self, rows: torch.Tensor) -> "KV":
@@ -40,11 +42,13 @@ class KV:
         cache = DynamicCache()
         for i, layer in enumerate(self.cache.layers):
             cache.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
-        return KV(cache, self.mask.index_select(0, rows), self.n_real.index_select(0, rows))
+        return KV(cache, self.mask.index_select(0, rows), self.n_real.index_select(0, rows),
+                  self.pos.index_select(0, rows))
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.cache.batch_select_indices(rows)
         self.mask, self.n_real = self.mask.index_select(0, rows), self.n_real.index_select(0, rows)
+        self.pos = self.pos.index_select(0, rows)
 
     def hide(self, row: int, columns: list[int]) -> None:
         """Turn real tokens of one row into holes (they were re-tokenized)."""
@@ -78,8 +82,8 @@ class Member:
             tok[i, width - len(x):] = torch.tensor(x)
             mask[i, width - len(x):] = 1
         dev = session.device
-        self.kv = KV(DynamicCache(), torch.zeros((len(ids), 0), dtype=torch.long, device=dev),
-                     torch.zeros(len(ids), dtype=torch.long, device=dev))
+        empty = torch.zeros((len(ids), 0), dtype=torch.long, device=dev)
+        self.kv = KV(DynamicCache(), empty, torch.zeros(len(ids), dtype=torch.long, device=dev), empty)
         with torch.inference_mode():
             logits = self.kv.forward(session.model, tok.to(dev), mask.to(dev), logits_to_keep=1)
         self.forwards += 1

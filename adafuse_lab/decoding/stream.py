@@ -3,18 +3,19 @@
 A lock-step loop (every prompt proposes, then every prompt branches, then every
 prompt is scored) would wait each round for the slowest prompt's look-ahead and the
 longest branch word of the batch (it made 8.5x generate's forward calls on an H100,
-BENCHMARKS.md). Here each member's cache rows are *streams*:
+BENCHMARKS.md). Here each member has *streams* of tokens per prompt:
 
   main    a prompt's committed text plus this round's look-ahead tokens
-  branch  a copy of a main row at its branch point, completing one alternative word
-  score   a copy of a main row rolled back to the committed text, reading one candidate
+  branch  the look-ahead up to its branch point, plus one alternative word
+  score   the committed text (minus a re-tokenized tail) plus one candidate
 
 Each step a member decides, for every main and branch stream, what to feed next
-(from that row's latest logits), spawns branch and score rows as copies, and runs
-one forward over all its rows (a row with nothing to feed gets a masked pad).
-When every member's proposal for a prompt is complete, its candidates are scored
-in the next forward and the winner's score row becomes the prompt's main row: the
-committed cache comes from the scoring pass, with no extra pass to commit.
+(from that stream's latest logits), and runs one forward over all streams. All
+streams of a prompt live in that prompt's cache row as a token tree: each token's
+4-D attention mask lets it read the committed columns and its own stream's columns
+only, so a branch or a candidate never copies the prefix. When every member's
+proposal for a prompt is complete, its candidates are scored in the next forward
+and the winner's columns become the committed text: no extra pass to commit.
 Logically every prompt follows the rounds of method.md §1, whatever the others do.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .criteria import Threshold, confidences
 from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
-from .state import Member, pad_right
+from .state import Member
 from .words import split_words, starts_new_word
 
 
@@ -41,51 +42,173 @@ class Stream:
     plan: tuple | None = None   # score: (new_ids, start, first_scored)
     cand: int = -1              # score: candidate index within the prompt's union
     dead: bool = False
+    cols: list = field(default_factory=list)  # uncommitted cache columns this stream reads (its own tokens)
+    n: int = 0                  # position id of the next token it feeds
+    start: int | None = None    # score: committed tokens from here on are re-tokenized, so not read
+    slot: int = 0               # index in Streams.rows and Streams.last
+    off: int = 0                # where its feed sits in its prompt's row in this step
 
 
 class Streams:
-    """One member's rows for a batch of prompts, and the per-prompt committed state (Member)."""
+    """One member's streams for a batch of prompts, and the per-prompt committed state (Member).
+
+    The cache keeps one row per prompt. Committed tokens are the row's 2-D mask; every
+    stream's uncommitted tokens (look-ahead, branch words, scored candidates) are extra
+    columns of the same row that only that stream reads: a token tree expressed as a
+    4-D attention mask. Nothing is copied when a branch or a candidate starts, and the
+    prefix is read once per row, however many streams hang off it."""
 
     def __init__(self, member: Member):
         self.m = member
         P = len(member.ids)
-        self.rows = [Stream(p, "main", _Row()) for p in range(P)]
-        self.last = member.last_logits.clone()   # newest logits of every row
-        self.spawn: list[tuple[int, Stream]] = []  # (source row, new stream) copies to make
-
-    def main_row(self, p: int) -> int:
-        return next(i for i, s in enumerate(self.rows) if s.p == p and s.kind == "main" and not s.dead)
+        self.rows = [Stream(p, "main", _Row(), n=len(member.ids[p]), slot=p) for p in range(P)]
+        self.main = {p: s for p, s in enumerate(self.rows)}
+        self.last = member.last_logits.clone()   # newest logits of every stream
+        self.spawn: list[Stream] = []
+        self.crow = list(range(P))                # cache row of each live prompt
+        self.window, self.mixed = _sliding_window(member.s.model.config)
+        self.eager = getattr(member.s.model.config, "_attn_implementation", "sdpa") == "eager"
 
     def restructure(self) -> None:
-        """Drop dead rows and add the spawned copies, in one gather of the cache."""
+        """Drop dead streams and add the spawned ones (no cache copies: they share the row)."""
         if not self.spawn and not any(s.dead for s in self.rows):
             return
-        keep = [i for i, s in enumerate(self.rows) if not s.dead]
-        src = keep + [i for i, _ in self.spawn]
-        index = torch.tensor(src, dtype=torch.long, device=self.m.s.device)
-        self.m.kv.keep_rows(index)
-        self.last = self.last.index_select(0, index)
-        self.rows = [self.rows[i] for i in keep] + [s for _, s in self.spawn]
+        keep = [s.slot for s in self.rows if not s.dead]
+        last = self.last.index_select(0, torch.tensor(keep, dtype=torch.long, device=self.last.device))
+        self.last = torch.cat([last, last.new_empty((len(self.spawn), last.shape[1]))])
+        self.rows = [s for s in self.rows if not s.dead] + self.spawn
+        for i, s in enumerate(self.rows):
+            s.slot = i
         self.spawn = []
 
+    def drop_prompts(self, finished: list[int]) -> None:
+        """Remove the cache rows of finished prompts."""
+        if not finished:
+            return
+        alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
+        self.m.kv.keep_rows(torch.tensor([r for r, _ in alive], dtype=torch.long, device=self.m.s.device))
+        self.crow = [None] * len(self.crow)
+        for new, (_, p) in enumerate(alive):
+            self.crow[p] = new
+
+    def forward(self) -> torch.Tensor | None:
+        """Feed every stream's tokens in one forward: each token reads its prompt's committed
+        columns (minus re-tokenized ones, for score streams), its stream's earlier columns, and
+        itself. Returns the logits (rows x T x V), or None when nothing was fed."""
+        feeding = [s for s in self.rows if s.feed and not s.dead]
+        if not feeding:
+            return None
+        m, kv = self.m, self.m.kv
+        used = [0] * kv.mask.shape[0]
+        for s in feeding:
+            r = self.crow[s.p]
+            s.off, used[r] = used[r], used[r] + len(s.feed)
+        R, T, W = kv.mask.shape[0], max(used), kv.width
+        ids = [[m.s.pad_token_id] * T for _ in range(R)]
+        pos = [[0] * T for _ in range(R)]
+        on, off = [], []  # (row, query, column) entries of the mask to set / clear
+        for s in feeding:
+            r = self.crow[s.p]
+            hidden = m.cols[s.p][s.start:] if s.start is not None else []
+            for j, t in enumerate(s.feed):
+                q = s.off + j
+                ids[r][q], pos[r][q] = t, s.n + j
+                on.extend((r, q, c) for c in s.cols)
+                on.extend((r, q, W + s.off + i) for i in range(j))
+                off.extend((r, q, c) for c in hidden)
+        dev = m.s.device
+        ids, pos = torch.tensor(ids, device=dev), torch.tensor(pos, device=dev)
+        mask = torch.cat([kv.mask.bool(), kv.mask.new_zeros((R, T), dtype=torch.bool)], 1)
+        mask = mask[:, None, :].repeat(1, T, 1)
+        q = torch.arange(T, device=dev)
+        mask[:, q, W + q] = True  # every query reads itself (pads too: a row of only -inf is NaN)
+        for entries, value in ((off, False), (on, True)):
+            if entries:
+                e = torch.tensor(entries, dtype=torch.long, device=dev)
+                mask[e[:, 0], e[:, 1], e[:, 2]] = value
+        attn = self._model_mask(mask, torch.cat([kv.pos, pos], 1), pos)
+        out = m.s.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=kv.cache,
+                        use_cache=True)
+        m.forwards += 1
+        kv.mask = torch.cat([kv.mask, kv.mask.new_zeros((R, T))], 1)  # new columns are uncommitted
+        kv.pos = torch.cat([kv.pos, pos], 1)
+        logits = out.logits
+        rows = torch.tensor([self.crow[s.p] for s in feeding], device=dev)
+        ends = torch.tensor([s.off + len(s.feed) - 1 for s in feeding], device=dev)
+        slots = torch.tensor([s.slot for s in feeding], device=dev)
+        self.last[slots] = logits[rows, ends].float()
+        for s in feeding:
+            s.cols = s.cols + list(range(W + s.off, W + s.off + len(s.feed)))
+            s.n += len(s.feed)
+        return logits
+
+    def _model_mask(self, mask: torch.Tensor, key_pos: torch.Tensor, query_pos: torch.Tensor):
+        """The 4-D mask in the form the model's attention wants (a dict for sliding-window layers)."""
+        def form(x):
+            x = x[:, None]
+            if self.eager:  # eager attention adds the mask
+                dtype = self.m.s.model.dtype
+                return torch.zeros(x.shape, dtype=dtype, device=x.device).masked_fill(~x, torch.finfo(dtype).min)
+            return x
+        if self.window is None:
+            return form(mask)
+        near = mask & (key_pos[:, None, :] > query_pos[:, :, None] - self.window)
+        return {"full_attention": form(mask), "sliding_attention": form(near)} if self.mixed else form(near)
+
+    def commit(self, p: int, s: Stream) -> None:
+        """Score stream `s` won: its tokens become prompt p's committed text, and it the new main."""
+        m, kv = self.m, self.m.kv
+        new, start, _ = s.plan
+        r = self.crow[p]
+        dropped = m.cols[p][start:]
+        if dropped:
+            kv.mask[r, dropped] = 0
+        kv.mask[r, s.cols] = 1
+        m.cols[p] = m.cols[p][:start] + s.cols
+        m.ids[p] = new
+        m.last_logits[p] = self.last[s.slot]
+        s.kind, s.st, s.plan, s.cand, s.start, s.cols = "main", _Row(), None, -1, None, []
+        self.main[p] = s
+
     def compact(self, slack: int = 256) -> None:
-        """Squeeze out columns that are holes, once they are many (rows keep their order)."""
+        """Squeeze out columns nobody reads any more, once they are many (order kept)."""
         kv = self.m.kv
-        real = kv.mask.sum(1)
-        width = int(real.max()) if real.numel() else 0
+        if kv.width < slack:
+            return
+        read = kv.mask.bool()
+        entries = [(self.crow[s.p], c) for s in self.rows if not s.dead for c in s.cols]
+        if entries:
+            e = torch.tensor(entries, dtype=torch.long, device=read.device)
+            read[e[:, 0], e[:, 1]] = True
+        width = int(read.sum(1).max()) if read.numel() else 0
         if kv.width - width < slack:
             return
-        order = torch.sort((kv.mask == 0).to(torch.int8), dim=1, stable=True).indices[:, :width]
-        rank = kv.mask.cumsum(1) - 1  # new column of each real column
+        order = torch.sort((~read).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        rank = (read.cumsum(1) - 1).tolist()  # new column of each read column
         for layer in kv.cache.layers:
             idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
             layer.keys = layer.keys.gather(2, idx)
             layer.values = layer.values.gather(2, idx)
-        kv.mask = kv.mask.gather(1, order)
-        for p in range(len(self.m.ids)):
-            if any(s.p == p and s.kind == "main" and not s.dead for s in self.rows):
-                r = self.main_row(p)
-                self.m.cols[p] = rank[r, torch.tensor(self.m.cols[p], device=rank.device)].tolist()
+        kv.mask, kv.pos = kv.mask.gather(1, order), kv.pos.gather(1, order)
+        for p, r in enumerate(self.crow):
+            if r is not None:
+                self.m.cols[p] = [rank[r][c] for c in self.m.cols[p]]
+        for s in self.rows:
+            if not s.dead:
+                s.cols = [rank[self.crow[s.p]][c] for c in s.cols]
+
+
+def _sliding_window(config) -> tuple[int | None, bool]:
+    """(window, mixed): the sliding window the model's layers use, and whether only some do
+    (then the model takes one mask per layer type). A custom 4-D mask replaces the model's
+    own masks, so the window has to be in it, counted in positions."""
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is not None:
+        return (window, True) if window and "sliding_attention" in types else (None, False)
+    if window and getattr(config, "use_sliding_window", True):  # e.g. Mistral: every layer
+        return window, False
+    return None, False
 
 
 @torch.inference_mode()
@@ -145,17 +268,17 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             for p in range(P):
                 if done[p] or cands[p] is not None or props[k][p].texts:
                     continue
-                main = ms.rows[ms.main_row(p)]
+                main = ms.main[p]
                 if not main.st.done:
                     continue
                 branches = [s for s in ms.rows if s.p == p and s.kind == "branch" and not s.dead] + \
-                           [s for _, s in ms.spawn if s.p == p and s.kind == "branch"]
+                           [s for s in ms.spawn if s.p == p and s.kind == "branch"]
                 if any(not b.st.done for b in branches):
                     continue
                 _finish_proposal(ms, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg)
                 for b in branches:
                     b.dead = True
-                ms.spawn = [(i, s) for i, s in ms.spawn if not (s.p == p and s.kind == "branch")]
+                ms.spawn = [s for s in ms.spawn if not (s.p == p and s.kind == "branch")]
         # 3. prompts whose proposals are all in: union, and score rows in every member
         for p in range(P):
             if done[p] or cands[p] is not None or any(not props[k][p].texts for k in range(K)):
@@ -166,44 +289,18 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
                     seen.setdefault((text, eos), []).append(k)
             cands[p], owners[p] = list(seen), list(seen.values())
             for ms in members:
-                r = ms.main_row(p)
                 for c, (text, eos) in enumerate(cands[p]):
                     new, keep, first = ms.m.retokenize(p, text, eos)
                     n = len(ms.m.ids[p])
-                    start = n if keep == n else keep - 1
-                    ms.spawn.append((r, Stream(p, "score", plan=(new, start, first), cand=c, feed=new[start:])))
-        # 4. copies and forwards
+                    start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
+                    ms.spawn.append(Stream(p, "score", plan=(new, start, first), cand=c, feed=new[start:],
+                                           n=start, start=start))
+        # 4. one forward per member over every stream
         for k, ms in enumerate(members):
-            n_old = sum(1 for s in ms.rows if not s.dead)
-            spawned = list(ms.spawn)
             ms.restructure()
-            rows, cuts = [], []  # roll score rows back to the committed text
-            for j, (_, s) in enumerate(spawned):
-                if s.kind == "score":
-                    cols, start = ms.m.cols[s.p], s.plan[1]
-                    rows.append(n_old + j)
-                    cuts.append(cols[start] if start < len(cols) else cols[-1] + 1)
-            if rows:
-                kv = ms.m.kv
-                dev = kv.mask.device
-                r = torch.tensor(rows, dtype=torch.long, device=dev)
-                keep = torch.arange(kv.width, device=dev)[None, :] < torch.tensor(cuts, device=dev)[:, None]
-                kv.mask[r] = kv.mask[r] * keep
-                kv.n_real[r] = kv.mask[r].sum(1)
-            feeds = [s.feed for s in ms.rows]
-            if not any(feeds):
-                continue
-            ids, in_mask = pad_right(feeds, ms.m.s.pad_token_id, ms.m.s.device)
-            width0 = ms.m.kv.width
-            logits = ms.m.kv.forward(ms.m.s.model, ids, in_mask)
-            ms.m.forwards += 1
-            fed_rows = [i for i, f in enumerate(feeds) if f]
-            for p in {ms.rows[i].p for i in fed_rows}:
+            ms.logits = ms.forward()
+            for p in {s.p for s in ms.rows if s.feed}:
                 fwd_round[k][p] += 1
-            last_pos = torch.tensor([len(feeds[i]) - 1 for i in fed_rows], device=logits.device)
-            fr = torch.tensor(fed_rows, dtype=torch.long, device=logits.device)
-            ms.last[fr] = logits[fr, last_pos].float()
-            ms.fed_logits, ms.width0 = logits, width0
         # 5. score the candidates, pick winners, commit them
         finished_now = []
         scores = [_nll_all(ms, cands) for ms in members]
@@ -238,6 +335,8 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             else:
                 new_round(p)
         for ms in members:
+            ms.restructure()
+            ms.drop_prompts(finished_now)
             ms.compact()
         for p in finished_now:
             yield batch.idx[p], batch.output(p)
@@ -280,7 +379,7 @@ def _lookahead(ms: Streams, i: int, s: Stream, cfg, top_ids, top_lp, host, thres
                         continue
                     b.text = b.word = next_piece(m, p, st.text, "", st.toks, bt)[0]
                     b.word_tokens = 1
-                    ms.spawn.append((i, Stream(p, "branch", b, feed=[bt])))
+                    ms.spawn.append(Stream(p, "branch", b, feed=[bt], cols=list(s.cols), n=s.n))
             return
         if is_eos:
             st.done = st.eos = True
@@ -339,10 +438,10 @@ def _finish_proposal(ms: Streams, prop: Proposal, st: _Row, branches: list, cfg)
 
 def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
     """Mean token NLL of every candidate scored in the last forward, by prompt, in one gather."""
-    logits, m = ms.fed_logits if hasattr(ms, "fed_logits") else None, ms.m
+    logits, m = ms.logits, ms.m
     src_r, src_c, tok, seg, use_last, prompt = [], [], [], [], [], []
     slots: dict[tuple[int, int], int] = {}
-    for i, s in enumerate(ms.rows):
+    for s in ms.rows:
         if s.kind != "score" or s.dead:
             continue
         slot = slots.setdefault((s.p, s.cand), len(slots))
@@ -350,15 +449,15 @@ def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
         for j in range(first, len(new)):
             prev = j - 1 - start
             use_last.append(prev < 0)
-            src_r.append(i)
-            src_c.append(max(prev, 0))
+            src_r.append(ms.crow[s.p])
+            src_c.append(s.off + max(prev, 0))
             tok.append(new[j])
             seg.append(slot)
             prompt.append(s.p)
     out = {p: [float("nan")] * len(c) for p, c in enumerate(cands) if c is not None}
     if not tok:
         return out
-    dev = logits.device
+    dev = m.last_logits.device
     as_t = lambda x: torch.tensor(x, device=dev)
     t = as_t(tok)
     picked = logits[as_t(src_r), as_t(src_c)].float()
@@ -375,16 +474,11 @@ def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
 
 
 def _commit(ms: Streams, p: int, w: int) -> None:
-    """The winner's score row becomes prompt p's main row; the other rows of p die."""
-    m = ms.m
-    for i, s in enumerate(ms.rows):
+    """The winner's score stream becomes prompt p's main stream; p's other streams die."""
+    for s in ms.rows:
         if s.p != p or s.dead:
             continue
         if s.kind == "score" and s.cand == w:
-            new, start, _ = s.plan
-            m.cols[p] = m.cols[p][:start] + list(range(ms.width0, ms.width0 + len(new) - start))
-            m.ids[p] = new
-            m.last_logits[p] = ms.last[i]
-            s.kind, s.st, s.plan, s.cand = "main", _Row(), None, -1
+            ms.commit(p, s)
         else:
             s.dead = True
