@@ -94,6 +94,17 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
 
 
+def _time_method(args, sessions, prompts, cfg, stop, device, result) -> None:
+    r, wall, peak = _measure(lambda: run_method(args.method, sessions, prompts, cfg, stop), device)
+    r.pop("texts")
+    summed = sum(g["wall_s"] for g in result["generate"].values())
+    result["method"] = {"name": args.method, **r, "wall_s": round(wall, 3),
+                        "tokens_per_s": round(r["new_tokens"] / wall, 1), "peak_gib": peak,
+                        "ratio_to_summed_generate": round(wall / summed, 3),
+                        "ratio_to_slowest_member_generate": round(wall / max(g["wall_s"] for g in result["generate"].values()), 3)}
+    print(f"{args.method}: {wall:.2f} s, {r['new_tokens']} tokens, ratio to summed generate {wall / summed:.2f}", flush=True)
+
+
 def benchmark(args) -> dict:
     from .decoding import DecodeConfig
     from .models import load_session
@@ -121,28 +132,29 @@ def benchmark(args) -> dict:
               "transformers": __import__("transformers").__version__,
               "task": args.task, "n_prompts": len(prompts), "batch_size": args.batch_size,
               "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(), "generate": {}, "method": {}}
-    for s in sessions:
+    for s in sessions if not args.profile_only else []:
         r, wall, peak = _measure(lambda: generate_baseline(s, prompts, args.batch_size, args.max_new_tokens), device)
         r.pop("texts")
         result["generate"][s.name] = {**r, "wall_s": round(wall, 3), "tokens_per_s": round(r["new_tokens"] / wall, 1),
                                       "peak_gib": peak}
         print(f"generate {s.name}: {wall:.2f} s, {r['new_tokens']} tokens, {r['forward_calls']} calls", flush=True)
-    r, wall, peak = _measure(lambda: run_method(args.method, sessions, prompts, cfg, stop), device)
-    r.pop("texts")
-    summed = sum(g["wall_s"] for g in result["generate"].values())
-    result["method"] = {"name": args.method, **r, "wall_s": round(wall, 3),
-                        "tokens_per_s": round(r["new_tokens"] / wall, 1), "peak_gib": peak,
-                        "ratio_to_summed_generate": round(wall / summed, 3),
-                        "ratio_to_slowest_member_generate": round(wall / max(g["wall_s"] for g in result["generate"].values()), 3)}
-    print(f"{args.method}: {wall:.2f} s, {r['new_tokens']} tokens, ratio to summed generate {wall / summed:.2f}", flush=True)
+    if not args.profile_only:
+        _time_method(args, sessions, prompts, cfg, stop, device, result)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=acts) as prof:
             run_method(args.method, sessions, prompts[: min(len(prompts), args.batch_size)],
                        DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(64, args.max_new_tokens)}), stop)
-        result["profile"] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+        table = prof.key_averages()
+        result["profile"] = table.table(sort_by="cpu_time_total", row_limit=25)
         print(result["profile"])
+        if device.type == "cuda":  # GPU time by kernel, for the method and for the first member's generate
+            result["profile_cuda"] = table.table(sort_by="self_device_time_total", row_limit=25)
+            with profile(activities=acts) as prof:
+                generate_baseline(sessions[0], prompts[: args.batch_size], args.batch_size, min(64, args.max_new_tokens))
+            result["profile_cuda_generate"] = prof.key_averages().table(sort_by="self_device_time_total", row_limit=25)
+            print(result["profile_cuda"], result["profile_cuda_generate"], sep="\n")
     if args.cprofile:  # where the host time goes, on one batch of at most 64 new tokens
         import cProfile
         import io
@@ -152,6 +164,7 @@ def benchmark(args) -> dict:
         prof.runcall(run_method, args.method, sessions, prompts[: min(len(prompts), args.batch_size)], short, stop)
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
         result["cprofile"] = buf.getvalue()
         print(result["cprofile"])
     if args.out:
@@ -177,5 +190,6 @@ def add_parser(sub) -> None:
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
     a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")
+    a("--profile-only", action="store_true", help="skip the timed runs, only profile")
     a("--out", help="JSON file to write")
     p.set_defaults(func=benchmark)

@@ -125,8 +125,8 @@ class Member:
         tail, offsets = self._encode_offsets(window_text + text)
         first = next((k for k, (_, end) in enumerate(offsets) if end > len(window_text)), len(tail))
         new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
-        keep = 0
-        for a, b in zip(new, ids):
+        keep = ws  # ids[:ws] are kept as they are: compare only the window
+        for a, b in zip(new[ws:], ids[ws:]):
             if a != b:
                 break
             keep += 1

@@ -81,6 +81,14 @@ class Streams:
             s.slot = i
         self.spawn = []
 
+    def groups(self) -> dict[int, list[Stream]]:
+        """Live streams (spawned ones included) by prompt."""
+        out: dict[int, list[Stream]] = {}
+        for s in self.rows + self.spawn:
+            if not s.dead:
+                out.setdefault(s.p, []).append(s)
+        return out
+
     def drop_prompts(self, finished: list[int]) -> None:
         """Remove the cache rows of finished prompts."""
         if not finished:
@@ -265,20 +273,20 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
                     _branch_step(ms, s, cfg, top_ids[j][0], top_lp[j][0], budget(k, s.p))
         # 2. proposals that are complete: a stopped look-ahead whose branches are all done
         for k, ms in enumerate(members):
+            groups = ms.groups()
             for p in range(P):
                 if done[p] or cands[p] is not None or props[k][p].texts:
                     continue
                 main = ms.main[p]
                 if not main.st.done:
                     continue
-                branches = [s for s in ms.rows if s.p == p and s.kind == "branch" and not s.dead] + \
-                           [s for s in ms.spawn if s.p == p and s.kind == "branch"]
+                branches = [s for s in groups.get(p, ()) if s.kind == "branch"]
                 if any(not b.st.done for b in branches):
                     continue
                 _finish_proposal(ms, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg)
                 for b in branches:
                     b.dead = True
-                ms.spawn = [s for s in ms.spawn if not (s.p == p and s.kind == "branch")]
+            ms.spawn = [s for s in ms.spawn if not s.dead]
         # 3. prompts whose proposals are all in: union, and score rows in every member
         for p in range(P):
             if done[p] or cands[p] is not None or any(not props[k][p].texts for k in range(K)):
@@ -304,6 +312,7 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
         # 5. score the candidates, pick winners, commit them
         finished_now = []
         scores = [_nll_all(ms, cands) for ms in members]
+        groups = [ms.groups() for ms in members]
         for p in range(P):
             if done[p] or cands[p] is None:
                 continue
@@ -323,15 +332,14 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
                 })
             for k, ms in enumerate(members):
                 batch.add_forwards(k, p, fwd_round[k][p])
-                _commit(ms, p, w)
+                _commit(ms, groups[k][p], p, w)
             cands[p] = owners[p] = None
             if batch.append(p, text, is_eos):
                 done[p] = True
                 finished_now.append(p)
-                for ms in members:
-                    for s in ms.rows:
-                        if s.p == p:
-                            s.dead = True
+                for g in groups:
+                    for s in g[p]:
+                        s.dead = True
             else:
                 new_round(p)
         for ms in members:
@@ -473,11 +481,9 @@ def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
     return out
 
 
-def _commit(ms: Streams, p: int, w: int) -> None:
+def _commit(ms: Streams, streams: list[Stream], p: int, w: int) -> None:
     """The winner's score stream becomes prompt p's main stream; p's other streams die."""
-    for s in ms.rows:
-        if s.p != p or s.dead:
-            continue
+    for s in streams:
         if s.kind == "score" and s.cand == w:
             ms.commit(p, s)
         else:
