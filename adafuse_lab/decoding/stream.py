@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .criteria import Threshold, confidences
 from .pieces import next_piece
@@ -31,6 +32,13 @@ from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
 from .state import Member
 from .words import split_words, starts_new_word
+
+
+# Attention kernels for the tree steps. cuDNN attention (PyTorch's pick on an H100) plans an
+# execution graph for every new key length, about 2-3 ms of host time per layer call, and the
+# key length here changes with every step (BENCHMARKS.md); the memory-efficient kernel
+# takes the same masks without planning.
+_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -135,8 +143,9 @@ class Streams:
                 e = torch.tensor(entries, dtype=torch.long, device=dev)
                 mask[e[:, 0], e[:, 1], e[:, 2]] = value
         attn = self._model_mask(mask, torch.cat([kv.pos, pos], 1), pos)
-        out = m.s.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=kv.cache,
-                        use_cache=True)
+        with sdpa_kernel(_KERNELS):
+            out = m.s.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=kv.cache,
+                            use_cache=True)
         m.forwards += 1
         kv.mask = torch.cat([kv.mask, kv.mask.new_zeros((R, T))], 1)  # new columns are uncommitted
         kv.pos = torch.cat([kv.pos, pos], 1)
