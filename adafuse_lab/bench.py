@@ -140,8 +140,8 @@ def benchmark(args) -> dict:
     if device.type == "cuda":
         from torch.nn.attention import sdpa_kernel
 
-        from .decoding.stream import _KERNELS
-        variants["generate_no_cudnn"] = lambda: sdpa_kernel(_KERNELS)
+        from .decoding.state import ATTENTION_KERNELS
+        variants["generate_no_cudnn"] = lambda: sdpa_kernel(ATTENTION_KERNELS)
     for key, kernels in variants.items() if not args.profile_only else []:
         result[key] = {}
         for s in sessions:

@@ -24,21 +24,14 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 from .criteria import Threshold, confidences
 from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
-from .state import Member
+from .state import ATTENTION_KERNELS, Member
 from .words import split_words, starts_new_word
-
-
-# Attention kernels for the tree steps. cuDNN attention (PyTorch's pick on an H100) plans an
-# execution graph for every new key length, about 2-3 ms of host time per layer call, and the
-# key length here changes with every step (BENCHMARKS.md); the memory-efficient kernel
-# takes the same masks without planning.
-_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -143,7 +136,7 @@ class Streams:
                 e = torch.tensor(entries, dtype=torch.long, device=dev)
                 mask[e[:, 0], e[:, 1], e[:, 2]] = value
         attn = self._model_mask(mask, torch.cat([kv.pos, pos], 1), pos)
-        with sdpa_kernel(_KERNELS):
+        with sdpa_kernel(ATTENTION_KERNELS):
             out = m.s.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=kv.cache,
                             use_cache=True)
         m.forwards += 1
