@@ -277,11 +277,17 @@ def sliding(session, kind, window=5):
     return dataclasses.replace(session, model=model.eval())
 
 
-@pytest.mark.parametrize("pair", ["bpe+spm", "bpe+mistral", "spm+qwen2"])
-def test_stream_scores_equal_full_forward(tiny, pair):
+@pytest.mark.parametrize("pair,slack", [("bpe+spm", 320), ("bpe+spm", 0), ("bpe+mistral", 320), ("spm+qwen2", 3)])
+def test_stream_scores_equal_full_forward(tiny, pair, slack, monkeypatch):
     """The streaming engine reads candidates off a token tree in the prompt's cache row
     (a 4-D mask); every score in the trace is still one plain forward's mean NLL, also
-    for sliding-window members whose window the prompts outgrow."""
+    for sliding-window members whose window the prompts outgrow, and when the fixed-width
+    cache has so little slack that it compacts and widens often."""
+    from adafuse_lab.decoding import stream
+    monkeypatch.setattr(stream.Streams, "slack", slack)
+    compactions = []
+    real = stream.Streams.compact
+    monkeypatch.setattr(stream.Streams, "compact", lambda self, need: (compactions.append(need), real(self, need)))
     a, b = pair.split("+")
     members = [tiny[a], tiny[b] if b in tiny else sliding(tiny[a], b)]
     cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16)
@@ -300,6 +306,7 @@ def test_stream_scores_equal_full_forward(tiny, pair):
                     checked += 1
             text += r["candidates"][r["winner"]]["text"]
     assert checked >= 50
+    assert (len(compactions) > 10) == (slack < 16)
 
 
 # ---- 3. batched equals unbatched ----------------------------------------------------

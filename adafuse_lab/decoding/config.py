@@ -45,6 +45,7 @@ class DecodeConfig:
     word_token_cap: int = 24       # a word longer than this many tokens (CJK, URLs) ends here
     window_tokens: int = 8         # tokens re-tokenized at the boundary when text is appended
     trace: bool = True             # record the per-round trace
+    cuda_graphs: bool = True       # streaming methods on CUDA: capture each forward shape once, then replay it
 
     def __post_init__(self):
         def need(ok, msg):

@@ -24,13 +24,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
 from .criteria import Threshold, confidences
 from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
-from .state import ATTENTION_KERNELS, Member
+from .columns import ColumnCache, Graphs, bucket, eager_forward
+from .state import Member
 from .words import split_words, starts_new_word
 
 
@@ -59,9 +59,18 @@ class Streams:
     4-D attention mask. Nothing is copied when a branch or a candidate starts, and the
     prefix is read once per row, however many streams hang off it."""
 
-    def __init__(self, member: Member):
+    slack = 320  # free columns beyond the answer's budget: live streams and a few steps' feeds
+
+    def __init__(self, member: Member, max_new_tokens: int, cuda_graphs: bool):
         self.m = member
         P = len(member.ids)
+        kv = member.kv
+        self.front = kv.width  # columns from here on are free
+        extra = max_new_tokens + self.slack
+        kv.cache = ColumnCache(kv.cache, kv.width + extra)
+        kv.mask, kv.pos = (torch.cat([x, x.new_zeros((P, extra))], 1) for x in (kv.mask, kv.pos))
+        use = cuda_graphs and member.s.device.type == "cuda"
+        self.graphs = Graphs() if use else None  # rows stay fixed while graphs live
         self.rows = [Stream(p, "main", _Row(), n=len(member.ids[p]), slot=p) for p in range(P)]
         self.main = {p: s for p, s in enumerate(self.rows)}
         self.last = member.last_logits.clone()   # newest logits of every stream
@@ -91,8 +100,9 @@ class Streams:
         return out
 
     def drop_prompts(self, finished: list[int]) -> None:
-        """Remove the cache rows of finished prompts."""
-        if not finished:
+        """Remove the cache rows of finished prompts (not with graphs: they need fixed shapes;
+        a finished prompt's row is then fed pads)."""
+        if not finished or self.graphs is not None:
             return
         alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
         self.m.kv.keep_rows(torch.tensor([r for r, _ in alive], dtype=torch.long, device=self.m.s.device))
@@ -112,7 +122,10 @@ class Streams:
         for s in feeding:
             r = self.crow[s.p]
             s.off, used[r] = used[r], used[r] + len(s.feed)
-        R, T, W = kv.mask.shape[0], max(used), kv.width
+        R, T = kv.mask.shape[0], bucket(max(used))
+        if self.front + T > kv.width:
+            self.compact(T)
+        F = self.front
         ids = [[m.s.pad_token_id] * T for _ in range(R)]
         pos = [[0] * T for _ in range(R)]
         on, off = [], []  # (row, query, column) entries of the mask to set / clear
@@ -123,33 +136,29 @@ class Streams:
                 q = s.off + j
                 ids[r][q], pos[r][q] = t, s.n + j
                 on.extend((r, q, c) for c in s.cols)
-                on.extend((r, q, W + s.off + i) for i in range(j))
+                on.extend((r, q, F + s.off + i) for i in range(j))
                 off.extend((r, q, c) for c in hidden)
         dev = m.s.device
         ids, pos = torch.tensor(ids, device=dev), torch.tensor(pos, device=dev)
-        mask = torch.cat([kv.mask.bool(), kv.mask.new_zeros((R, T), dtype=torch.bool)], 1)
-        mask = mask[:, None, :].repeat(1, T, 1)
-        q = torch.arange(T, device=dev)
-        mask[:, q, W + q] = True  # every query reads itself (pads too: a row of only -inf is NaN)
+        cols = torch.arange(F, F + T, device=dev)
+        mask = kv.mask.bool()[:, None, :].repeat(1, T, 1)
+        mask[:, cols - F, cols] = True  # every query reads itself (pads too: a row of only -inf is NaN)
         for entries, value in ((off, False), (on, True)):
             if entries:
                 e = torch.tensor(entries, dtype=torch.long, device=dev)
                 mask[e[:, 0], e[:, 1], e[:, 2]] = value
-        attn = self._model_mask(mask, torch.cat([kv.pos, pos], 1), pos)
-        with sdpa_kernel(ATTENTION_KERNELS):
-            out = m.s.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=kv.cache,
-                            use_cache=True)
+        kv.pos[:, F:F + T] = pos
+        attn = self._model_mask(mask, kv.pos, pos)
+        logits = (self.graphs or eager_forward)(m.s.model, kv.cache, ids, pos, attn, cols)
         m.forwards += 1
-        kv.mask = torch.cat([kv.mask, kv.mask.new_zeros((R, T))], 1)  # new columns are uncommitted
-        kv.pos = torch.cat([kv.pos, pos], 1)
-        logits = out.logits
         rows = torch.tensor([self.crow[s.p] for s in feeding], device=dev)
         ends = torch.tensor([s.off + len(s.feed) - 1 for s in feeding], device=dev)
         slots = torch.tensor([s.slot for s in feeding], device=dev)
         self.last[slots] = logits[rows, ends].float()
         for s in feeding:
-            s.cols = s.cols + list(range(W + s.off, W + s.off + len(s.feed)))
+            s.cols = s.cols + list(range(F + s.off, F + s.off + len(s.feed)))
             s.n += len(s.feed)
+        self.front += T
         return logits
 
     def _model_mask(self, mask: torch.Tensor, key_pos: torch.Tensor, query_pos: torch.Tensor):
@@ -180,26 +189,31 @@ class Streams:
         s.kind, s.st, s.plan, s.cand, s.start, s.cols = "main", _Row(), None, -1, None, []
         self.main[p] = s
 
-    def compact(self, slack: int = 256) -> None:
-        """Squeeze out columns nobody reads any more, once they are many (order kept)."""
+    def compact(self, need: int) -> None:
+        """Squeeze out the columns nobody reads any more (order kept), so that `need` free
+        columns follow; widen the cache if that is not enough."""
         kv = self.m.kv
-        if kv.width < slack:
-            return
         read = kv.mask.bool()
         entries = [(self.crow[s.p], c) for s in self.rows if not s.dead for c in s.cols]
         if entries:
             e = torch.tensor(entries, dtype=torch.long, device=read.device)
             read[e[:, 0], e[:, 1]] = True
         width = int(read.sum(1).max()) if read.numel() else 0
-        if kv.width - width < slack:
-            return
         order = torch.sort((~read).to(torch.int8), dim=1, stable=True).indices[:, :width]
         rank = (read.cumsum(1) - 1).tolist()  # new column of each read column
-        for layer in kv.cache.layers:
-            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            layer.keys = layer.keys.gather(2, idx)
-            layer.values = layer.values.gather(2, idx)
-        kv.mask, kv.pos = kv.mask.gather(1, order), kv.pos.gather(1, order)
+        kv.cache.gather_columns(order)
+        for name in ("mask", "pos"):
+            old = getattr(kv, name)
+            new = torch.zeros_like(old)
+            new[:, :width] = old.gather(1, order)
+            setattr(kv, name, new)
+        self.front = width
+        if width + need > kv.width:  # rare: more live columns than planned
+            grow = max(need, 256)
+            kv.cache.grow(kv.width + grow)
+            kv.mask, kv.pos = (torch.cat([x, x.new_zeros((x.shape[0], grow))], 1) for x in (kv.mask, kv.pos))
+            if self.graphs is not None:
+                self.graphs.clear()
         for p, r in enumerate(self.crow):
             if r is not None:
                 self.m.cols[p] = [rank[r][c] for c in self.m.cols[p]]
@@ -224,7 +238,7 @@ def _sliding_window(config) -> tuple[int | None, bool]:
 @torch.inference_mode()
 def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
     """AdaFuse (span_words None) or a fixed-span ensemble, with ragged progress across prompts."""
-    members = [Streams(m) for m in batch.members]
+    members = [Streams(m, cfg.max_new_tokens, cfg.cuda_graphs) for m in batch.members]
     K, P = len(members), len(batch.idx)
     fixed = span_words is not None
     max_words = span_words or cfg.M
@@ -347,7 +361,6 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
         for ms in members:
             ms.restructure()
             ms.drop_prompts(finished_now)
-            ms.compact()
         for p in finished_now:
             yield batch.idx[p], batch.output(p)
 
