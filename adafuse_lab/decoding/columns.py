@@ -10,6 +10,7 @@ member, BENCHMARKS.md) becomes one replay.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,7 @@ class Graphs:
                 return self._replay(model, cache, ids, pos, attn, cols)
             except RuntimeError as e:  # something in the model cannot be captured
                 self.failed, self.captured = f"{type(e).__name__}: {e}", {}
+                warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
                 torch.cuda.synchronize()
         return eager_forward(model, cache, ids, pos, attn, cols)
 
