@@ -11,6 +11,7 @@ member, BENCHMARKS.md) becomes one replay.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,13 @@ def bucket(t: int) -> int:
     return 1 << max(0, t - 1).bit_length()
 
 
+# Forward passes that bypass the model's hooks, by id(model): replays of captured graphs, and
+# captures (which call the model twice without a step of their own: warm-up and recording).
+# bench.py counts a member's forward passes as hook calls - 2 * captures + replays.
+REPLAYS: Counter = Counter()
+CAPTURES: Counter = Counter()
+
+
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
@@ -103,6 +111,7 @@ class Graphs:
             c = self.captured[ids.shape[1]] = self._capture(model, cache, ids, pos, attn, cols)
         _copy_into(c.inputs, {"ids": ids, "pos": pos, "attn": attn, "cols": cols})
         c.graph.replay()
+        REPLAYS[id(model)] += 1
         return c.logits
 
     def _capture(self, model, cache, ids, pos, attn, cols) -> _Captured:
@@ -115,6 +124,7 @@ class Graphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             logits = eager_forward(model, cache, inputs["ids"], inputs["pos"], inputs["attn"], inputs["cols"])
+        CAPTURES[id(model)] += 1
         return _Captured(graph, inputs, logits)
 
 
