@@ -101,10 +101,15 @@ def add_run(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def cmd_run(args) -> dict:
-    from .runs import run
-    res = run(_run_config(args), args.out, progress=not args.no_progress)
-    print(json.dumps({"out": args.out, "metrics": res["metrics"]}, indent=2, default=str))
+def cmd_run(args) -> dict | None:
+    from .runs import run, run_sharded, shard_from_env
+    shard = shard_from_env()  # several processes: torchrun / accelerate launch
+    if shard:
+        res = run_sharded(_run_config(args), args.out, *shard, progress=not args.no_progress)
+    else:
+        res = run(_run_config(args), args.out, progress=not args.no_progress)
+    if res is not None:
+        print(json.dumps({"out": args.out, "metrics": res["metrics"]}, indent=2, default=str))
     return res
 
 

@@ -400,8 +400,9 @@ def _decode_batch(method, members, batch, prompts, dcfg, stop, oom: list):
                    f"{len(todo)} unfinished ones of this batch {size} at a time", file=sys.stderr)
 
 
-def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
+def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] | None = None) -> dict:
     """Decode every example of cfg.task into out_dir; resume if it holds a partial run.
+    `shard` = (rank, world): decode only batches rank, rank + world, ... (run_sharded).
 
     Returns the content of results.json."""
     from tqdm.auto import tqdm
@@ -418,10 +419,13 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
         examples = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
     except RuntimeError as e:  # the hub was asked for and did not answer
         raise UsageError(str(e)) from e
-    ids = [ex.id for ex in examples]
-    if len(set(ids)) != len(ids):
+    all_ids = [ex.id for ex in examples]
+    if len(set(all_ids)) != len(all_ids):
         raise UsageError(f"task {cfg.task!r} yields duplicate example ids")
-    prompts = {ex.id: task.prompt(ex) for ex in examples}
+    bs = dcfg.batch_size
+    mine = examples if shard is None else _shard_examples(examples, bs, *shard)
+    ids = [ex.id for ex in mine]
+    prompts = {ex.id: task.prompt(ex) for ex in mine}
 
     # Resume: keep finished records whose prompt is unchanged.
     samples = out / SAMPLES
@@ -436,13 +440,12 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
     # Batches are aligned with the full example list and a batch with any unfinished
     # example is decoded whole: padding makes float bits depend on which prompts share
     # a batch, so only the same batches reproduce the same bytes after a resume.
-    bs = dcfg.batch_size
-    batches = [examples[j:j + bs] for j in range(0, len(examples), bs)]
+    batches = [mine[j:j + bs] for j in range(0, len(mine), bs)]
     batches = [b for b in batches if any(ex.id not in done for ex in b)]
     t_load = time.perf_counter()
     members = _load_members(cfg) if batches else []
     load_s = time.perf_counter() - t_load
-    _check_context(members, examples, prompts, cfg.max_new_tokens)
+    _check_context(members, mine, prompts, cfg.max_new_tokens)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -455,7 +458,7 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
     per_example, oom = {}, []
     t_decode = time.perf_counter()
     if batches:
-        with open(samples, "ab", buffering=0) as f, tqdm(total=len(examples), initial=len(done), disable=not progress,
+        with open(samples, "ab", buffering=0) as f, tqdm(total=len(mine), initial=len(done), disable=not progress,
                                             desc=f"{cfg.task}/{cfg.method}", unit="ex") as bar:
             t_prev = time.perf_counter()
             for batch in batches:
@@ -501,6 +504,66 @@ def run(cfg: RunConfig, out_dir, progress: bool = True) -> dict:
     write_atomic(out / RESULTS, (json.dumps(results, indent=2, ensure_ascii=False, default=_json_default)
                                  + "\n").encode())
     return results
+
+
+def _shard_examples(examples: list, batch_size: int, rank: int, world: int) -> list:
+    """Whole batches rank, rank + world, ... of the full list: each batch is decoded exactly
+    as in a one-process run (padding makes float bits depend on a batch's company)."""
+    if not 0 <= rank < world:
+        raise UsageError(f"rank {rank} is not in 0..{world - 1}")
+    return [ex for j in range(rank * batch_size, len(examples), world * batch_size)
+            for ex in examples[j:j + batch_size]]
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """(rank, world) when started by torchrun or accelerate launch with several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))), world
+
+
+def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool = True,
+                poll_s: float = 1.0) -> dict | None:
+    """One process of a run split over `world` processes (one per GPU of a host):
+
+        torchrun --nproc-per-node 2 -m adafuse_lab run ...    (or: accelerate launch -m adafuse_lab run ...)
+
+    Rank r decodes its batches into OUT/shards/r (resumable like any run) on cuda:LOCAL_RANK;
+    rank 0 then waits for every shard and merges them into OUT, which ends up with the same
+    config.json and samples.jsonl as a one-process run. Returns results.json on rank 0."""
+    out = Path(out_dir)
+    shard_cfg = cfg
+    if cfg.device is None:
+        import torch
+        if torch.cuda.is_available():
+            shard_cfg = dataclasses.replace(cfg, device=f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
+    part = run(shard_cfg, out / "shards" / str(rank), progress=progress and rank == 0, shard=(rank, world))
+    if rank != 0:
+        return None
+    parts = {0: part}
+    waiting = set(range(1, world))
+    while waiting:
+        for r in sorted(waiting):
+            res = _read_json(out / "shards" / str(r) / RESULTS)
+            if res and res.get("config") == shard_cfg.to_dict() | {"device": res["config"].get("device")}:
+                parts[r] = res
+                waiting.discard(r)
+        if waiting:
+            time.sleep(poll_s)
+    records = {rec["id"]: rec for r in range(world) for rec in read_samples(out / "shards" / str(r) / SAMPLES)}
+    task = _get_task(cfg.task)
+    examples = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
+    out.mkdir(parents=True, exist_ok=True)
+    _claim_dir(out, cfg)
+    write_atomic(out / SAMPLES, b"".join(_line(records[ex.id]) for ex in examples))
+    merged = run(cfg, out, progress=False)  # every example is done: this only aggregates
+    merged["device"] = [parts[r]["device"] for r in range(world)]
+    merged["timings"] = {"wall_s": max(p["timings"]["wall_s"] for p in parts.values()),
+                         "shards": [parts[r]["timings"] for r in range(world)]}
+    write_atomic(out / RESULTS, (json.dumps(merged, indent=2, ensure_ascii=False, default=_json_default)
+                                 + "\n").encode())
+    return merged
 
 
 def _read_json(path: Path):

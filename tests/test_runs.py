@@ -214,3 +214,42 @@ def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert samples.read_bytes() == (ref / "samples.jsonl").read_bytes()
     assert json.loads((out / "results.json").read_text())["metrics"] == \
         json.loads((ref / "results.json").read_text())["metrics"]
+
+
+# ---- several processes (one per GPU): shards by batch, merged into one run directory
+
+def test_sharded_run_merges_into_the_one_process_run(tmp_path):
+    c = cfg(method="adafuse", limit=5, max_new_tokens=8, batch_size=2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run(c, one, progress=False)
+    assert runs.run_sharded(c, two, 1, 2, progress=False) is None  # rank 1 only decodes its shard
+    merged = runs.run_sharded(c, two, 0, 2, progress=False, poll_s=0.01)
+    ids = [json.loads(x)["id"] for x in lines(one / "samples.jsonl")]
+    shard_ids = [[json.loads(x)["id"] for x in lines(two / "shards" / str(r) / "samples.jsonl")] for r in (0, 1)]
+    assert shard_ids == [ids[0:2] + ids[4:5], ids[2:4]]  # whole batches, alternating
+    for name in ("samples.jsonl", "config.json"):
+        assert (two / name).read_bytes() == (one / name).read_bytes()
+    assert merged["metrics"] == single["metrics"] and merged["n_examples"] == 5
+    assert len(merged["timings"]["shards"]) == 2 and len(merged["device"]) == 2
+    assert evaluate_dir(two)["matches_results"]
+
+
+def test_sharded_run_under_torchrun(tmp_path):
+    """The command line notices torchrun's environment; rank 0 prints the merged metrics."""
+    args = ["--task", "triviaqa", "--models", "tiny:char,tiny:bpe", "--method", "coolfusion", "--limit", "3",
+            "--source", "sample", "--max-new-tokens", "6", "--batch-size", "1", "--no-progress"]
+    ref = run(cfg(method="coolfusion", limit=3, max_new_tokens=6, batch_size=1), tmp_path / "ref", progress=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "adafuse_lab", "run", *args, "--out", str(tmp_path / "two")]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert all(lines(tmp_path / "two" / "shards" / r / "samples.jsonl") for r in ("0", "1"))
+    assert (tmp_path / "two" / "samples.jsonl").read_bytes() == (tmp_path / "ref" / "samples.jsonl").read_bytes()
+    assert '"metrics"' in p.stdout and json.loads((tmp_path / "two" / "results.json").read_text())["metrics"] == \
+        ref["metrics"]
+
+
+def test_shard_rank_out_of_range(tmp_path):
+    with pytest.raises(UsageError, match="rank 2"):
+        runs.run_sharded(cfg(), tmp_path, 2, 2, progress=False)
