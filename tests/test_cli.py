@@ -35,6 +35,14 @@ def test_run_then_eval(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == json.loads((out / "results.json").read_text())["metrics"]
 
 
+@pytest.mark.parametrize("method", ["adafuse", "single", "sweetspan", "coolfusion", "unite", "gac", "rerank"])
+def test_run_every_method(tmp_path, capsys, method):
+    out = tmp_path / method
+    assert main(["run", *TINY, "--method", method, "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["n"] == 2
+    assert json.loads((out / "results.json").read_text())["method"] == method
+
+
 def test_decode_options_reach_the_config(tmp_path):
     args = cli.build_parser().parse_args(
         ["run", *TINY, "--out", "x", "--theta", "0.5", "--B", "2", "--M", "4", "--criterion", "entropy",
