@@ -63,7 +63,6 @@ def _measure(fn, device):
 @torch.inference_mode()
 def generate_baseline(session, prompts: list[str], batch_size: int, max_new_tokens: int) -> dict:
     """Plain HF greedy generate of one member, left-padded batches; returns tokens and calls."""
-    tok = session.tokenizer
     counter = CallCounter(session.model)
     new_tokens, texts = 0, []
     try:
