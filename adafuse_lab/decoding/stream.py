@@ -283,7 +283,7 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             for j, i in enumerate(live):
                 s = ms.rows[i]
                 if s.kind == "main":
-                    _lookahead(ms, i, s, cfg, top_ids[j], top_lp[j], host[j], thresholds[k], props[k][s.p],
+                    _lookahead(ms, s, cfg, top_ids[j], top_lp[j], host[j], thresholds[k], props[k][s.p],
                                words_so_far[s.p], budget(k, s.p), max_words, fixed)
                 else:
                     _branch_step(ms, s, cfg, top_ids[j][0], top_lp[j][0], budget(k, s.p))
@@ -369,7 +369,7 @@ def _finite(x):
     return x if math.isfinite(x) else None
 
 
-def _lookahead(ms: Streams, i: int, s: Stream, cfg, top_ids, top_lp, host, threshold, prop, words_before,
+def _lookahead(ms: Streams, s: Stream, cfg, top_ids, top_lp, host, threshold, prop, words_before,
                budget, max_words, fixed) -> None:
     """One look-ahead decision of a main row: commit the word, branch, or stop."""
     m, st, p = ms.m, s.st, s.p
