@@ -501,8 +501,7 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
     }
     if old and "timings" in old:
         results["timings"] = old["timings"]
-    write_atomic(out / RESULTS, (json.dumps(results, indent=2, ensure_ascii=False, default=_json_default)
-                                 + "\n").encode())
+    _write_results(out, results)
     return results
 
 
@@ -551,19 +550,21 @@ def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool =
                 waiting.discard(r)
         if waiting:
             time.sleep(poll_s)
-    records = {rec["id"]: rec for r in range(world) for rec in read_samples(out / "shards" / str(r) / SAMPLES)}
-    task = _get_task(cfg.task)
-    examples = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
     out.mkdir(parents=True, exist_ok=True)
     _claim_dir(out, cfg)
-    write_atomic(out / SAMPLES, b"".join(_line(records[ex.id]) for ex in examples))
-    merged = run(cfg, out, progress=False)  # every example is done: this only aggregates
+    write_atomic(out / SAMPLES, b"".join(_line(rec) for r in range(world)
+                                         for rec in read_samples(out / "shards" / str(r) / SAMPLES)))
+    merged = run(cfg, out, progress=False)  # every example is done: this puts them in order and aggregates
     merged["device"] = [parts[r]["device"] for r in range(world)]
     merged["timings"] = {"wall_s": max(p["timings"]["wall_s"] for p in parts.values()),
                          "shards": [parts[r]["timings"] for r in range(world)]}
-    write_atomic(out / RESULTS, (json.dumps(merged, indent=2, ensure_ascii=False, default=_json_default)
-                                 + "\n").encode())
+    _write_results(out, merged)
     return merged
+
+
+def _write_results(out: Path, results: dict) -> None:
+    write_atomic(out / RESULTS, (json.dumps(results, indent=2, ensure_ascii=False, default=_json_default)
+                                 + "\n").encode())
 
 
 def _read_json(path: Path):

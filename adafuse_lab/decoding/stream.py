@@ -68,7 +68,7 @@ class Streams:
         self.front = kv.width  # columns from here on are free
         extra = max_new_tokens + self.slack
         kv.cache = ColumnCache(kv.cache, kv.width + extra)
-        kv.mask, kv.pos = (torch.cat([x, x.new_zeros((P, extra))], 1) for x in (kv.mask, kv.pos))
+        kv.mask, kv.pos = _free_columns(kv.mask, extra), _free_columns(kv.pos, extra)
         use = cuda_graphs and member.s.device.type == "cuda"
         self.graphs = Graphs() if use else None  # rows stay fixed while graphs live
         self.rows = [Stream(p, "main", _Row(), n=len(member.ids[p]), slot=p) for p in range(P)]
@@ -211,7 +211,7 @@ class Streams:
         if width + need > kv.width:  # rare: more live columns than planned
             grow = max(need, 256)
             kv.cache.grow(kv.width + grow)
-            kv.mask, kv.pos = (torch.cat([x, x.new_zeros((x.shape[0], grow))], 1) for x in (kv.mask, kv.pos))
+            kv.mask, kv.pos = _free_columns(kv.mask, grow), _free_columns(kv.pos, grow)
             if self.graphs is not None:
                 self.graphs.clear()
         for p, r in enumerate(self.crow):
@@ -220,6 +220,11 @@ class Streams:
         for s in self.rows:
             if not s.dead:
                 s.cols = [rank[self.crow[s.p]][c] for c in s.cols]
+
+
+def _free_columns(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-column state (mask, positions) with n more columns, all zero: free."""
+    return torch.cat([x, x.new_zeros((x.shape[0], n))], 1)
 
 
 def _sliding_window(config) -> tuple[int | None, bool]:
