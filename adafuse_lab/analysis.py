@@ -595,15 +595,28 @@ def load_run(path) -> Run | None:
     return Run(path, json.loads((path / CONFIG).read_text()), results, read_samples(path / SAMPLES))
 
 
+# Plan mode (`figures --plan`): ensure_run appends each missing run's config to the JSONL
+# file named here and decodes nothing, so every run of a figure set can first be listed and
+# then decoded by several workers at once (figures --decode).
+PLAN_ENV = "ADAFUSE_PLAN"
+
+
 def ensure_run(cfg, runs_dir, launch: bool = True, progress: bool = False, log=print) -> Run | None:
     """The saved run for `cfg` under runs_dir; decode it first when missing and `launch`.
-    Returns None for a missing run that may not be launched."""
+    Returns None for a missing run that may not be launched (or is only planned)."""
+    import os
+
     from .runs import run
     path = run_dir(runs_dir, cfg)
     have = load_run(path)
     if have is not None and have.results.get("n_examples") == len(have.records):
         log(f"found     {path}")
         return have
+    if os.environ.get(PLAN_ENV):
+        with open(os.environ[PLAN_ENV], "a") as f:
+            f.write(json.dumps(cfg.to_dict(), sort_keys=True) + "\n")
+        log(f"planned   {path}")
+        return None
     if not launch:
         log(f"missing   {path} (launch=False)")
         return None

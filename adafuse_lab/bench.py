@@ -103,17 +103,19 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
 
 
-def _time_method(args, sessions, prompts, cfg, stop, device, result) -> None:
-    r, wall, peak = _measure(lambda: run_method(args.method, sessions, prompts, cfg, stop), device)
+def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
+    r, wall, peak = _measure(lambda: run_method(method, sessions, prompts, cfg, stop), device)
     r.pop("texts")
-    result["method"] = {"name": args.method, **r, "wall_s": round(wall, 3),
-                        "tokens_per_s": round(r["new_tokens"] / wall, 1), "peak_gib": peak}
+    out = {"name": method, **r, "wall_s": round(wall, 3), "tokens_per_s": round(r["new_tokens"] / wall, 1),
+           "seconds_per_prompt": round(wall / len(prompts), 4), "peak_gib": peak,
+           "forwards_per_token": [round(n / max(r["new_tokens"], 1), 3) for n in r["forward_calls"]]}
     for key in [k for k in ("generate", "generate_no_cudnn") if k in result]:
         walls = [g["wall_s"] for g in result[key].values()]
-        result["method"][f"ratio_to_summed_{key}"] = round(wall / sum(walls), 3)
-        result["method"][f"ratio_to_slowest_member_{key}"] = round(wall / max(walls), 3)
-        print(f"{args.method}: {wall:.2f} s, {r['new_tokens']} tokens, ratio to summed {key} {wall / sum(walls):.2f}",
+        out[f"ratio_to_summed_{key}"] = round(wall / sum(walls), 3)
+        out[f"ratio_to_slowest_member_{key}"] = round(wall / max(walls), 3)
+        print(f"{method}: {wall:.2f} s, {r['new_tokens']} tokens, ratio to summed {key} {wall / sum(walls):.2f}",
               flush=True)
+    return out
 
 
 def benchmark(args) -> dict:
@@ -121,6 +123,7 @@ def benchmark(args) -> dict:
     from .models import load_session
     from .tasks import get_task
     specs = [m for m in args.models.split(",") if m]
+    methods = [m for m in args.method.split(",") if m]
     sessions = [load_session(m, device=args.device) for m in specs]
     device = sessions[0].device
     task = get_task(args.task)
@@ -134,15 +137,17 @@ def benchmark(args) -> dict:
     # warm-up: CUDA context, kernels, allocator
     for s in sessions:
         generate_baseline(s, prompts[:2], 2, 4)
-    run_method(args.method, sessions, prompts[:2], DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": 4,
-                                                                           "batch_size": 2}))
+    for m in methods:
+        run_method(m, sessions, prompts[:2], DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": 4,
+                                                                     "batch_size": 2}))
     result = {"command": " ".join(["python -m adafuse_lab bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"]
               else " ".join(sys.argv),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "dtype": str(sessions[0].dtype), "torch": torch.__version__,
               "transformers": __import__("transformers").__version__,
               "task": args.task, "n_prompts": len(prompts), "batch_size": args.batch_size,
-              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(), "generate": {}, "method": {}}
+              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(),
+              "members": {s.name: s.info for s in sessions}, "generate": {}, "method": {}}
     # generate as it runs by default, and (CUDA) with the attention kernels the engine uses
     variants = {"generate": contextlib.nullcontext}
     if device.type == "cuda":
@@ -160,13 +165,14 @@ def benchmark(args) -> dict:
             result[key][s.name] = {**r, "wall_s": round(wall, 3), "tokens_per_s": round(r["new_tokens"] / wall, 1),
                                    "peak_gib": peak}
             print(f"{key} {s.name}: {wall:.2f} s, {r['new_tokens']} tokens, {r['forward_calls']} calls", flush=True)
-    if not args.profile_only:
-        _time_method(args, sessions, prompts, cfg, stop, device, result)
+    if not args.profile_only:  # "method": the first of --method; "methods": each of them
+        result["methods"] = {m: _time_method(m, sessions, prompts, cfg, stop, device, result) for m in methods}
+        result["method"] = result["methods"][methods[0]]
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=acts) as prof:
-            run_method(args.method, sessions, prompts[: min(len(prompts), args.batch_size)],
+            run_method(methods[0], sessions, prompts[: min(len(prompts), args.batch_size)],
                        DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(64, args.max_new_tokens)}), stop)
         table = prof.key_averages()
         result["profile"] = table.table(sort_by="cpu_time_total", row_limit=25)
@@ -183,7 +189,7 @@ def benchmark(args) -> dict:
         import pstats
         prof = cProfile.Profile()
         short = DecodeConfig.from_dict({**cfg.to_dict(), "max_new_tokens": min(64, args.max_new_tokens)})
-        prof.runcall(run_method, args.method, sessions, prompts[: min(len(prompts), args.batch_size)], short, stop)
+        prof.runcall(run_method, methods[0], sessions, prompts[: min(len(prompts), args.batch_size)], short, stop)
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
@@ -200,7 +206,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time a method against each member's plain greedy generate")
     a = p.add_argument
     a("--models", required=True, help="comma-separated member specs")
-    a("--method", default="adafuse")
+    a("--method", default="adafuse", help="a method, or several comma-separated (timed one after another)")
     a("--task", default="gsm8k")
     a("--source", default="auto", choices=["auto", "local", "hub", "sample"])
     a("--data-dir")

@@ -93,54 +93,67 @@ def parameters_for(nb: Path, pfile: dict, paths: dict) -> dict:
 
 
 @contextlib.contextmanager
-def headless():
-    """Set $ADAFUSE_HEADLESS=1 for the kernels started inside (they inherit the environment):
-    plots.interact then draws its figure without creating widgets."""
-    from .plots import HEADLESS_ENV
-    old = os.environ.get(HEADLESS_ENV)
-    os.environ[HEADLESS_ENV] = "1"
+def environment(**values):
+    """Set environment variables for the kernels started inside (they inherit them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(HEADLESS_ENV, None)
-        else:
-            os.environ[HEADLESS_ENV] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def headless():
+    """$ADAFUSE_HEADLESS=1: plots.interact then draws its figure without creating widgets."""
+    from .plots import HEADLESS_ENV
+    return environment(**{HEADLESS_ENV: "1"})
 
 
 def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", only: Sequence[str] | None = None,
           nb_dir=None, kernel: str = "python3", cell_timeout: float | None = None, retries: int = 0,
-          log=print) -> dict:
+          log=print, plan_file=None) -> dict:
     """Execute the notebooks; returns {notebook: {"seconds", "executed", "summary", "attempts"}}.
 
     cell_timeout: seconds a cell may run (None: no limit). retries: how often a notebook
     whose kernel stopped answering (a cell timeout, a dead kernel) is run again; finished
     runs are found in runs_dir, so a retry only redoes what was not saved. A cell that
-    raises is never retried."""
+    raises is never retried. plan_file: plan mode (see plan())."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
+    from .analysis import PLAN_ENV
     from .runs import UsageError
     nb_dir = notebook_dir(nb_dir)
     pfile = load_params(params, nb_dir)
     fig_dir, work_dir = Path(fig_dir).resolve(), Path(work_dir).resolve()
+    runs_dir = work_dir / "runs"
+    if plan_file:  # the runs are the real ones; what the notebooks write goes aside
+        work_dir, fig_dir = work_dir / "plan", work_dir / "plan" / "figures"
     work_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
+    env = {PLAN_ENV: Path(plan_file).resolve()} if plan_file else {}
     report = {}
     for nb in notebooks(nb_dir, only):
-        paths = {"runs_dir": work_dir / "runs", "out_dir": work_dir / nb.stem, "fig_dir": fig_dir}
+        paths = {"runs_dir": runs_dir, "out_dir": work_dir / nb.stem, "fig_dir": fig_dir}
         values = parameters_for(nb, pfile, paths)
         executed = work_dir / nb.name
         t0 = time.perf_counter()
-        log(f"{nb.stem}: running with {Path(pfile['path']).name} ...")
+        log(f"{nb.stem}: running with {Path(pfile['path']).name}{' (plan only)' if plan_file else ''} ...")
         for attempt in range(retries + 1):
             try:
-                with headless():
+                with headless(), environment(**env):
                     pm.execute_notebook(str(nb), str(executed), parameters=values, cwd=str(nb.parent),
                                         kernel_name=kernel, progress_bar=False, log_output=False,
                                         execution_timeout=cell_timeout)
                 break
             except pm.PapermillExecutionError as e:
+                if plan_file:  # with no runs to read, later cells may fail; the runs are listed by then
+                    log(f"{nb.stem}: stopped in cell {e.exec_count} ({e.ename}), as expected without runs")
+                    break
                 raise UsageError(f"{nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; "
                                  f"the executed copy is {executed}") from e
             except (TimeoutError, DeadKernelError) as e:  # the kernel, not the notebook, went wrong
@@ -154,6 +167,68 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
         report[nb.stem] = {"seconds": round(secs, 1), "executed": str(executed), "summary": summary,
                            "attempts": attempt + 1}
         log(f"{nb.stem}: done in {secs:.1f} s; figures: {', '.join((summary or {}).get('figures', [])) or 'none'}")
+    return report
+
+
+def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | None = None, nb_dir=None,
+         kernel: str = "python3", log=print) -> Path:
+    """Execute the notebooks in plan mode: nothing is decoded, and WORK/plan.jsonl lists every
+    run they would decode (one RunConfig per line, each once), for decode_plan."""
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    raw, out = work_dir / "plan.raw.jsonl", work_dir / "plan.jsonl"
+    raw.write_text("")
+    build(params, work_dir / "plan" / "figures", work_dir, only, nb_dir, kernel, log=log, plan_file=raw)
+    lines = list(dict.fromkeys(raw.read_text().splitlines()))  # first mention first, each once
+    out.write_text("".join(line + "\n" for line in lines))
+    raw.unlink()
+    log(f"{len(lines)} run(s) to decode, listed in {out}")
+    return out
+
+
+def _cost(cfg) -> float:
+    """A rough relative cost, to start the longest runs first."""
+    from .tasks import get_task
+    per_example = {"math": 8.0, "mt": 2.0}.get(get_task(cfg.task).kind, 1.0)
+    return per_example * (cfg.limit or 1000) * cfg.max_new_tokens
+
+
+def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
+    """Decode the runs listed in plan_file into runs_dir, the longest first. Several workers
+    (one per GPU: CUDA_VISIBLE_DEVICES) can work through the same plan at once: each run is
+    locked while it is decoded (the lock goes with the process, so a killed worker leaves none
+    behind) and a finished run is skipped. Members stay loaded from one run to the next.
+    Returns {"decoded": [...], "found": [...], "busy": [...]} (run directories)."""
+    import fcntl
+
+    from .analysis import load_run, run_dir
+    from .runs import RunConfig, UsageError, run
+    path = Path(plan_file)
+    if not path.is_file():
+        raise UsageError(f"no plan file {path}; write one with `figures --plan`")
+    try:
+        configs = [RunConfig(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path}: not a plan file ({e})") from e
+    configs.sort(key=_cost, reverse=True)
+    sessions, report = {}, {"decoded": [], "found": [], "busy": []}
+    for i, cfg in enumerate(configs, 1):
+        out = run_dir(runs_dir, cfg)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.parent / f".{out.name}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                report["busy"].append(str(out))
+                continue
+            have = load_run(out)
+            if have is not None and have.results.get("n_examples") == len(have.records):
+                report["found"].append(str(out))
+                continue
+            t = time.perf_counter()
+            run(cfg, out, progress=progress, sessions=sessions)
+            report["decoded"].append(str(out))
+            log(f"[{i}/{len(configs)}] decoded {out} ({time.perf_counter() - t:.1f} s)")
     return report
 
 
@@ -171,11 +246,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cell-timeout", type=float, help="seconds a cell may run (default: no limit)")
     p.add_argument("--retries", type=int, default=0,
                    help="run a notebook again when its kernel stops answering (default: %(default)s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true",
+                      help="decode nothing: list the runs the notebooks need in WORK/plan.jsonl")
+    mode.add_argument("--decode", metavar="PLAN",
+                      help="decode the runs of a plan file into WORK/runs and draw nothing; start one such "
+                           "process per GPU (CUDA_VISIBLE_DEVICES) to share the work")
     p.set_defaults(func=cmd_figures)
 
 
 def cmd_figures(args) -> dict:
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    if args.plan:
+        return {"plan": str(plan(args.params, args.work, only, args.notebooks, args.kernel))}
+    if args.decode:
+        report = decode_plan(args.decode, Path(args.work) / "runs", progress=False)
+        print(f"decoded {len(report['decoded'])}, already there {len(report['found'])}, "
+              f"taken by another worker {len(report['busy'])}")
+        return report
     report = build(args.params, args.out, args.work, only, args.notebooks, args.kernel, args.cell_timeout,
                    args.retries)
     total = sum(r["seconds"] for r in report.values())

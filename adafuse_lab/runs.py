@@ -103,6 +103,13 @@ def check_model_spec(spec: str) -> None:
         if spec not in tiny_names:
             raise UsageError(f"unknown tiny model {spec!r}{closest(spec, tiny_names)}")
         return
+    if spec.startswith("random:"):
+        from .paper_scale import parse
+        try:
+            arch, member = parse(spec)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        return check_model_spec(member)
     if "/" in spec or os.path.exists(spec) or spec.endswith(".gguf"):
         return  # hub id or local path: load_session reports what is wrong with it
     zoo = _zoo_names()
@@ -313,12 +320,18 @@ def device_name(device) -> str:
 
 # ---------------------------------------------------------------- the run
 
-def _load_members(cfg: RunConfig):
+def _load_members(cfg: RunConfig, sessions: dict | None = None):
+    """The members of cfg; `sessions` (a dict kept by the caller) reuses members loaded by an
+    earlier run of the same process with the same spec, device and dtype."""
     from .models import load_session
+    sessions = {} if sessions is None else sessions
     members = []
     for spec in cfg.models:
+        key = (spec, cfg.device, cfg.dtype)
         try:
-            members.append(load_session(spec, device=cfg.device, dtype=_dtype(cfg.dtype)))
+            if key not in sessions:
+                sessions[key] = load_session(spec, device=cfg.device, dtype=_dtype(cfg.dtype))
+            members.append(sessions[key])
         # Missing path, hub id not found, bad or corrupt weights, zoo download failed (sha256
         # mismatch, pip error), out of memory: one line (--debug: the traceback).
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as e:
@@ -400,9 +413,11 @@ def _decode_batch(method, members, batch, prompts, dcfg, stop, oom: list):
                    f"{len(todo)} unfinished ones of this batch {size} at a time", file=sys.stderr)
 
 
-def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] | None = None) -> dict:
+def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] | None = None,
+        sessions: dict | None = None) -> dict:
     """Decode every example of cfg.task into out_dir; resume if it holds a partial run.
     `shard` = (rank, world): decode only batches rank, rank + world, ... (run_sharded).
+    `sessions`: a dict in which loaded members are kept for later runs (see _load_members).
 
     Returns the content of results.json."""
     from tqdm.auto import tqdm
@@ -443,7 +458,7 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
     batches = [mine[j:j + bs] for j in range(0, len(mine), bs)]
     batches = [b for b in batches if any(ex.id not in done for ex in b)]
     t_load = time.perf_counter()
-    members = _load_members(cfg) if batches else []
+    members = _load_members(cfg, sessions) if batches else []
     load_s = time.perf_counter() - t_load
     _check_context(members, mine, prompts, cfg.max_new_tokens)
 

@@ -13,6 +13,7 @@ mkdir -p $S/cache/models/qwen2.5-coder-0.5b $S/cache/models/smollm2-135m
 for m in qwen2.5-coder-0.5b smollm2-135m; do
   [ -d $S/cache/models/$m/tokenizer ] || cp -r .gpu-extra/cache/models/$m/tokenizer $S/cache/models/$m/
 done
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu-extra/whl/*.whl
+[ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .gpu-extra/whl/*.whl && touch /tmp/site/.installed; }
 export PYTHONPATH=/tmp/site:$PYTHONPATH ADAFUSE_CACHE=$S/cache PYTHONUNBUFFERED=1
 set +e

@@ -209,9 +209,9 @@ NB01 = [
     """),
     params(COMMON_DATA + f'''
     tasks = "{ALL_TASKS}"  # tasks, comma-separated
-    limit = 200  # examples per task
+    limit = 100  # examples per task (the first 100 of each dev split)
     max_new_tokens = 256  # generation budget per answer
-    batch_size = 16  # prompts decoded together (speed only)
+    batch_size = 64  # prompts decoded together (speed only)
     device = None  # None: cuda if available, else cpu
     n_bins = 10  # confidence bins of the reliability curves
     launch = True  # decode runs missing from runs_dir (False: analyse only what is saved)
@@ -346,9 +346,9 @@ NB02 = [
     """),
     params(COMMON_DATA + f'''
     tasks = "{ALL_TASKS}"  # tasks, comma-separated
-    limit = 200  # examples per task
+    limit = 100  # examples per task (the first 100 of each dev split)
     max_new_tokens = 256  # generation budget per answer
-    batch_size = 16  # prompts decoded together (speed only)
+    batch_size = 64  # prompts decoded together (speed only)
     device = None  # None: cuda if available, else cpu
     theta = 0.7  # θ of the main AdaFuse runs (the paper's) and where the slider starts
     thetas = [0.3, 0.5, 0.7, 0.9]  # θ values decoded for the measured points
@@ -496,9 +496,9 @@ NB03 = [
     """),
     params(COMMON_DATA + '''
     tasks = "gsm8k,triviaqa,flores_de-en"  # tasks, comma-separated
-    limit = 200  # examples per task
+    limit = 100  # examples per task (the first 100 of each dev split)
     max_new_tokens = 256  # generation budget per answer
-    batch_size = 16  # prompts decoded together (speed only)
+    batch_size = 64  # prompts decoded together (speed only)
     device = None  # None: cuda if available, else cpu
     theta = 0.7  # confidence threshold of every variant
     M = 3  # most words committed per round
@@ -583,9 +583,9 @@ NB04 = [
     params(COMMON_DATA + f'''
     tasks = "nq,squad,triviaqa,gsm8k,flores_en-de,flores_de-en"  # tasks (columns), comma-separated
     methods = ["single", "unite", "gac", "sweetspan", "coolfusion", "rerank", "adafuse"]  # rows; single: each member alone
-    limit = 300  # examples per task
+    limit = 100  # examples per task (the first 100 of each dev split)
     max_new_tokens = 256  # generation budget per answer
-    batch_size = 16  # prompts decoded together (speed only)
+    batch_size = 64  # prompts decoded together (speed only)
     device = None  # None: cuda if available, else cpu
     n_boot = 1000  # bootstrap resamples for the intervals
     launch = True  # decode runs missing from runs_dir (False: table from what is saved)

@@ -300,6 +300,49 @@ def test_ensure_run_launches_once(tmp_path):
     assert [r.path for r in A.find_runs(tmp_path)] == [run.path]
 
 
+def test_plan_mode_records_instead_of_decoding(tmp_path, monkeypatch):
+    cfg = A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {}, limit=1, source="sample", max_new_tokens=4)
+    monkeypatch.setenv(A.PLAN_ENV, str(tmp_path / "plan.jsonl"))
+    logs = []
+    assert A.ensure_run(cfg, tmp_path / "runs", log=logs.append) is None
+    assert logs[0].startswith("planned") and not (tmp_path / "runs").exists()
+    from adafuse_lab.runs import RunConfig
+    (line,) = (tmp_path / "plan.jsonl").read_text().splitlines()
+    assert RunConfig(**json.loads(line)) == cfg
+
+
+def test_decode_plan_skips_locked_and_finished_runs(tmp_path):
+    import fcntl
+
+    from adafuse_lab.figures import decode_plan
+    kw = dict(limit=1, source="sample", max_new_tokens=4)
+    cfgs = [A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {"B": b}, **kw) for b in (1, 2)]
+    cfgs.append(A.run_config("flores_en-de", "tiny:bpe", "single", {}, **kw))
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in cfgs))
+    runs = tmp_path / "runs"
+    held = A.run_dir(runs, cfgs[0])
+    held.parent.mkdir(parents=True)
+    with open(held.parent / f".{held.name}.lock", "w") as lock:  # another worker decodes this one
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first = decode_plan(plan, runs, log=lambda m: None)
+    assert first["busy"] == [str(held)] and len(first["decoded"]) == 2
+    assert first["decoded"][0] == str(A.run_dir(runs, cfgs[2]))  # translation before QA: longer runs first
+    second = decode_plan(plan, runs, log=lambda m: None)
+    assert second["decoded"] == [str(held)] and len(second["found"]) == 2
+    assert all(A.ensure_run(c, runs, launch=False, log=lambda m: None) is not None for c in cfgs)
+
+
+def test_decode_plan_rejects_a_bad_file(tmp_path):
+    from adafuse_lab.figures import decode_plan
+    from adafuse_lab.runs import UsageError
+    with pytest.raises(UsageError, match="no plan file"):
+        decode_plan(tmp_path / "none.jsonl", tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"task": "triviaqa", "colour": 1}\n')
+    with pytest.raises(UsageError, match="not a plan file"):
+        decode_plan(tmp_path / "bad.jsonl", tmp_path)
+
+
 # ------------------------------------------------------------------ notebook plumbing
 
 

@@ -114,11 +114,17 @@ def test_cli_registers_figures():
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     base = tmp_path_factory.mktemp("notebooks")
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    # The GPU route: list the runs (plan), decode them (decode_plan), then execute the
+    # notebooks, which must find every run they need and decode none.
+    plan = figures.plan("smoke", work_dir=base / "work", nb_dir=NB_DIR, log=log)
+    decoded = figures.decode_plan(plan, base / "work" / "runs", log=log)
     # A cell limit and one retry: ipykernel 7 + nbclient rarely lose a message and wait forever
     # (seen once on a widget cell); a retry finds the saved runs and only redoes the rest.
     report = figures.build("smoke", fig_dir=base / "figures", work_dir=base / "work", nb_dir=NB_DIR,
-                           cell_timeout=300, retries=1, log=lambda msg: print(msg, file=sys.stderr))
-    return {"report": report, "figures": base / "figures", "work": base / "work"}
+                           cell_timeout=300, retries=1, log=log)
+    return {"report": report, "figures": base / "figures", "work": base / "work", "plan": plan,
+            "decoded": decoded}
 
 
 def summary(executed, name) -> dict:
@@ -135,6 +141,20 @@ def test_all_notebooks_ran(executed):
         assert len(injected) == 1
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors
+
+
+def _printed(path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_plan_lists_every_run(executed):
+    planned = executed["plan"].read_text().splitlines()
+    assert planned and len(planned) == len(set(planned))
+    assert len(executed["decoded"]["decoded"]) == len(planned) and not executed["decoded"]["busy"]
+    for name in NAMES[1:]:  # 00 decodes its few questions itself, without run directories
+        text = _printed(executed["report"][name]["executed"])
+        assert "found " in text and "decoded " not in text, name
 
 
 def test_figures_written(executed):
