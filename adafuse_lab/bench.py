@@ -95,7 +95,9 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
     finally:
         for c in counters:
             c.close()
-    tokens = sum(o.stats.get("tokens", [0])[0] for o in outs)
+    # Answer length in the first member's tokens, the same count for every method (rerank's
+    # members rewind after writing their answers, so its stats hold no committed tokens).
+    tokens = sum(len(sessions[0].encode(o.text)) for o in outs)
     rounds = sum(o.stats.get("rounds", 0) for o in outs)
     branched = sum(1 for o in outs for r in (o.trace or []) for m in r["members"] if m["branched"])
     starts = sum(1 for o in outs for r in (o.trace or []) for m in r["members"])
@@ -108,7 +110,12 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
     r.pop("texts")
     out = {"name": method, **r, "wall_s": round(wall, 3), "tokens_per_s": round(r["new_tokens"] / wall, 1),
            "seconds_per_prompt": round(wall / len(prompts), 4), "peak_gib": peak,
-           "forwards_per_token": [round(n / max(r["new_tokens"], 1), 3) for n in r["forward_calls"]]}
+           # forward calls per token of the average answer, per member (batched calls count once)
+           "forwards_per_answer_token": [round(n * len(prompts) / max(r["new_tokens"], 1), 3)
+                                         for n in r["forward_calls"]]}
+    if "generate" in result:  # forward calls against the member's own generate on the same batch
+        gen = [g["forward_calls"] for g in result["generate"].values()]
+        out["forward_calls_vs_generate"] = [round(n / g, 3) for n, g in zip(r["forward_calls"], gen)]
     for key in [k for k in ("generate", "generate_no_cudnn") if k in result]:
         walls = [g["wall_s"] for g in result[key].values()]
         out[f"ratio_to_summed_{key}"] = round(wall / sum(walls), 3)

@@ -178,7 +178,10 @@ def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | 
     work_dir.mkdir(parents=True, exist_ok=True)
     raw, out = work_dir / "plan.raw.jsonl", work_dir / "plan.jsonl"
     raw.write_text("")
-    build(params, work_dir / "plan" / "figures", work_dir, only, nb_dir, kernel, log=log, plan_file=raw)
+    # Only notebooks that read saved runs have runs to list (00 decodes its few questions itself).
+    names = [nb.stem for nb in notebooks(notebook_dir(nb_dir), only) if "ensure_run(" in nb.read_text()]
+    if names:
+        build(params, work_dir / "plan" / "figures", work_dir, names, nb_dir, kernel, log=log, plan_file=raw)
     lines = list(dict.fromkeys(raw.read_text().splitlines()))  # first mention first, each once
     out.write_text("".join(line + "\n" for line in lines))
     raw.unlink()

@@ -15,5 +15,6 @@ for m in qwen2.5-coder-0.5b smollm2-135m; do
 done
 [ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .gpu-extra/whl/*.whl && touch /tmp/site/.installed; }
-export PYTHONPATH=/tmp/site:$PYTHONPATH ADAFUSE_CACHE=$S/cache PYTHONUNBUFFERED=1
+# The repository root too: the package is not installed there, and papermill's kernels start in notebooks/.
+export PYTHONPATH=/tmp/site:$(pwd):$PYTHONPATH ADAFUSE_CACHE=$S/cache PYTHONUNBUFFERED=1
 set +e

@@ -9,6 +9,10 @@
 # Needs .gpu-extra/plan.jsonl, written beforehand (on any machine) by
 #   python -m adafuse_lab figures --plan --only 01,02,03,04 --work W && cp W/plan.jsonl .gpu-extra/
 # Everything lands in $W (default /root/work); $W/driver.log says how far it got.
+# On 2026-11-26 (4×H100) step 2's first `figures` failed at once: the notebooks' kernels could
+# not import adafuse_lab. gpu_setup.sh now puts the repository root on PYTHONPATH; that lease
+# reran the same `figures` command by hand and it passed (logs in
+# benchmarks/results/notebooks_full_h100x4/logs/).
 set -u
 W=${W:-/root/work}
 D=$(pwd)/.gpu-extra/data

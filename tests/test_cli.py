@@ -143,12 +143,13 @@ def test_plugin_subcommands_register(monkeypatch, capsys):
 
 def test_bench_times_several_methods_on_cpu(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["bench", "--models", "tiny:bpe,tiny:spm", "--method", "adafuse,sweetspan", "--task", "triviaqa",
+    assert main(["bench", "--models", "tiny:bpe,tiny:spm", "--method", "adafuse,rerank", "--task", "triviaqa",
                  "--source", "sample", "--limit", "3", "--batch-size", "2", "--max-new-tokens", "6",
                  "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert list(r["methods"]) == ["adafuse", "sweetspan"] and r["method"] == r["methods"]["adafuse"]
+    assert list(r["methods"]) == ["adafuse", "rerank"] and r["method"] == r["methods"]["adafuse"]
     assert set(r["generate"]) == {"tiny:bpe", "tiny:spm"} and set(r["members"]) == {"tiny:bpe", "tiny:spm"}
     for m in r["methods"].values():
         assert m["new_tokens"] > 0 and all(n > 0 for n in m["forward_calls"])
-        assert m["ratio_to_summed_generate"] > 0 and len(m["forwards_per_token"]) == 2
+        assert m["ratio_to_summed_generate"] > 0 and len(m["forwards_per_answer_token"]) == 2
+        assert all(x > 0 for x in m["forward_calls_vs_generate"])

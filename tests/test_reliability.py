@@ -225,7 +225,7 @@ def test_bad_model_on_rerun_leaves_partial_run_intact(tmp_path, monkeypatch):
     (tmp_path / "results.json").unlink()
     before = snapshot(tmp_path)
 
-    def unloadable(c):
+    def unloadable(c, sessions=None):
         raise UsageError("could not load model 'tiny:bpe': gone")
 
     monkeypatch.setattr(runs, "_load_members", unloadable)

@@ -65,8 +65,8 @@ def test_eval_reproduces_metrics(reference):
 def test_eval_reproduces_other_scorers(task, tmp_path, monkeypatch):
     real = runs._load_members
 
-    def long_context(c):  # the GSM8K few-shot prompt is longer than a tiny member's 2048 positions
-        members = real(c)
+    def long_context(c, sessions=None):  # the GSM8K few-shot prompt is longer than a tiny member's 2048 positions
+        members = real(c, sessions)
         for m in members:
             m.model.config.max_position_embeddings = 8192
         return members
@@ -81,7 +81,7 @@ def test_rerun_of_finished_dir_decodes_nothing(tmp_path, monkeypatch):
     c = cfg()
     first = run(c, tmp_path, progress=False)
     before = (tmp_path / "samples.jsonl").read_bytes()
-    monkeypatch.setattr(runs, "_load_members", lambda cfg: pytest.fail("nothing left to decode"))
+    monkeypatch.setattr(runs, "_load_members", lambda cfg, sessions=None: pytest.fail("nothing left to decode"))
     res = run(c, tmp_path, progress=False)
     assert (tmp_path / "samples.jsonl").read_bytes() == before
     assert res["timings"] == first["timings"] and res["device"] == first["device"]  # the real ones are kept
@@ -150,8 +150,8 @@ def test_bad_config_refused_before_writing(tmp_path, kw, msg):
 def test_prompt_longer_than_context(tmp_path, monkeypatch):
     real = runs._load_members
 
-    def short_context(c):
-        members = real(c)
+    def short_context(c, sessions=None):
+        members = real(c, sessions)
         members[1].model.config.max_position_embeddings = 64
         return members
 

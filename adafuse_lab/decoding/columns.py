@@ -87,8 +87,9 @@ class Graphs:
     """One member's forward as CUDA graphs, one per bucket of fed tokens. Valid while the
     cache keeps its buffers: call clear() after the rows or the width change."""
 
-    def __init__(self):
-        self.pool = torch.cuda.graph_pool_handle()
+    def __init__(self, device=None):
+        with torch.cuda.device(device):  # None: the current device
+            self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[int, _Captured] = {}
         self.failed: str | None = None  # why capture was given up (the forward then runs eagerly)
 
@@ -97,12 +98,16 @@ class Graphs:
 
     def __call__(self, model, cache: ColumnCache, ids, pos, attn, cols) -> torch.Tensor:
         if self.failed is None:
-            try:
-                return self._replay(model, cache, ids, pos, attn, cols)
-            except RuntimeError as e:  # something in the model cannot be captured
-                self.failed, self.captured = f"{type(e).__name__}: {e}", {}
-                warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
-                torch.cuda.synchronize()
+            # Streams and captures belong to the current device: make it the member's. Without
+            # this a member on cuda:1 (rank 1 of a sharded run) captured on cuda:0's stream,
+            # every capture failed and it ran eagerly, at half the speed of rank 0.
+            with torch.cuda.device(ids.device):
+                try:
+                    return self._replay(model, cache, ids, pos, attn, cols)
+                except RuntimeError as e:  # something in the model cannot be captured
+                    self.failed, self.captured = f"{type(e).__name__}: {e}", {}
+                    warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
+                    torch.cuda.synchronize()
         return eager_forward(model, cache, ids, pos, attn, cols)
 
     def _replay(self, model, cache, ids, pos, attn, cols) -> torch.Tensor:

@@ -70,7 +70,7 @@ class Streams:
         kv.cache = ColumnCache(kv.cache, kv.width + extra)
         kv.mask, kv.pos = _free_columns(kv.mask, extra), _free_columns(kv.pos, extra)
         use = cuda_graphs and member.s.device.type == "cuda"
-        self.graphs = Graphs() if use else None  # rows stay fixed while graphs live
+        self.graphs = Graphs(member.s.device) if use else None  # rows stay fixed while graphs live
         self.rows = [Stream(p, "main", _Row(), n=len(member.ids[p]), slot=p) for p in range(P)]
         self.main = {p: s for p, s in enumerate(self.rows)}
         self.last = member.last_logits.clone()   # newest logits of every stream
