@@ -1,4 +1,4 @@
-"""python -m adafuse_lab {models,run,eval,demo,bench,figures}
+"""python -m adafuse_lab {models,run,eval,demo,bench,figures,tune}
 
 Each subcommand is registered by an ``add_X(subparsers)`` function that sets
 ``func`` on its parser. Subcommands that live in other modules (bench, figures)
@@ -14,7 +14,7 @@ import sys
 from .runs import RunConfig, UsageError
 
 # Modules that add their own subcommand through add_parser(subparsers).
-PLUGINS = ("adafuse_lab.bench", "adafuse_lab.figures")
+PLUGINS = ("adafuse_lab.bench", "adafuse_lab.figures", "adafuse_lab.tune")
 
 DEMO_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
 
@@ -67,6 +67,7 @@ def _add_run_options(p, defaults: dict) -> None:
       help="comma-separated member specs: zoo name, tiny:NAME, hub id, local dir")
     a("--method", default=defaults.get("method", "adafuse"), help="decoding method (default: %(default)s)")
     a("--limit", type=int, default=defaults.get("limit"), help="first N examples")
+    a("--half", choices=["tune", "report"], help="only the first (tune) or second (report) half of the examples")
     a("--out", required="out" not in defaults, default=defaults.get("out"), help="run directory")
     a("--source", default=defaults.get("source", "auto"), choices=["auto", "local", "hub", "sample"])
     a("--data-dir", help="local data folder laid out like shared/data")
@@ -92,7 +93,8 @@ def _run_config(args) -> RunConfig:
         decode[key.strip()] = _parse_value(value)
     return RunConfig(task=args.task, models=args.models, method=args.method, limit=args.limit,
                      source=args.source, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
-                     max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode)
+                     max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode,
+                     half=args.half)
 
 
 def add_run(sub) -> None:

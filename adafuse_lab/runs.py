@@ -56,6 +56,7 @@ class RunConfig:
     device: str | None = None       # None: cuda if available, else cpu
     dtype: str | None = None        # None: bf16 on CUDA, fp32 on CPU
     decode: dict = field(default_factory=dict)  # other DecodeConfig fields: theta, M, B, criterion, ...
+    half: str | None = None         # None: every example; "tune": the first half, "report": the rest
 
     def __post_init__(self):
         models = self.models.split(",") if isinstance(self.models, str) else self.models
@@ -63,7 +64,26 @@ class RunConfig:
         object.__setattr__(self, "decode", dict(self.decode or {}))
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        # Fields added later are left out at their default, so that earlier run directories
+        # keep their config.json and their place under analysis.run_dir.
+        for key in _LATER_FIELDS:
+            if d.get(key) is None:
+                d.pop(key, None)
+        return d
+
+
+_LATER_FIELDS = ("half",)
+HALVES = ("tune", "report")
+
+
+def select_half(examples: list, half: str | None) -> list:
+    """The first half (rounded down) of the examples for "tune", the rest for "report": settings
+    chosen on one half are reported on the other. None keeps every example."""
+    if half is None:
+        return list(examples)
+    cut = len(examples) // 2
+    return list(examples[:cut]) if half == "tune" else list(examples[cut:])
 
 
 # ---------------------------------------------------------------- validation
@@ -143,6 +163,8 @@ def validate(cfg: RunConfig):
         v = getattr(cfg, k)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise UsageError(f"{k} must be an integer >= 1, got {v!r}")
+    if cfg.half is not None and cfg.half not in HALVES:
+        raise UsageError(f"half must be tune or report, got {cfg.half!r}{closest(str(cfg.half), HALVES)}")
     if cfg.source not in ("auto", "local", "hub", "sample"):
         raise UsageError(f"unknown source {cfg.source!r}{closest(cfg.source, ['auto', 'local', 'hub', 'sample'])}")
     task = _get_task(cfg.task)
@@ -431,9 +453,12 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
     seed_everything(cfg.seed)
 
     try:
-        examples = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
+        loaded = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
     except RuntimeError as e:  # the hub was asked for and did not answer
         raise UsageError(str(e)) from e
+    examples = select_half(loaded, cfg.half)
+    if not examples:
+        raise UsageError(f"the {cfg.half!r} half of {len(loaded)} example(s) is empty; raise --limit")
     all_ids = [ex.id for ex in examples]
     if len(set(all_ids)) != len(all_ids):
         raise UsageError(f"task {cfg.task!r} yields duplicate example ids")
@@ -499,8 +524,8 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
         "task": cfg.task, "method": cfg.method, "models": list(cfg.models), "n_examples": len(records),
         "metrics": task.aggregate(records),
         "config": cfg.to_dict(),
-        "data": {"source": getattr(examples, "source", cfg.source), "location": getattr(examples, "location", None),
-                 "dropped_demo_leaks": list(getattr(examples, "dropped", []))},
+        "data": {"source": getattr(loaded, "source", cfg.source), "location": getattr(loaded, "location", None),
+                 "dropped_demo_leaks": list(getattr(loaded, "dropped", [])), "half": cfg.half},
         "decode_config": json.loads(json.dumps(dataclasses.asdict(dcfg), default=_json_default)),
         "seeds": {"torch": cfg.seed, "random": cfg.seed, "numpy": cfg.seed},
         "deterministic": {"torch_algorithms": _deterministic(),

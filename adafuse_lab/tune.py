@@ -1,0 +1,119 @@
+"""python -m adafuse_lab tune: choose AdaFuse's settings on one half of a split, report on the other.
+
+    python -m adafuse_lab tune --task gsm8k --models qwen2.5-coder-0.5b,smollm2-135m \
+        --grid theta=0.5,0.7,0.9 --grid B=1,3 --source local --out runs/tune_gsm8k
+
+The examples (after --limit) are cut in two: the first half tunes, the rest reports
+(RunConfig.half). Every point of the grid, and the paper's defaults first of all, is
+decoded on the tune half; the point with the best paper metric there wins (ties go to the
+earlier point, so the defaults win a tie). The winner and the defaults are then decoded
+on the report half and compared by paired bootstrap. Runs are ordinary run directories
+under OUT/runs/, named as the notebooks name them, so they resume and can be read by
+notebook 04; OUT/tune.json holds every score, the choice and the comparison.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from .runs import UsageError
+
+
+def parse_grid(items: list[str]) -> dict:
+    """["theta=0.5,0.7", "B=1,3"] -> {"theta": [0.5, 0.7], "B": [1, 3]} (values as JSON where they parse)."""
+    grid = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not values.strip():
+            raise UsageError(f"--grid expects KEY=V1,V2,..., got {item!r}")
+        if key in grid:
+            raise UsageError(f"--grid names {key!r} twice")
+        parsed = []
+        for v in values.split(","):
+            try:
+                parsed.append(json.loads(v))
+            except ValueError:
+                parsed.append(v.strip())
+        grid[key] = parsed
+    return grid
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """The defaults ({}) first, then every combination of the grid, each once."""
+    from .analysis import canonical_decode
+    points = [{}]
+    for combo in itertools.product(*grid.values()):
+        point = canonical_decode(dict(zip(grid, combo)))  # a combination equal to the defaults is {}
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def choose(scores: list[float]) -> int:
+    """Index of the highest score; ties go to the earlier point, and NaN never wins."""
+    def key(i):
+        x = scores[i]
+        return (float("-inf") if x != x else x, -i)
+    return max(range(len(scores)), key=key)
+
+
+def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **run_kw) -> dict:
+    """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune.json."""
+    from . import analysis as A
+    out = Path(out)
+    runs_dir = out / "runs"
+    points = grid_points(grid)
+    rows = []
+    for point in points:
+        run = A.ensure_run(A.run_config(task, models, "adafuse", point, half="tune", **run_kw), runs_dir, log=log)
+        key = A.headline_key(task, run.results)
+        rows.append({"decode": point, "metric": key, "score": A.score_ci(task, run.records, key, n_boot)["value"],
+                     "n": len(run.records), "run": str(run.path)})
+    best = choose([r["score"] for r in rows])
+    chosen = rows[best]["decode"]
+    report = {}
+    for name, point in (("default", {}), ("tuned", chosen)):
+        run = A.ensure_run(A.run_config(task, models, "adafuse", point, half="report", **run_kw), runs_dir, log=log)
+        key = A.headline_key(task, run.results)
+        report[name] = {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot),
+                        "run": str(run.path), "records": run.records}
+    diff = A.paired_diff(task, report["tuned"].pop("records"), report["default"].pop("records"),
+                         report["tuned"]["metric"], n_boot)
+    result = {"task": task, "models": list(A.run_config(task, models).models), "grid": grid, "tune_half": rows,
+              "chosen": chosen, "report_half": report, "tuned_minus_default": diff,
+              "run_options": {k: v for k, v in run_kw.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log(f"chosen {chosen or 'the defaults'} on the tune half ({rows[best]['metric']} {rows[best]['score']:.2f}); "
+        f"report half: tuned {report['tuned']['value']:.2f}, default {report['default']['value']:.2f}, "
+        f"difference {diff['diff']:.2f} [{diff['low']:.2f}, {diff['high']:.2f}]")
+    return result
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tune", help="choose AdaFuse's settings on half of a split, report them on the other half")
+    a = p.add_argument
+    a("--task", required=True)
+    a("--models", required=True, help="comma-separated member specs")
+    a("--grid", action="append", default=[], metavar="KEY=V1,V2", help="DecodeConfig field and its values (repeatable)")
+    a("--out", required=True, help="folder for runs/ and tune.json")
+    a("--limit", type=int, help="first N examples, then halved")
+    a("--source", default="auto", choices=["auto", "local", "hub", "sample"])
+    a("--data-dir")
+    a("--batch-size", type=int, default=16)
+    a("--max-new-tokens", type=int, default=256)
+    a("--device")
+    a("--dtype")
+    a("--n-boot", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> dict:
+    grid = parse_grid(args.grid)
+    if not grid:
+        raise UsageError("give at least one --grid KEY=V1,V2,...")
+    return tune(args.task, args.models, grid, args.out, n_boot=args.n_boot, limit=args.limit, source=args.source,
+                data_dir=args.data_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                device=args.device, dtype=args.dtype)
