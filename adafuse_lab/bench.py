@@ -20,8 +20,9 @@ import torch
 
 
 def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    if torch.device(device).type == "cuda":  # every GPU: a member may span several (device "auto")
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
 
 
 class CallCounter:

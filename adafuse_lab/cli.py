@@ -74,7 +74,8 @@ def _add_run_options(p, defaults: dict) -> None:
     a("--batch-size", type=int, default=RunConfig.batch_size)
     a("--max-new-tokens", type=int, default=defaults.get("max_new_tokens", RunConfig.max_new_tokens))
     a("--seed", type=int, default=0)
-    a("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    a("--device", help="cpu, cuda, cuda:1 ..., or auto: each member spread over every visible GPU "
+                       "(default: cuda if available)")
     a("--dtype", help="bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     a("--theta", type=float, help="AdaFuse confidence threshold in [0, 1]")
     a("--M", type=int, help="most words committed per round")

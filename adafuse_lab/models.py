@@ -45,7 +45,8 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
         from .paper_scale import load_random
         return load_random(spec, device=device, dtype=dtype)
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    auto = str(device) == "auto"
+    device = default_device() if auto else torch.device(device or default_device())
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     t0 = time.perf_counter()
     path = Path(spec).expanduser()
@@ -82,7 +83,8 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
         model, tok = _load_hf(spec, dtype, trust_remote_code)
         info.update(source="hub", loaded_from=spec)
 
-    model.to(device=device, dtype=dtype).eval()
+    device = place(model, "auto" if auto else device, dtype)
+    model.eval()
     eos, bos = _special_ids(model, tok, extra_eos)
     if not eos:
         raise ValueError(f"{spec}: no end-of-sequence token: neither the generation config nor the tokenizer "
@@ -94,6 +96,34 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
     info["load_seconds"] = round(time.perf_counter() - t0, 2)
     return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
                         eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def place(model, device, dtype) -> torch.device:
+    """Put the model on `device` in `dtype` and return where its inputs go. device "auto"
+    spreads the layers over every visible GPU, filling the first one first, as
+    from_pretrained(device_map="auto") does (accelerate): for members too big for one GPU.
+    Logits then come off the last GPU; the engine moves them back to the input device."""
+    if str(device) != "auto":
+        model.to(device=device, dtype=dtype)
+        return torch.device(device)
+    from accelerate import dispatch_model, infer_auto_device_map
+    model.to(dtype=dtype)
+    device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules or [], dtype=dtype)
+    if "disk" in device_map.values():
+        raise ValueError("the model does not fit in the GPUs and CPU memory together; device 'auto' does not "
+                         "offload to disk")
+    dispatch_model(model, device_map=device_map)
+    model.hf_device_map = dict(device_map)
+    return model.get_input_embeddings().weight.device
+
+
+def spans_devices(model) -> bool:
+    """True when the model's layers sit on more than one device (device "auto")."""
+    return len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}) > 1
 
 
 class CorruptWeights(ValueError):

@@ -152,9 +152,10 @@ def make_tiny(name: str, seed: int = 0, device: str | torch.device | None = None
         torch.manual_seed(zlib.crc32(short.encode()) + seed)
         model = LlamaForCausalLM(config)
         model.lm_head.weight.data.normal_(0.0, LOGIT_STD / HIDDEN**0.5)  # final RMSNorm gives unit-scale states
-    device = torch.device(device or "cpu")
+    from .models import place
     dtype = dtype or torch.float32
-    model.to(device=device, dtype=dtype).eval()
+    device = place(model, "auto" if str(device) == "auto" else torch.device(device or "cpu"), dtype)
+    model.eval()
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tok.pad_token_id
     return ModelSession(

@@ -48,3 +48,32 @@ def test_shrunken_members_decode():
 def test_load_session_dispatch():
     with pytest.raises(ValueError, match="unknown architecture"):
         load_session("random:gpt-5+tiny:bpe")
+
+
+# ------------------------------------------------------------------ device "auto" (members too big for one GPU)
+
+
+def test_device_auto_places_and_decodes_like_cpu():
+    from adafuse_lab.models import spans_devices
+    a = load_session("tiny:bpe", device="auto")
+    b = load_session("tiny:spm", device="auto")
+    assert a.device == torch.device("cpu") and a.model.hf_device_map and not spans_devices(a.model)
+    ref = [load_session("tiny:bpe", device="cpu"), load_session("tiny:spm", device="cpu")]
+    prompts = ["Question: What is the capital of France?\nAnswer:", "Question: Who wrote Hamlet?\nAnswer:"]
+    cfg = DecodeConfig(max_new_tokens=8)
+    assert [o.text for o in decode("adafuse", [a, b], prompts, cfg)] == \
+           [o.text for o in decode("adafuse", ref, prompts, cfg)]
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)
+    r = paper_scale.load_random("random:llama-3.1-8b+tiny:bpe", device="auto", **small)
+    assert r.device == torch.device("cpu") and r.model.hf_device_map
+
+
+def test_spans_devices():
+    from adafuse_lab.models import spans_devices
+
+    class Fake:
+        hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}
+    assert spans_devices(Fake())
+    Fake.hf_device_map = {"": 0}
+    assert not spans_devices(Fake()) and not spans_devices(torch.nn.Linear(1, 1))

@@ -137,7 +137,7 @@ def eager_forward(model, cache: ColumnCache, ids, pos, attn, cols) -> torch.Tens
     cache.cols = cols
     with sdpa_kernel(ATTENTION_KERNELS):
         return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                     use_cache=True).logits
+                     use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
 
 
 def _clone(x):

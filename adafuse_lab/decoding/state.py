@@ -44,7 +44,7 @@ class KV:
                         use_cache=True, logits_to_keep=logits_to_keep)
         self.mask, self.n_real = mask, self.n_real + in_mask.sum(1)
         self.pos = torch.cat([self.pos, pos], 1)
-        return out.logits
+        return out.logits.to(ids.device)  # a no-op unless the model spans devices (device "auto")
 
     def select(self, rows: torch.Tensor) -> "KV":
         """A new KV holding copies of `rows` (repeats allowed)."""

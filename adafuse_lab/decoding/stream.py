@@ -31,6 +31,7 @@ from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
 from .columns import ColumnCache, Graphs, bucket, eager_forward
 from .state import Member
+from ..models import spans_devices
 from .words import split_words, starts_new_word
 
 
@@ -69,7 +70,9 @@ class Streams:
         extra = max_new_tokens + self.slack
         kv.cache = ColumnCache(kv.cache, kv.width + extra)
         kv.mask, kv.pos = _free_columns(kv.mask, extra), _free_columns(kv.pos, extra)
-        use = cuda_graphs and member.s.device.type == "cuda"
+        # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
+        # and cross-device copies are not worth it for members that big.
+        use = cuda_graphs and member.s.device.type == "cuda" and not spans_devices(member.s.model)
         self.graphs = Graphs(member.s.device) if use else None  # rows stay fixed while graphs live
         self.rows = [Stream(p, "main", _Row(), n=len(member.ids[p]), slot=p) for p in range(P)]
         self.main = {p: s for p, s in enumerate(self.rows)}
