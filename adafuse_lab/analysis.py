@@ -698,6 +698,8 @@ class NotebookParams:
     source: str = "auto"
     data_dir: str | None = None
     limit: int | None = None
+    limits: dict = field(default_factory=dict)  # per task, replaces limit (None: every example)
+    dtype: str | None = None
     max_new_tokens: int = 256
     batch_size: int = 16
     seed: int = 0
@@ -743,6 +745,14 @@ class NotebookParams:
             need(m in METHODS, f"methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
         need(self.source in ("auto", "local", "hub", "sample"), f"source: {self.source!r} is not auto/local/hub/sample")
         need(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        for t, n in dict(self.limits or {}).items():
+            get_task(t)
+            need(n is None or (isinstance(n, int) and n >= 1), f"limits[{t!r}] must be None or >= 1, got {n!r}")
+        from .runs import UsageError, _dtype
+        try:
+            _dtype(self.dtype)
+        except UsageError as e:
+            raise ValueError(f"parameter dtype: {e}") from e
         need(self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1")
         need(all(0.0 <= t <= 1.0 for t in self.thetas + (self.theta,)), "theta(s) must be in [0, 1]")
         need(self.M >= 1 and self.B >= 1 and all(b >= 1 for b in self.B_values), "M, B and B_values must be >= 1")
@@ -762,10 +772,16 @@ class NotebookParams:
             raise ValueError(f"unknown notebook parameter(s): {', '.join(hints)}")
         return cls(**values)
 
-    def run_kw(self) -> dict:
-        """The RunConfig options shared by every run a notebook asks for."""
-        return {"limit": self.limit, "source": self.source, "data_dir": self.data_dir, "batch_size": self.batch_size,
-                "seed": self.seed, "max_new_tokens": self.max_new_tokens, "device": self.device}
+    def run_kw(self, task: str | None = None) -> dict:
+        """The RunConfig options shared by every run a notebook asks for (for `task`: its own limit)."""
+        limit = self.limits[task] if task in (self.limits or {}) else self.limit
+        return {"limit": limit, "source": self.source, "data_dir": self.data_dir, "batch_size": self.batch_size,
+                "seed": self.seed, "max_new_tokens": self.max_new_tokens, "device": self.device, "dtype": self.dtype}
+
+    @property
+    def torch_dtype(self):
+        from .runs import _dtype
+        return _dtype(self.dtype)
 
     def dirs(self) -> tuple[Path, Path, Path]:
         """(runs_dir, out_dir, fig_dir); out_dir and fig_dir are created (runs_dir when a run is)."""

@@ -57,6 +57,7 @@ COMMON_DATA = f'''
     models = "{FULL_MODELS}"  # ensemble members, comma-separated: zoo name, tiny:NAME, hub id or local dir
     source = "local"  # examples from: local (../shared/data, $ADAFUSE_DATA), sample (toy), hub, auto
     data_dir = None  # local data folder; None searches the usual places (see data/README.md)
+    dtype = None  # None: bf16 on CUDA, fp32 on CPU; "float32" makes small members' greedy choices stable
 '''
 
 SETUP_IMPORTS = '''
@@ -105,7 +106,7 @@ NB00 = [
     from adafuse_lab.models import load_session
     from adafuse_lab.tasks import get_task
 
-    P = A.NotebookParams(models=models, task=task, source=source, data_dir=data_dir, limit=limit,
+    P = A.NotebookParams(models=models, dtype=dtype, task=task, source=source, data_dir=data_dir, limit=limit,
                          max_new_tokens=max_new_tokens, theta=theta, M=M, B=B, criterion=criterion,
                          question=question, device=device, out_dir=out_dir, fig_dir=fig_dir)
     _, OUT, FIGS = P.dirs()
@@ -114,7 +115,7 @@ NB00 = [
     '''),
     md("## The members and the questions"),
     code('''
-    members = [load_session(spec, device=P.device) for spec in P.models]
+    members = [load_session(spec, device=P.device, dtype=P.torch_dtype) for spec in P.models]
     names = [m.name for m in members]
     the_task = get_task(P.task)
     examples = the_task.load(source=P.source, data_dir=P.data_dir, limit=P.limit)
@@ -220,7 +221,7 @@ NB01 = [
     fig_dir = "../figures"  # figures go here
     '''),
     code(SETUP_IMPORTS + '''
-    P = A.NotebookParams(models=models, tasks=tasks, source=source, data_dir=data_dir, limit=limit,
+    P = A.NotebookParams(models=models, dtype=dtype, tasks=tasks, source=source, data_dir=data_dir, limit=limit,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, n_bins=n_bins,
                          launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
     RUNS, OUT, FIGS = P.dirs()
@@ -363,7 +364,7 @@ NB02 = [
     code(SETUP_IMPORTS + '''
     from adafuse_lab.tasks import get_task
 
-    P = A.NotebookParams(models=models, tasks=tasks, source=source, data_dir=data_dir, limit=limit,
+    P = A.NotebookParams(models=models, dtype=dtype, tasks=tasks, source=source, data_dir=data_dir, limit=limit,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, theta=theta,
                          thetas=thetas, M=M, B=B, n_boot=n_boot, launch=launch, runs_dir=runs_dir,
                          out_dir=out_dir, fig_dir=fig_dir)
@@ -513,7 +514,7 @@ NB03 = [
     fig_dir = "../figures"  # figures go here
     '''),
     code(SETUP_IMPORTS + '''
-    P = A.NotebookParams(models=models, tasks=tasks, source=source, data_dir=data_dir, limit=limit,
+    P = A.NotebookParams(models=models, dtype=dtype, tasks=tasks, source=source, data_dir=data_dir, limit=limit,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, theta=theta, M=M, B=B,
                          B_values=B_values, branch_selects=branch_selects, fixed_span=fixed_span, n_boot=n_boot,
                          launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
@@ -584,6 +585,7 @@ NB04 = [
     tasks = "nq,squad,triviaqa,gsm8k,flores_en-de,flores_de-en"  # tasks (columns), comma-separated
     methods = ["single", "unite", "gac", "sweetspan", "coolfusion", "rerank", "adafuse"]  # rows; single: each member alone
     limit = 100  # examples per task (the first 100 of each dev split)
+    limits = {{}}  # per-task counts that replace limit, e.g. {{"gsm8k": 300}} (None: every example)
     max_new_tokens = 256  # generation budget per answer
     batch_size = 64  # prompts decoded together (speed only)
     device = None  # None: cuda if available, else cpu
@@ -594,7 +596,8 @@ NB04 = [
     fig_dir = "../figures"  # figures go here
     '''),
     code(SETUP_IMPORTS + '''
-    P = A.NotebookParams(models=models, tasks=tasks, methods=methods, source=source, data_dir=data_dir, limit=limit,
+    P = A.NotebookParams(models=models, dtype=dtype, tasks=tasks, methods=methods, source=source, data_dir=data_dir,
+                         limit=limit, limits=limits,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, n_boot=n_boot,
                          launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
     RUNS, OUT, FIGS = P.dirs()
@@ -604,7 +607,7 @@ NB04 = [
     '''),
     md("## Runs: found in `runs_dir`, or decoded now"),
     code('''
-    runs = {(row["label"], t): A.ensure_run(A.run_config(t, row["models"], row["method"], row["decode"], **P.run_kw()),
+    runs = {(row["label"], t): A.ensure_run(A.run_config(t, row["models"], row["method"], row["decode"], **P.run_kw(t)),
                                             RUNS, P.launch)
             for t in P.tasks for row in plan}
     missing = sorted(f"{label} / {t}" for (label, t), r in runs.items() if r is None)

@@ -360,6 +360,23 @@ def test_notebook_params():
         A.NotebookParams(methods=["adafuse", "magic"])
 
 
+def test_notebook_params_per_task_limits_and_dtype():
+    import torch
+    p = A.NotebookParams(limit=100, limits={"gsm8k": 300, "nq": None}, dtype="float32")
+    assert p.run_kw("gsm8k")["limit"] == 300 and p.run_kw("nq")["limit"] is None
+    assert p.run_kw("squad")["limit"] == 100 and p.run_kw()["limit"] == 100
+    assert p.run_kw()["dtype"] == "float32" and p.torch_dtype is torch.float32
+    # the defaults add nothing to a run's config: saved runs keep their directories
+    cfg = A.run_config("gsm8k", "tiny:bpe", **A.NotebookParams(limit=5).run_kw("gsm8k"))
+    assert cfg == A.run_config("gsm8k", "tiny:bpe", limit=5, source="auto", batch_size=16)
+    with pytest.raises(KeyError):
+        A.NotebookParams(limits={"gsm8": 10})
+    with pytest.raises(ValueError, match="limits\\['gsm8k'\\]"):
+        A.NotebookParams(limits={"gsm8k": 0})
+    with pytest.raises(ValueError, match="parameter dtype: unknown dtype 'float33'"):
+        A.NotebookParams(dtype="float33")
+
+
 def test_write_summary(tmp_path):
     path = A.write_summary(tmp_path / "o", {"a": np.float32(0.5), "b": float("nan"), "c": np.int64(3),
                                             "d": [np.bool_(True), (1, 2)], 4: 1.23456789})
