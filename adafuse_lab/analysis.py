@@ -509,15 +509,41 @@ def ablation_variants(theta: float, M: int, B: int, B_values: Sequence[int] = (1
     return out
 
 
-def benchmark_plan(methods: Sequence[str], models: Sequence[str]) -> list[dict]:
+TUNED = "adafuse (tuned)"
+
+
+def benchmark_plan(methods: Sequence[str], models: Sequence[str], tuned: dict | None = None) -> list[dict]:
     """Rows of the benchmark: {"label", "method", "models", "decode"}; "single" becomes one
-    row per member (that member alone), every other method one row over all members."""
+    row per member (that member alone), every other method one row over all members.
+    tuned: {task: AdaFuse settings} (the `tune` command's choice) adds the row "adafuse
+    (tuned)", whose settings depend on the task (row["decode_by_task"])."""
     out = []
     for m in methods:
         if m == "single":
             out += [{"label": f"single: {x}", "method": "single", "models": [x], "decode": {}} for x in models]
         else:
             out.append({"label": m, "method": m, "models": list(models), "decode": {}})
+    if tuned:
+        out.append({"label": TUNED, "method": "adafuse", "models": list(models), "decode": {},
+                    "decode_by_task": {t: dict(d) for t, d in tuned.items()}})
+    return out
+
+
+def row_decode(row: dict, task: str) -> dict:
+    """A benchmark row's decode options for one task."""
+    return row.get("decode_by_task", {}).get(task, row["decode"])
+
+
+def paired_rows(runs: dict, tasks: Sequence[str], a: str, b: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Per task, the paired bootstrap of label a minus label b on the paper's metric, over the
+    examples both runs share: {"task", "a", "b", "diff", "low", "high", "p_value", "n"}."""
+    out = []
+    for task in tasks:
+        ra, rb = runs.get((a, task)), runs.get((b, task))
+        if ra is None or rb is None:
+            continue
+        d = paired_diff(task, ra.records, rb.records, headline_key(task, ra.results), n_boot=n_boot, seed=seed)
+        out.append({"task": task, "a": a, "b": b, **d})
     return out
 
 
@@ -699,6 +725,8 @@ class NotebookParams:
     data_dir: str | None = None
     limit: int | None = None
     limits: dict = field(default_factory=dict)  # per task, replaces limit (None: every example)
+    half: str | None = None  # None: every example; "tune" / "report": that half (runs.select_half)
+    tuned: dict = field(default_factory=dict)  # per task, AdaFuse settings chosen by the tune command
     dtype: str | None = None
     max_new_tokens: int = 256
     batch_size: int = 16
@@ -748,7 +776,10 @@ class NotebookParams:
         for t, n in dict(self.limits or {}).items():
             get_task(t)
             need(n is None or (isinstance(n, int) and n >= 1), f"limits[{t!r}] must be None or >= 1, got {n!r}")
-        from .runs import UsageError, _dtype
+        from .runs import HALVES, UsageError, _dtype
+        need(self.half is None or self.half in HALVES, f"half must be None, tune or report, got {self.half!r}")
+        for t in dict(self.tuned or {}):
+            get_task(t)
         try:
             _dtype(self.dtype)
         except UsageError as e:
@@ -776,7 +807,8 @@ class NotebookParams:
         """The RunConfig options shared by every run a notebook asks for (for `task`: its own limit)."""
         limit = self.limits[task] if task in (self.limits or {}) else self.limit
         return {"limit": limit, "source": self.source, "data_dir": self.data_dir, "batch_size": self.batch_size,
-                "seed": self.seed, "max_new_tokens": self.max_new_tokens, "device": self.device, "dtype": self.dtype}
+                "seed": self.seed, "max_new_tokens": self.max_new_tokens, "device": self.device, "dtype": self.dtype,
+                "half": self.half}
 
     @property
     def torch_dtype(self):

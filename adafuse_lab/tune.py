@@ -9,7 +9,7 @@ decoded on the tune half; the point with the best paper metric there wins (ties 
 earlier point, so the defaults win a tie). The winner and the defaults are then decoded
 on the report half and compared by paired bootstrap. Runs are ordinary run directories
 under OUT/runs/, named as the notebooks name them, so they resume and can be read by
-notebook 04; OUT/tune.json holds every score, the choice and the comparison.
+notebook 04; OUT/tune_<task>.json holds every score, the choice and the comparison.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def choose(scores: list[float]) -> int:
 
 
 def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **run_kw) -> dict:
-    """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune.json."""
+    """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune_<task>.json."""
     from . import analysis as A
     out = Path(out)
     runs_dir = out / "runs"
@@ -85,7 +85,7 @@ def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **ru
               "chosen": chosen, "report_half": report, "tuned_minus_default": diff,
               "run_options": {k: v for k, v in run_kw.items()}}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"tune_{task}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     log(f"chosen {chosen or 'the defaults'} on the tune half ({rows[best]['metric']} {rows[best]['score']:.2f}); "
         f"report half: tuned {report['tuned']['value']:.2f}, default {report['default']['value']:.2f}, "
         f"difference {diff['diff']:.2f} [{diff['low']:.2f}, {diff['high']:.2f}]")
@@ -98,7 +98,7 @@ def add_parser(sub) -> None:
     a("--task", required=True)
     a("--models", required=True, help="comma-separated member specs")
     a("--grid", action="append", default=[], metavar="KEY=V1,V2", help="DecodeConfig field and its values (repeatable)")
-    a("--out", required=True, help="folder for runs/ and tune.json")
+    a("--out", required=True, help="folder for runs/ and tune_<task>.json")
     a("--limit", type=int, help="first N examples, then halved")
     a("--source", default="auto", choices=["auto", "local", "hub", "sample"])
     a("--data-dir")

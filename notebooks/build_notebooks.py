@@ -586,6 +586,8 @@ NB04 = [
     methods = ["single", "unite", "gac", "sweetspan", "coolfusion", "rerank", "adafuse"]  # rows; single: each member alone
     limit = 100  # examples per task (the first 100 of each dev split)
     limits = {{}}  # per-task counts that replace limit, e.g. {{"gsm8k": 300}} (None: every example)
+    half = None  # None: every example; "report": every row on the second half (tune on the first)
+    tuned = {{}}  # per task, AdaFuse settings chosen by `python -m adafuse_lab tune` (tune_<task>.json "chosen")
     max_new_tokens = 256  # generation budget per answer
     batch_size = 64  # prompts decoded together (speed only)
     device = None  # None: cuda if available, else cpu
@@ -597,18 +599,18 @@ NB04 = [
     '''),
     code(SETUP_IMPORTS + '''
     P = A.NotebookParams(models=models, dtype=dtype, tasks=tasks, methods=methods, source=source, data_dir=data_dir,
-                         limit=limit, limits=limits,
+                         limit=limit, limits=limits, half=half, tuned=tuned,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, n_boot=n_boot,
                          launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
     RUNS, OUT, FIGS = P.dirs()
     plots.style()
     figures = []
-    plan = A.benchmark_plan(P.methods, P.models)
+    plan = A.benchmark_plan(P.methods, P.models, P.tuned)
     '''),
     md("## Runs: found in `runs_dir`, or decoded now"),
     code('''
-    runs = {(row["label"], t): A.ensure_run(A.run_config(t, row["models"], row["method"], row["decode"], **P.run_kw(t)),
-                                            RUNS, P.launch)
+    runs = {(row["label"], t): A.ensure_run(A.run_config(t, row["models"], row["method"], A.row_decode(row, t),
+                                                         **P.run_kw(t)), RUNS, P.launch)
             for t in P.tasks for row in plan}
     missing = sorted(f"{label} / {t}" for (label, t), r in runs.items() if r is None)
     print(f"{len(runs) - len(missing)} runs, {len(missing)} missing")
@@ -624,17 +626,39 @@ NB04 = [
     fig = plots.plot_benchmark(table, P.tasks, P.models)
     figures += plots.save(fig, "04_benchmark", FIGS)
     plots.show(fig)
-    baselines = [lab for lab in labels if lab != "adafuse" and not lab.startswith("single")]
+    baselines = [lab for lab in labels if not lab.startswith(("adafuse", "single"))]
     best = table.loc[baselines, "Avg"].max() if baselines else np.nan
     gain = table.loc["adafuse", "Avg"] / best - 1 if "adafuse" in table.index and np.isfinite(best) and best else np.nan
     print(f"AdaFuse average {table.loc['adafuse', 'Avg'] if 'adafuse' in table.index else np.nan:.2f} vs best baseline "
           f"{best:.2f}: {gain:+.2%} (the paper reports +6.88% for its models)")
     '''),
+    md("""
+    ## AdaFuse against the best single member and the best baseline
+
+    Paired bootstrap per task over the examples both runs share (paper metric): the
+    difference, its 95 % interval and the share of resamples on the other side of zero.
+    The best single member and the best baseline are those with the highest Avg above.
+    """),
+    code('''
+    singles = [lab for lab in labels if lab.startswith("single")]
+    best_single = table.loc[singles, "Avg"].idxmax() if singles and table.loc[singles, "Avg"].notna().any() else None
+    best_base = table.loc[baselines, "Avg"].idxmax() if baselines and table.loc[baselines, "Avg"].notna().any() else None
+    paired = []
+    for ada in [lab for lab in labels if lab.startswith("adafuse")]:
+        for other in (best_single, best_base):
+            if other is not None:
+                paired += A.paired_rows(runs, P.tasks, ada, other, n_boot=P.n_boot)
+    paired_df = pd.DataFrame(paired)
+    if len(paired_df):
+        paired_df.to_csv(OUT / "paired.csv", index=False)
+        display(paired_df.round(3))
+    '''),
     code('''
     summary = {
         "models": list(P.models), "tasks": list(P.tasks), "labels": labels, "missing": missing,
         "table": table.reset_index().to_dict(orient="records"),
-        "adafuse_vs_best_baseline": gain,
+        "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
+        "half": P.half, "tuned": dict(P.tuned),
         "figures": sorted(p.name for p in figures),
     }
     A.write_summary(OUT, summary)

@@ -261,6 +261,9 @@ def test_benchmark_table():
     assert t.loc["adafuse", "forwards/ex"] == 7.0
     f = A.format_table(t, ["triviaqa", "nq"])
     assert f.loc["single: a", "nq"] == "–" and f.loc["adafuse", "triviaqa"].startswith("100.0 [")
+    # paired differences: only tasks both runs have; in report units (percent)
+    (row,) = A.paired_rows(runs, ["triviaqa", "nq"], "adafuse", "single: a", n_boot=200)
+    assert row["task"] == "triviaqa" and row["diff"] == 50.0 and row["n"] == 2 and row["low"] <= 50.0 <= row["high"]
 
 
 def test_plans():
@@ -375,6 +378,12 @@ def test_notebook_params_per_task_limits_and_dtype():
         A.NotebookParams(limits={"gsm8k": 0})
     with pytest.raises(ValueError, match="parameter dtype: unknown dtype 'float33'"):
         A.NotebookParams(dtype="float33")
+    assert A.NotebookParams(half="report").run_kw()["half"] == "report"
+    with pytest.raises(ValueError, match="half must be"):
+        A.NotebookParams(half="second")
+    plan = A.benchmark_plan(["single", "adafuse"], ["m0", "m1"], tuned={"gsm8k": {"theta": 0.5}})
+    assert plan[-1]["label"] == A.TUNED and A.row_decode(plan[-1], "gsm8k") == {"theta": 0.5}
+    assert A.row_decode(plan[-1], "nq") == {} and A.row_decode(plan[0], "gsm8k") == {}
 
 
 def test_write_summary(tmp_path):

@@ -227,8 +227,13 @@ def test_ablation_numbers(executed):
 
 def test_benchmark_numbers(executed):
     s = summary(executed, "04_full_benchmark")
-    assert s["labels"] == ["single: tiny:bpe", "single: tiny:spm", "unite", "sweetspan", "adafuse"]
-    assert s["missing"] == []
+    assert s["labels"] == ["single: tiny:bpe", "single: tiny:spm", "unite", "sweetspan", "adafuse", "adafuse (tuned)"]
+    assert s["missing"] == [] and s["tuned"] == {"triviaqa": {"theta": 0.5}}
+    # AdaFuse and the tuned row, each against the best single member and the best baseline
+    assert s["best_single"].startswith("single: ") and s["best_baseline"] in ("unite", "sweetspan")
+    pairs = {(r["a"], r["b"]) for r in s["paired"]}
+    assert pairs == {(a, b) for a in ("adafuse", "adafuse (tuned)") for b in (s["best_single"], s["best_baseline"])}
+    assert all(r["n"] == 2 and r["low"] <= r["diff"] <= r["high"] for r in s["paired"])
     table = {r["method"]: r for r in s["table"]}
     for label in s["labels"]:
         r = table[label]
@@ -236,3 +241,4 @@ def test_benchmark_numbers(executed):
     # 04 reuses the AdaFuse and SweetSpan runs that 02 made (same settings -> same run directory)
     runs = executed["work"] / "runs" / "triviaqa"
     assert len(list(runs.glob("adafuse-*"))) == 1 and len(list(runs.glob("sweetspan-*"))) == 1
+    assert len(list(runs.glob("adafuse_theta0.5-*"))) == 1  # the tuned row: theta 0.5 on triviaqa

@@ -58,7 +58,7 @@ def test_tune_command(tmp_path, capsys):
     out = tmp_path / "t"
     assert main(["tune", "--task", "triviaqa", "--models", "tiny:bpe,tiny:spm", "--source", "sample",
                  "--grid", "theta=0.3,0.9", "--max-new-tokens", "4", "--n-boot", "50", "--out", str(out)]) == 0
-    r = json.loads((out / "tune.json").read_text())
+    r = json.loads((out / "tune_triviaqa.json").read_text())
     assert [row["decode"] for row in r["tune_half"]] == [{}, {"theta": 0.3}, {"theta": 0.9}]
     assert all(row["n"] == 4 and row["metric"] == "lenient" for row in r["tune_half"])
     scores = [row["score"] for row in r["tune_half"]]
@@ -73,4 +73,4 @@ def test_tune_command(tmp_path, capsys):
           "--grid", "theta=0.3,0.9", "--max-new-tokens", "4", "--n-boot", "50", "--out", str(out)])
     second = capsys.readouterr().out
     assert "decoded " not in second and second.count("found ") == 5
-    assert json.loads((out / "tune.json").read_text()) == r
+    assert json.loads((out / "tune_triviaqa.json").read_text()) == r
