@@ -229,6 +229,7 @@ def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
                 report["found"].append(str(out))
                 continue
             t = time.perf_counter()
+            log(f"[{i}/{len(configs)}] decoding {out} ...")
             run(cfg, out, progress=progress, sessions=sessions)
             report["decoded"].append(str(out))
             log(f"[{i}/{len(configs)}] decoded {out} ({time.perf_counter() - t:.1f} s)")
