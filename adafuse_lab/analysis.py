@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -627,15 +628,19 @@ def load_run(path) -> Run | None:
 PLAN_ENV = "ADAFUSE_PLAN"
 
 
+def finished_run(path) -> Run | None:
+    """The run directory at path if it holds every example of its run, else None."""
+    have = load_run(path)
+    return have if have is not None and have.results.get("n_examples") == len(have.records) else None
+
+
 def ensure_run(cfg, runs_dir, launch: bool = True, progress: bool = False, log=print) -> Run | None:
     """The saved run for `cfg` under runs_dir; decode it first when missing and `launch`.
     Returns None for a missing run that may not be launched (or is only planned)."""
-    import os
-
     from .runs import run
     path = run_dir(runs_dir, cfg)
-    have = load_run(path)
-    if have is not None and have.results.get("n_examples") == len(have.records):
+    have = finished_run(path)
+    if have is not None:
         log(f"found     {path}")
         return have
     if os.environ.get(PLAN_ENV):

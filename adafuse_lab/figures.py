@@ -204,7 +204,7 @@ def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
     Returns {"decoded": [...], "found": [...], "busy": [...]} (run directories)."""
     import fcntl
 
-    from .analysis import load_run, run_dir
+    from .analysis import finished_run, run_dir
     from .runs import RunConfig, UsageError, run
     path = Path(plan_file)
     if not path.is_file():
@@ -224,8 +224,7 @@ def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
             except BlockingIOError:
                 report["busy"].append(str(out))
                 continue
-            have = load_run(out)
-            if have is not None and have.results.get("n_examples") == len(have.records):
+            if finished_run(out) is not None:
                 report["found"].append(str(out))
                 continue
             t = time.perf_counter()

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import zoo
-from .session import ModelSession
+from .session import ModelSession, spans_devices  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
         from .paper_scale import load_random
         return load_random(spec, device=device, dtype=dtype)
 
-    auto = str(device) == "auto"
-    device = default_device() if auto else torch.device(device or default_device())
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    target, device, dtype = resolve(device, dtype)
     t0 = time.perf_counter()
     path = Path(spec).expanduser()
     extra_eos: tuple[str, ...] = ()
@@ -83,7 +81,7 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
         model, tok = _load_hf(spec, dtype, trust_remote_code)
         info.update(source="hub", loaded_from=spec)
 
-    device = place(model, "auto" if auto else device, dtype)
+    device = place(model, target, dtype)
     model.eval()
     eos, bos = _special_ids(model, tok, extra_eos)
     if not eos:
@@ -98,8 +96,13 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
                         eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve(device, dtype) -> tuple:
+    """(target for place(): "auto" or a device, the device inputs start on, dtype): None means
+    CUDA if available, and the dtype defaults to bf16 on CUDA, fp32 elsewhere."""
+    auto = str(device) == "auto"
+    first = torch.device("cuda" if torch.cuda.is_available() else "cpu") if auto or device is None \
+        else torch.device(device)
+    return ("auto" if auto else first), first, dtype or (torch.bfloat16 if first.type == "cuda" else torch.float32)
 
 
 def place(model, device, dtype) -> torch.device:
@@ -119,11 +122,6 @@ def place(model, device, dtype) -> torch.device:
     dispatch_model(model, device_map=device_map)
     model.hf_device_map = dict(device_map)
     return model.get_input_embeddings().weight.device
-
-
-def spans_devices(model) -> bool:
-    """True when the model's layers sit on more than one device (device "auto")."""
-    return len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}) > 1
 
 
 class CorruptWeights(ValueError):

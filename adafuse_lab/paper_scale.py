@@ -63,25 +63,21 @@ def config(arch: str, vocab_size: int | None = None, **overrides):
 
 def load_random(spec: str, device=None, dtype=None, seed: int = 0, **overrides) -> ModelSession:
     """A member with `spec`'s architecture, random weights (seeded) and the named member's tokenizer."""
-    from .models import load_session
+    from .models import load_session, place, resolve
     arch, tok_spec = parse(spec)
     # The tokenizer's member is loaded on CPU in its smallest form and dropped at once.
     donor = load_session(tok_spec, device="cpu", dtype=torch.bfloat16)
     tok, eos, bos, pad = donor.tokenizer, donor.eos_token_ids, donor.bos_token_id, donor.pad_token_id
     del donor
-    from .models import default_device, place
-    auto = str(device) == "auto"
-    device = default_device() if auto else torch.device(device or default_device())
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    target, device, dtype = resolve(device, dtype)
     cfg = config(arch, vocab_size=len(tok), **overrides)
     cfg.eos_token_id, cfg.pad_token_id = eos, pad
     torch.manual_seed(seed)
     # Initialise in place (an 8B model never passes through CPU memory), except for "auto",
     # which builds on the CPU and then spreads the layers over the GPUs.
-    with torch.device("cpu" if auto else device):
+    with torch.device("cpu" if target == "auto" else device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
-    if auto:
-        device = place(model, "auto", dtype)
+    device = place(model, target, dtype)  # in place already unless "auto"
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
     n = sum(p.numel() for p in model.parameters())
     info = {"source": "random", "architecture": arch, "tokenizer_from": tok_spec, "parameters": n,

@@ -41,3 +41,8 @@ class ModelSession:
     @property
     def max_context(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)
+
+
+def spans_devices(model) -> bool:
+    """True when the model's layers sit on more than one device (device "auto")."""
+    return len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}) > 1

@@ -154,7 +154,7 @@ def make_tiny(name: str, seed: int = 0, device: str | torch.device | None = None
         model.lm_head.weight.data.normal_(0.0, LOGIT_STD / HIDDEN**0.5)  # final RMSNorm gives unit-scale states
     from .models import place
     dtype = dtype or torch.float32
-    device = place(model, "auto" if str(device) == "auto" else torch.device(device or "cpu"), dtype)
+    device = place(model, device or "cpu", dtype)
     model.eval()
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -63,31 +63,28 @@ def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **ru
     """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune_<task>.json."""
     from . import analysis as A
     out = Path(out)
-    runs_dir = out / "runs"
-    points = grid_points(grid)
-    rows = []
-    for point in points:
-        run = A.ensure_run(A.run_config(task, models, "adafuse", point, half="tune", **run_kw), runs_dir, log=log)
+
+    def scored(point: dict, half: str):
+        """The AdaFuse run with these settings on this half (decoded if missing), its paper metric and score."""
+        run = A.ensure_run(A.run_config(task, models, "adafuse", point, half=half, **run_kw), out / "runs", log=log)
         key = A.headline_key(task, run.results)
-        rows.append({"decode": point, "metric": key, "score": A.score_ci(task, run.records, key, n_boot)["value"],
-                     "n": len(run.records), "run": str(run.path)})
+        return run, {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot), "run": str(run.path)}
+
+    rows = []
+    for point in grid_points(grid):
+        r = scored(point, "tune")[1]
+        rows.append({"decode": point, "metric": r["metric"], "score": r["value"], "n": r["n"], "run": r["run"]})
     best = choose([r["score"] for r in rows])
     chosen = rows[best]["decode"]
-    report = {}
-    for name, point in (("default", {}), ("tuned", chosen)):
-        run = A.ensure_run(A.run_config(task, models, "adafuse", point, half="report", **run_kw), runs_dir, log=log)
-        key = A.headline_key(task, run.results)
-        report[name] = {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot),
-                        "run": str(run.path), "records": run.records}
-    diff = A.paired_diff(task, report["tuned"].pop("records"), report["default"].pop("records"),
-                         report["tuned"]["metric"], n_boot)
-    result = {"task": task, "models": list(A.run_config(task, models).models), "grid": grid, "tune_half": rows,
-              "chosen": chosen, "report_half": report, "tuned_minus_default": diff,
-              "run_options": {k: v for k, v in run_kw.items()}}
+    (run_d, default), (run_t, tuned) = scored({}, "report"), scored(chosen, "report")
+    diff = A.paired_diff(task, run_t.records, run_d.records, tuned["metric"], n_boot)
+    result = {"task": task, "models": list(run_t.config["models"]), "grid": grid, "tune_half": rows,
+              "chosen": chosen, "report_half": {"default": default, "tuned": tuned}, "tuned_minus_default": diff,
+              "run_options": dict(run_kw)}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"tune_{task}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     log(f"chosen {chosen or 'the defaults'} on the tune half ({rows[best]['metric']} {rows[best]['score']:.2f}); "
-        f"report half: tuned {report['tuned']['value']:.2f}, default {report['default']['value']:.2f}, "
+        f"report half: tuned {tuned['value']:.2f}, default {default['value']:.2f}, "
         f"difference {diff['diff']:.2f} [{diff['low']:.2f}, {diff['high']:.2f}]")
     return result
 

@@ -31,7 +31,7 @@ from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
 from .columns import ColumnCache, Graphs, bucket, eager_forward
 from .state import Member
-from ..models import spans_devices
+from ..session import spans_devices
 from .words import split_words, starts_new_word
 
 
