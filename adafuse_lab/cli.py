@@ -1,4 +1,4 @@
-"""python -m adafuse_lab {models,run,eval,demo,bench,figures,tune}
+"""python -m adafuse_lab {models,run,eval,demo,bench,figures,tune,quality}
 
 Each subcommand is registered by an ``add_X(subparsers)`` function that sets
 ``func`` on its parser. Subcommands that live in other modules (bench, figures)
@@ -14,7 +14,7 @@ import sys
 from .runs import RunConfig, UsageError
 
 # Modules that add their own subcommand through add_parser(subparsers).
-PLUGINS = ("adafuse_lab.bench", "adafuse_lab.figures", "adafuse_lab.tune")
+PLUGINS = ("adafuse_lab.bench", "adafuse_lab.figures", "adafuse_lab.tune", "adafuse_lab.quality")
 
 DEMO_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
 

@@ -59,6 +59,18 @@ def choose(scores: list[float]) -> int:
     return max(range(len(scores)), key=key)
 
 
+def tune_config(task: str, models, point: dict, half: str, **run_kw):
+    """The AdaFuse run with these settings on this half of the task."""
+    from .analysis import run_config
+    return run_config(task, models, "adafuse", point, half=half, **run_kw)
+
+
+def tune_configs(task: str, models, grid: dict, **run_kw) -> list:
+    """Every run tune() needs before it can choose: the grid on the tune half, the defaults on the report half."""
+    return ([tune_config(task, models, p, "tune", **run_kw) for p in grid_points(grid)]
+            + [tune_config(task, models, {}, "report", **run_kw)])
+
+
 def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **run_kw) -> dict:
     """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune_<task>.json."""
     from . import analysis as A
@@ -66,7 +78,7 @@ def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **ru
 
     def scored(point: dict, half: str):
         """The AdaFuse run with these settings on this half (decoded if missing), its paper metric and score."""
-        run = A.ensure_run(A.run_config(task, models, "adafuse", point, half=half, **run_kw), out / "runs", log=log)
+        run = A.ensure_run(tune_config(task, models, point, half, **run_kw), out / "runs", log=log)
         key = A.headline_key(task, run.results)
         return run, {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot), "run": str(run.path)}
 

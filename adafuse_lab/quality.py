@@ -1,0 +1,258 @@
+"""python -m adafuse_lab quality: the quality table of one ensemble, tuned on half of each split.
+
+    ADAFUSE_DATA=../shared/data python -m adafuse_lab quality --models qwen2.5-coder-0.5b,smollm2-135m \
+        --source local --limit 500 --limits gsm8k=all --dtype float32 --grid theta=0.5,0.7,0.9 --work W
+
+Four steps, each resumable (every run is an ordinary run directory under W/runs):
+
+1. plan    W/plan.jsonl: the runs notebook 04 needs on the report half (every single member,
+           every baseline, AdaFuse with defaults) and the tune command's grid on the tune half.
+2. decode  one `figures --decode` worker per visible GPU (one on CPU) works through the plan.
+3. tune    `tune` per task, spread over the same workers: picks the grid point with the best
+           paper metric on the tune half and decodes it on the report half (W/tune_<task>.json).
+4. table   notebook 04 through papermill, with the chosen settings as its "adafuse (tuned)"
+           row: W/04_full_benchmark/{summary.json,table1.csv,paired.csv}, figures in W/figures.
+
+The parameters 04 ran with are in W/quality_params.json; `figures --only 04 --params` with
+that file redraws the table from the saved runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .runs import UsageError
+
+STEPS = ("plan", "decode", "tune", "table")
+NOTEBOOK = "04_full_benchmark"
+
+
+def parse_limits(items: list[str]) -> dict:
+    """["gsm8k=all", "nq=200"] -> {"gsm8k": None, "nq": 200} (all / none: every example)."""
+    out = {}
+    for item in items:
+        task, eq, value = item.partition("=")
+        if not eq or not task.strip():
+            raise UsageError(f"--limits expects TASK=N or TASK=all, got {item!r}")
+        value = value.strip().lower()
+        try:
+            out[task.strip()] = None if value in ("all", "none") else int(value)
+        except ValueError:
+            raise UsageError(f"--limits {item!r}: {value!r} is not a count or 'all'") from None
+    return out
+
+
+def notebook_params(opts: dict, tuned: dict | None = None) -> dict:
+    """The figures parameter file that makes notebook 04 the quality table (report half)."""
+    nb = {k: opts[k] for k in ("models", "tasks", "methods", "source", "data_dir", "dtype",
+                               "batch_size", "max_new_tokens", "n_boot") if opts.get(k) is not None}
+    # limit and limits always: None means every example, not 04's own default
+    nb.update(limit=opts.get("limit"), limits=opts.get("limits") or {}, half="report", tuned=tuned or {}, launch=False)
+    return {"common": {}, "notebooks": {NOTEBOOK: nb}}
+
+
+def write_params(work: Path, opts: dict, tuned: dict | None = None) -> Path:
+    path = work / "quality_params.json"
+    path.write_text(json.dumps(notebook_params(opts, tuned), indent=2) + "\n")
+    return path
+
+
+def tasks_of(opts: dict) -> list[str]:
+    """The tasks 04 reports (its own default when --tasks is not given)."""
+    from .analysis import NotebookParams
+    from .figures import notebook_dir
+    if opts.get("tasks"):
+        return list(NotebookParams(tasks=opts["tasks"]).tasks)
+    import papermill as pm
+    default = pm.inspect_notebook(str(notebook_dir() / f"{NOTEBOOK}.ipynb"))["tasks"]["default"]
+    return [t.strip() for t in json.loads(default).split(",") if t.strip()]
+
+
+def run_kw(opts: dict, task: str) -> dict:
+    """RunConfig options of every run for `task`: the same as 04's, so that both find the same runs."""
+    limits = opts.get("limits") or {}
+    return {"limit": limits[task] if task in limits else opts.get("limit"), "source": opts["source"],
+            "data_dir": opts.get("data_dir"), "batch_size": opts["batch_size"], "max_new_tokens": opts["max_new_tokens"],
+            "dtype": opts.get("dtype")}
+
+
+# ---------------------------------------------------------------- steps
+
+
+def plan_step(work: Path, opts: dict, log=print) -> Path:
+    """W/plan.jsonl: 04's missing report-half runs, then the tune grid's missing tune-half runs."""
+    from .analysis import finished_run, run_dir
+    from .figures import plan
+    from .tune import tune_configs
+    path = plan(str(write_params(work, opts)), work, only=[NOTEBOOK], log=log)
+    lines = path.read_text().splitlines()
+    for task in tasks_of(opts):
+        for cfg in tune_configs(task, opts["models"], opts["grid"], **run_kw(opts, task)):
+            line = json.dumps(cfg.to_dict(), sort_keys=True)
+            if line not in lines and finished_run(run_dir(work / "runs", cfg)) is None:
+                lines.append(line)
+    path.write_text("".join(line + "\n" for line in lines))
+    log(f"{len(lines)} run(s) to decode in {path}")
+    return path
+
+
+def workers(gpus: str | None) -> list[str | None]:
+    """One slot per GPU: "0,1" names them, "2" takes the first two visible; default every
+    visible GPU, or one CPU slot (None) when there is none."""
+    import torch
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    count = torch.cuda.device_count()
+    visible = visible[:count] if visible else [str(i) for i in range(count)]
+    if gpus is None:
+        return visible or [None]
+    if gpus.isdigit():
+        n = int(gpus)
+        if n > len(visible):
+            raise UsageError(f"--gpus {n}: only {len(visible)} GPU(s) visible")
+        return visible[:n] or [None]
+    return [g.strip() for g in gpus.split(",") if g.strip()]
+
+
+def spread(jobs: list[tuple[str, list[str]]], slots: list[str | None], logs: Path, log=print) -> None:
+    """Run each job (name, argv) as a subprocess on the next free slot (CUDA_VISIBLE_DEVICES);
+    its output goes to logs/<name>.log. Raises naming every job that failed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+    failed = []
+
+    def worker(slot):
+        env = dict(os.environ) if slot is None else {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
+        while True:
+            try:
+                name, argv = todo.get_nowait()
+            except queue.Empty:
+                return
+            t = time.perf_counter()
+            log(f"{name}: started{'' if slot is None else f' on GPU {slot}'}")
+            with (logs / f"{name}.log").open("w") as f:
+                rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            log(f"{name}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t:.0f} s")
+            if rc:
+                failed.append(f"{name} (see {logs / f'{name}.log'})")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in slots]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if failed:
+        raise UsageError(f"failed: {', '.join(failed)}")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adafuse_lab", *args]
+
+
+def decode_step(work: Path, slots, log=print) -> None:
+    plan = work / "plan.jsonl"
+    if not plan.is_file():
+        raise UsageError(f"no {plan}: run the plan step first")
+    jobs = [(f"decode_{s if s is not None else 'cpu'}", cli("figures", "--decode", str(plan), "--work", str(work)))
+            for s in slots]
+    spread(jobs, slots, work / "logs", log)
+
+
+def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
+    """Run `tune` for every task (finding the planned runs; decoding the winner on the report
+    half); returns {task: chosen settings}."""
+    jobs = []
+    for task in tasks_of(opts):
+        kw = run_kw(opts, task)
+        argv = cli("tune", "--task", task, "--models", opts["models"], "--out", str(work), "--source", kw["source"],
+                   "--batch-size", str(kw["batch_size"]), "--max-new-tokens", str(kw["max_new_tokens"]),
+                   "--n-boot", str(opts["n_boot"]), *[a for k, v in opts["grid"].items()
+                                                      for a in ("--grid", f"{k}={','.join(map(str, v))}")])
+        for flag, key in (("--limit", "limit"), ("--data-dir", "data_dir"), ("--dtype", "dtype")):
+            if kw[key] is not None:
+                argv += [flag, str(kw[key])]
+        jobs.append((f"tune_{task}", argv))
+    spread(jobs, slots, work / "logs", log)
+    return chosen_settings(work, tasks_of(opts))
+
+
+def chosen_settings(work: Path, tasks) -> dict:
+    out = {}
+    for task in tasks:
+        path = work / f"tune_{task}.json"
+        if not path.is_file():
+            raise UsageError(f"no {path}: run the tune step first")
+        out[task] = json.loads(path.read_text())["chosen"]
+    return out
+
+
+def table_step(work: Path, opts: dict, log=print) -> dict:
+    """Notebook 04 on the saved runs; returns its summary (an error names any missing run)."""
+    from .figures import build
+    params = write_params(work, opts, chosen_settings(work, tasks_of(opts)))
+    build(str(params), work / "figures", work, only=[NOTEBOOK], log=log)
+    summary = json.loads((work / NOTEBOOK / "summary.json").read_text())
+    if summary["missing"]:
+        raise UsageError(f"the table lacks {len(summary['missing'])} run(s): {', '.join(summary['missing'])}; "
+                         "run the decode and tune steps")
+    return summary
+
+
+# ---------------------------------------------------------------- command
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quality", help="one ensemble's quality table: tune on half of each split, report on the other")
+    a = p.add_argument
+    a("--models", required=True, help="comma-separated member specs")
+    a("--work", required=True, help="folder for runs/, plan.jsonl, tune_<task>.json, logs/ and the table")
+    a("--tasks", help="comma-separated tasks (default: notebook 04's)")
+    a("--methods", help="comma-separated table rows (default: notebook 04's: every baseline)")
+    a("--limit", type=int, help="first N examples of each task, then halved")
+    a("--limits", action="append", default=[], metavar="TASK=N|all", help="a task's own limit (repeatable)")
+    a("--grid", action="append", default=[], metavar="KEY=V1,V2", help="tune grid (default: theta=0.5,0.7,0.9)")
+    a("--source", default="auto", choices=["auto", "local", "hub", "sample"])
+    a("--data-dir", help="local data folder (default: $ADAFUSE_DATA, then ../shared/data)")
+    a("--batch-size", type=int, default=64)
+    a("--max-new-tokens", type=int, default=256)
+    a("--dtype", help="bfloat16, float16, float32 (float32 recommended for small members)")
+    a("--n-boot", type=int, default=1000)
+    a("--gpus", help="GPUs to use: a count or a list such as 0,1 (default: every visible GPU; one worker on CPU)")
+    a("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)} (default: all)")
+    p.set_defaults(func=cmd_quality)
+
+
+def cmd_quality(args) -> dict:
+    from .tune import parse_grid
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise UsageError(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(STEPS)}")
+    opts = {"models": args.models, "tasks": args.tasks, "source": args.source, "data_dir": args.data_dir,
+            "limit": args.limit, "limits": parse_limits(args.limits), "dtype": args.dtype, "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens, "n_boot": args.n_boot,
+            "grid": parse_grid(args.grid or ["theta=0.5,0.7,0.9"]),
+            "methods": [m.strip() for m in args.methods.split(",")] if args.methods else None}
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    slots = workers(args.gpus)
+    report: dict = {}
+    if "plan" in steps:
+        report["plan"] = str(plan_step(work, opts))
+    if "decode" in steps:
+        decode_step(work, slots)
+    if "tune" in steps:
+        report["chosen"] = tune_step(work, opts, slots)
+    if "table" in steps:
+        summary = table_step(work, opts)
+        report["table"] = str(work / NOTEBOOK / "table1.csv")
+        for row in summary["table"]:
+            print(f"{row['method']:<28} Avg {row['Avg']:.2f}")
+    return report

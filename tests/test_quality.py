@@ -1,0 +1,66 @@
+"""The quality command: plan, decode, tune and table for one ensemble, and resuming."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adafuse_lab import quality as Q
+from adafuse_lab.cli import main
+from adafuse_lab.runs import UsageError
+
+ARGS = ["quality", "--models", "tiny:bpe,tiny:spm", "--source", "sample", "--tasks", "triviaqa",
+        "--methods", "single,unite,adafuse", "--max-new-tokens", "4", "--n-boot", "50", "--grid", "theta=0.3,0.9"]
+
+
+def test_limits_and_params():
+    assert Q.parse_limits(["gsm8k=all", "nq=200"]) == {"gsm8k": None, "nq": 200}
+    for bad in (["gsm8k"], ["=3"], ["nq=many"]):
+        with pytest.raises(UsageError):
+            Q.parse_limits(bad)
+    nb = Q.notebook_params({"models": "a,b", "source": "local", "batch_size": 64, "max_new_tokens": 256,
+                            "n_boot": 10, "limit": None, "limits": {"gsm8k": None}}, {"nq": {"theta": 0.5}})
+    p = nb["notebooks"][Q.NOTEBOOK]
+    # limit None is passed on (every example), not dropped in favour of the notebook's own default
+    assert p["limit"] is None and p["limits"] == {"gsm8k": None} and p["half"] == "report"
+    assert p["tuned"] == {"nq": {"theta": 0.5}} and p["launch"] is False
+
+
+def refused(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_quality_command_end_to_end(tmp_path, capsys):
+    work = tmp_path / "w"
+    assert "plan.jsonl: run the plan step first" in refused(capsys, ARGS + ["--work", str(work), "--steps", "decode"])
+    assert "unknown step(s) report" in refused(capsys, ARGS + ["--work", str(work), "--steps", "plan,report"])
+    assert main(ARGS + ["--work", str(work), "--steps", "plan"]) == 0
+    plan = [json.loads(x) for x in (work / "plan.jsonl").read_text().splitlines()]
+    # 04 on the report half: two singles, unite, adafuse; tune: defaults and two grid points on the tune half
+    rows = sorted((c["method"], c["half"], ",".join(c["models"]), json.dumps(c["decode"])) for c in plan)
+    both = "tiny:bpe,tiny:spm"
+    assert rows == sorted([("single", "report", "tiny:bpe", "{}"), ("single", "report", "tiny:spm", "{}"),
+                           ("unite", "report", both, "{}"), ("adafuse", "report", both, "{}"),
+                           ("adafuse", "tune", both, "{}"), ("adafuse", "tune", both, '{"theta": 0.3}'),
+                           ("adafuse", "tune", both, '{"theta": 0.9}')])
+    assert all(c["limit"] is None and c["batch_size"] == 64 for c in plan)
+    assert "tune_triviaqa.json: run the tune step first" in refused(capsys, ARGS + ["--work", str(work), "--steps", "table"])
+
+    assert main(ARGS + ["--work", str(work), "--steps", "decode,tune,table"]) == 0
+    out = capsys.readouterr().out
+    chosen = json.loads((work / "tune_triviaqa.json").read_text())["chosen"]
+    summary = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
+    assert summary["missing"] == [] and summary["half"] == "report" and summary["tuned"] == {"triviaqa": chosen}
+    labels = [r["method"] for r in summary["table"]]
+    assert labels == ["single: tiny:bpe", "single: tiny:spm", "unite", "adafuse", "adafuse (tuned)"]
+    assert "adafuse (tuned)" in out and (work / Q.NOTEBOOK / "paired.csv").is_file()
+    # the tuned row reads the run the tune step decoded (or the default run, if the defaults won)
+    assert {p["a"] for p in summary["paired"]} == {"adafuse", "adafuse (tuned)"}
+
+    # everything is saved: a second plan lists nothing and the decode worker decodes nothing
+    main(ARGS + ["--work", str(work), "--steps", "plan,decode"])
+    assert (work / "plan.jsonl").read_text() == ""
+    assert "decoded 0" in (work / "logs" / "decode_cpu.log").read_text()
