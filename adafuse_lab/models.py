@@ -107,15 +107,18 @@ def resolve(device, dtype) -> tuple:
 
 def place(model, device, dtype) -> torch.device:
     """Put the model on `device` in `dtype` and return where its inputs go. device "auto"
-    spreads the layers over every visible GPU, filling the first one first, as
-    from_pretrained(device_map="auto") does (accelerate): for members too big for one GPU.
-    Logits then come off the last GPU; the engine moves them back to the input device."""
+    spreads the layers evenly over every visible GPU, as from_pretrained(device_map="auto")
+    does (accelerate's balanced map): for members too big for one GPU. Logits then come off
+    the last GPU; the engine moves them back to the input device."""
     if str(device) != "auto":
         model.to(device=device, dtype=dtype)
         return torch.device(device)
     from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
     model.to(dtype=dtype)
-    device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules or [], dtype=dtype)
+    no_split = model._no_split_modules or []
+    max_memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
     if "disk" in device_map.values():
         raise ValueError("the model does not fit in the GPUs and CPU memory together; device 'auto' does not "
                          "offload to disk")
