@@ -69,6 +69,22 @@ def test_device_auto_places_and_decodes_like_cpu():
     assert r.device == torch.device("cpu") and r.model.hf_device_map
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_device_auto_over_two_gpus_decodes_like_one():
+    # The balanced map puts layers of each member on both GPUs; every cache path (the column
+    # cache of the streaming methods, HF's DynamicCache of the others) must follow each layer
+    # to its device, and the text must be what the same members give on one GPU (fp32).
+    from adafuse_lab.models import spans_devices
+    spread = [load_session(m, device="auto", dtype=torch.float32) for m in ("tiny:bpe", "tiny:spm")]
+    one = [load_session(m, device="cuda:0", dtype=torch.float32) for m in ("tiny:bpe", "tiny:spm")]
+    assert all(spans_devices(s.model) for s in spread), [s.model.hf_device_map for s in spread]
+    prompts = ["Question: What is the capital of France?\nAnswer:", "Question: Who wrote Hamlet?\nAnswer:"]
+    cfg = DecodeConfig(max_new_tokens=12)
+    for method in ("adafuse", "sweetspan", "unite", "gac", "rerank"):
+        assert [o.text for o in decode(method, spread, prompts, cfg)] == \
+               [o.text for o in decode(method, one, prompts, cfg)], method
+
+
 def test_spans_devices():
     from adafuse_lab.models import spans_devices
 

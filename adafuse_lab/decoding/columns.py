@@ -32,8 +32,9 @@ class ColumnCache(DynamicCache):
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         k, v = self.k[layer_idx], self.v[layer_idx]
-        k.index_copy_(2, self.cols, key_states.to(k.dtype))
-        v.index_copy_(2, self.cols, value_states.to(v.dtype))
+        cols = self.cols.to(k.device)  # no-op unless the member's layers span GPUs (device "auto")
+        k.index_copy_(2, cols, key_states.to(k.dtype))
+        v.index_copy_(2, cols, value_states.to(v.dtype))
         return k, v
 
     def get_seq_length(self, layer_idx: int | None = 0) -> int:
@@ -46,12 +47,12 @@ class ColumnCache(DynamicCache):
     def gather_columns(self, order: torch.Tensor) -> None:
         """Row r's column j becomes its column order[r, j], in place (graphs keep their buffers)."""
         for buf in self.k + self.v:
-            idx = order[:, None, :, None].expand(-1, buf.shape[1], -1, buf.shape[3])
+            idx = order.to(buf.device)[:, None, :, None].expand(-1, buf.shape[1], -1, buf.shape[3])
             buf[:, :, : order.shape[1]] = buf.gather(2, idx)
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
-        self.k = [b.index_select(0, rows) for b in self.k]
-        self.v = [b.index_select(0, rows) for b in self.v]
+        self.k = [b.index_select(0, rows.to(b.device)) for b in self.k]
+        self.v = [b.index_select(0, rows.to(b.device)) for b in self.v]
 
     def grow(self, width: int) -> None:
         self.k = [_widen(b, width) for b in self.k]

@@ -50,12 +50,18 @@ class KV:
         """A new KV holding copies of `rows` (repeats allowed)."""
         cache = DynamicCache()
         for i, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
+            r = rows.to(layer.keys.device)  # no-op unless the member's layers span GPUs (device "auto")
+            cache.update(layer.keys.index_select(0, r), layer.values.index_select(0, r), i)
         return KV(cache, self.mask.index_select(0, rows), self.n_real.index_select(0, rows),
                   self.pos.index_select(0, rows))
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        self.cache.batch_select_indices(rows)
+        layers = getattr(self.cache, "layers", None)
+        if not layers:  # the column cache selects on each layer's own device itself
+            self.cache.batch_select_indices(rows)
+        for layer in layers or ():  # HF's layers index with rows as given, which must be on their device
+            keys = getattr(layer, "keys", None)
+            layer.batch_select_indices(rows if keys is None else rows.to(keys.device))
         self.mask, self.n_real = self.mask.index_select(0, rows), self.n_real.index_select(0, rows)
         self.pos = self.pos.index_select(0, rows)
 
