@@ -73,9 +73,10 @@ def load_random(spec: str, device=None, dtype=None, seed: int = 0, **overrides) 
     cfg = config(arch, vocab_size=len(tok), **overrides)
     cfg.eos_token_id, cfg.pad_token_id = eos, pad
     torch.manual_seed(seed)
-    # Initialise in place (an 8B model never passes through CPU memory), except for "auto",
-    # which builds on the CPU and then spreads the layers over the GPUs.
-    with torch.device("cpu" if target == "auto" else device):
+    # Initialise in place (an 8B model never passes through CPU memory). "auto" initialises on
+    # the first GPU too when the member fits there, and place() then spreads its layers: the
+    # weights equal the one-GPU member's, and the CPU took over 5 minutes for two 8B-class members.
+    with torch.device(device if target != "auto" or _fits(cfg, dtype, device) else "cpu"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
     device = place(model, target, dtype)  # in place already unless "auto"
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
@@ -84,3 +85,12 @@ def load_random(spec: str, device=None, dtype=None, seed: int = 0, **overrides) 
             "vocab_size": len(tok)}
     return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
                         eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
+
+
+def _fits(cfg, dtype, device) -> bool:
+    """Whether a model of this config fits in 90% of the free memory of `device` (a GPU)."""
+    if device.type != "cuda":
+        return False
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg, dtype=dtype).parameters())
+    return n * torch.finfo(dtype).bits // 8 < 0.9 * torch.cuda.mem_get_info(device)[0]

@@ -93,3 +93,14 @@ def test_spans_devices():
     assert spans_devices(Fake())
     Fake.hf_device_map = {"": 0}
     assert not spans_devices(Fake()) and not spans_devices(torch.nn.Linear(1, 1))
+
+
+def test_auto_initialises_on_the_gpu_when_the_member_fits(monkeypatch):
+    # an 8B-class member in bf16 (about 15 GiB) fits an 80 GiB GPU, not a 10 GiB one, never the CPU
+    cfg = paper_scale.config("llama-3.1-8b", vocab_size=32000)
+    free = {"bytes": 80 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 2**30))
+    assert paper_scale._fits(cfg, torch.bfloat16, torch.device("cuda"))
+    free["bytes"] = 10 * 2**30
+    assert not paper_scale._fits(cfg, torch.bfloat16, torch.device("cuda"))
+    assert not paper_scale._fits(cfg, torch.bfloat16, torch.device("cpu"))
