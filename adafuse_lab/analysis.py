@@ -63,6 +63,8 @@ def round_rows(trace: Sequence[dict] | None, **keys) -> list[dict]:
             "n_branched": sum(bool(m["branched"]) for m in members),
             "split": not any(len(c["from"]) == K for c in rd["candidates"]),
             "n_candidates": len(rd["candidates"]),
+            # members whose own favourite (the candidate it gives the lowest NLL) lost the round
+            "overruled": [k for k in range(K) if win["nll"][k] > min(c["nll"][k] for c in rd["candidates"])],
             "min_conf0": min((m["conf"][0] for m in members if m["conf"]), default=float("nan")),
             "tokens": sum(m["tokens"] for m in members), "forwards": sum(m["forwards"] for m in members),
         })
@@ -112,6 +114,42 @@ def run_rows(records: Iterable[dict], kind: str = "rounds", **keys) -> list[dict
         extra = {"id": rec["id"], **keys}
         names = (rec.get("stats") or {}).get("members")
         out += fn(rec.get("trace"), **extra) if kind == "rounds" else fn(rec.get("trace"), names, **extra)
+    return out
+
+
+def overrule_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:
+    """Per task and member, from the traces of `label`'s runs ({(label, task): Run}): the share
+    of rounds that branched, in which the member's own favourite candidate lost, and which
+    were won by a candidate that this member alone proposed."""
+    out = []
+    for task in tasks:
+        run = runs.get((label, task))
+        rows = run_rows(run.records) if run is not None else []
+        if not rows:
+            continue
+        n = len(rows)
+        for k, name in enumerate(names):
+            out.append({"task": task, "member": name, "rounds": n,
+                        "triggered": sum(r["triggered"] for r in rows) / n,
+                        "favourite_lost": sum(k in r["overruled"] for r in rows) / n,
+                        "won_alone": sum(list(r["winner_from"]) == [k] for r in rows) / n})
+    return out
+
+
+def overrule_split(task_name: str, ada: Sequence[dict], ref: Sequence[dict], key: str, member: int = 0,
+                   n_boot: int = 200) -> list[dict]:
+    """AdaFuse's examples split by whether `member`'s favourite candidate lost any round of the
+    trace; per group: n and the score of AdaFuse and of the reference run (e.g. that member
+    alone) on the same examples, in report units."""
+    lost = {r["id"]: any(member in row["overruled"] for row in round_rows(r.get("trace"))) for r in ada}
+    by_id = {r["id"]: r for r in ref}
+    out = []
+    for flag in (True, False):
+        ids = {i for i, v in lost.items() if v == flag and i in by_id}
+        a, b = [r for r in ada if r["id"] in ids], [by_id[i] for i in sorted(ids)]
+        out.append({"task": task_name, "favourite_lost": flag, "n": len(ids),
+                    "adafuse": score_ci(task_name, a, key, n_boot)["value"],
+                    "reference": score_ci(task_name, b, key, n_boot)["value"]})
     return out
 
 

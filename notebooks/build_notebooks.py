@@ -653,12 +653,36 @@ NB04 = [
         paired_df.to_csv(OUT / "paired.csv", index=False)
         display(paired_df.round(3))
     '''),
+    md("""
+    ## Where AdaFuse loses: whose candidates win (from its traces)
+
+    Every round scores all candidates by the members' mean NLL. Per task and member: the share
+    of rounds that branched, in which the member's own favourite candidate (its lowest NLL)
+    lost, and which a candidate only that member proposed won. Then AdaFuse's examples split
+    by whether the best single member's favourite ever lost, scored for AdaFuse and for that
+    member alone on the same examples: if the loss sits in the overruled examples, the other
+    members' NLLs are what pulls AdaFuse below its best member.
+    """),
+    code('''
+    overrules = A.overrule_table(runs, P.tasks, "adafuse", list(P.models))
+    split = []
+    if best_single is not None:
+        k = list(P.models).index(best_single.removeprefix("single: "))
+        split = [row for t in P.tasks if runs.get(("adafuse", t)) and runs.get((best_single, t))
+                 for row in A.overrule_split(t, runs["adafuse", t].records, runs[best_single, t].records,
+                                             A.headline_key(t, runs["adafuse", t].results), member=k,
+                                             n_boot=P.n_boot)]
+    if overrules:
+        display(pd.DataFrame(overrules).round(3))
+    if split:
+        display(pd.DataFrame(split).round(2))
+    '''),
     code('''
     summary = {
         "models": list(P.models), "tasks": list(P.tasks), "labels": labels, "missing": missing,
         "table": table.reset_index().to_dict(orient="records"),
         "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
-        "half": P.half, "tuned": dict(P.tuned),
+        "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split,
         "figures": sorted(p.name for p in figures),
     }
     A.write_summary(OUT, summary)

@@ -27,8 +27,8 @@ def member(conf, theta=0.7, branched=None, words=None, tokens=3, forwards=4):
             "words": words, "branched": branched, "tokens": tokens, "forwards": forwards}
 
 
-def cand(text, frm, eos=False):
-    return {"text": text, "eos": eos, "from": frm, "nll": [1.0] * 2, "score": 1.0}
+def cand(text, frm, eos=False, nll=(1.0, 1.0)):
+    return {"text": text, "eos": eos, "from": frm, "nll": list(nll), "score": sum(nll) / len(nll)}
 
 
 # Round 0: member 0 confident for 2 words then branches; member 1 confident for 3 words (M = 3).
@@ -36,7 +36,8 @@ def cand(text, frm, eos=False):
 # Round 1: both members uncertain at once (branch); they share the winning word.
 TRACE = [
     {"members": [member([0.9, 0.8, 0.2]), member([0.95, 0.9, 0.75], branched=False, words=3)],
-     "candidates": [cand(" the big cat", [0]), cand(" the big dog", [0]), cand(" the big red", [1])],
+     "candidates": [cand(" the big cat", [0], nll=(0.5, 2.0)), cand(" the big dog", [0], nll=(0.9, 1.9)),
+                    cand(" the big red", [1], nll=(0.8, 0.4))],
      "winner": 2},
     {"members": [member([0.1]), member([0.3])],
      "candidates": [cand(" fox", [0, 1]), cand(" hen", [0]), cand(" owl", [1])],
@@ -53,6 +54,8 @@ def test_round_rows():
     assert [r["shared_win"] for r in rows] == [False, True]
     assert rows[0]["min_conf0"] == 0.9 and rows[1]["min_conf0"] == 0.1
     assert rows[0]["tokens"] == 6 and rows[0]["forwards"] == 8
+    # round 0: member 0 liked " the big cat" best (0.5 < 0.8) and lost; in round 1 all NLLs tie
+    assert [r["overruled"] for r in rows] == [[0], []]
     assert all(r["id"] == "x" for r in rows)
     assert A.round_rows(None) == []
 
@@ -390,3 +393,19 @@ def test_write_summary(tmp_path):
     path = A.write_summary(tmp_path / "o", {"a": np.float32(0.5), "b": float("nan"), "c": np.int64(3),
                                             "d": [np.bool_(True), (1, 2)], 4: 1.23456789})
     assert json.loads(path.read_text()) == {"a": 0.5, "b": None, "c": 3, "d": [True, [1, 2]], "4": 1.234568}
+
+
+def test_overrule_table_and_split():
+    from types import SimpleNamespace
+    recs = [{"id": "a", "trace": TRACE, "metrics": {"lenient": 0.0}},
+            {"id": "b", "trace": TRACE[1:], "metrics": {"lenient": 1.0}}]
+    runs = {("adafuse", "triviaqa"): SimpleNamespace(records=recs)}
+    rows = A.overrule_table(runs, ["triviaqa", "nq"], "adafuse", ["m0", "m1"])
+    assert [(r["task"], r["member"], r["rounds"]) for r in rows] == [("triviaqa", "m0", 3), ("triviaqa", "m1", 3)]
+    assert rows[0]["favourite_lost"] == pytest.approx(1 / 3) and rows[1]["favourite_lost"] == 0
+    assert rows[0]["won_alone"] == 0 and rows[1]["won_alone"] == pytest.approx(1 / 3)  # " the big red"
+    assert rows[0]["triggered"] == 1.0
+    ref = [{"id": "a", "metrics": {"lenient": 1.0}}, {"id": "b", "metrics": {"lenient": 1.0}}]
+    lost, kept = A.overrule_split("triviaqa", recs, ref, "lenient", member=0)
+    assert (lost["n"], lost["adafuse"], lost["reference"]) == (1, 0.0, 100.0)
+    assert (kept["n"], kept["adafuse"], kept["reference"]) == (1, 100.0, 100.0)

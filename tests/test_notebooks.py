@@ -238,6 +238,11 @@ def test_benchmark_numbers(executed):
     for label in s["labels"]:
         r = table[label]
         assert r["triviaqa n"] == 2 and 0 <= r["triviaqa"] <= 100 and r["forwards/ex"] > 0
+    # whose candidates win, from AdaFuse's traces: one row per member, and the two example groups
+    assert [(r["task"], r["member"]) for r in s["overrules"]] == [("triviaqa", "tiny:bpe"), ("triviaqa", "tiny:spm")]
+    assert all(r["rounds"] > 0 and 0 <= r["favourite_lost"] <= 1 for r in s["overrules"])
+    assert [r["favourite_lost"] for r in s["overrule_split"]] == [True, False]
+    assert sum(r["n"] for r in s["overrule_split"]) == 2
     # 04 reuses the AdaFuse and SweetSpan runs that 02 made (same settings -> same run directory)
     runs = executed["work"] / "runs" / "triviaqa"
     assert len(list(runs.glob("adafuse-*"))) == 1 and len(list(runs.glob("sweetspan-*"))) == 1
