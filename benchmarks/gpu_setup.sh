@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # On the GPU machine: reassemble staged GGUF chunks (../shared/tools/gpu-stage split) into a
-# zoo-style cache, install the gguf wheel, and export ADAFUSE_CACHE. Source it:
+# zoo-style cache, install the wheels in .gpu-extra/whl, and export ADAFUSE_CACHE. Source it:
 #   source benchmarks/gpu_setup.sh
+# Chunks are named after the zoo member (NAME.gguf.partNNN, e.g. gemma3-270m.gguf.part000);
+# qwen05 and smollm2 are the older names of qwen2.5-coder-0.5b and smollm2-135m. Each
+# member's tokenizer comes from .gpu-extra/cache/models/NAME/tokenizer.
 set -e
-S=/root/stage
-for f in qwen05 smollm2; do
-  if ls $S/$f.gguf.part* >/dev/null 2>&1; then cat $S/$f.gguf.part* > $S/$f.gguf && rm $S/$f.gguf.part*; fi
+S=${STAGE:-/root/stage}
+zoo_name() { case $1 in qwen05) echo qwen2.5-coder-0.5b ;; smollm2) echo smollm2-135m ;; *) echo "$1" ;; esac; }
+for first in $S/*.gguf.part000; do
+  [ -e "$first" ] || continue
+  f=$(basename "$first" .gguf.part000); m=$(zoo_name "$f")
+  mkdir -p $S/cache/models/$m
+  cat $S/$f.gguf.part* > $S/cache/models/$m/model.gguf && rm $S/$f.gguf.part*
 done
-mkdir -p $S/cache/models/qwen2.5-coder-0.5b $S/cache/models/smollm2-135m
-[ -f $S/qwen05.gguf ] && mv $S/qwen05.gguf $S/cache/models/qwen2.5-coder-0.5b/model.gguf
-[ -f $S/smollm2.gguf ] && mv $S/smollm2.gguf $S/cache/models/smollm2-135m/model.gguf
-for m in qwen2.5-coder-0.5b smollm2-135m; do
-  [ -d $S/cache/models/$m/tokenizer ] || cp -r .gpu-extra/cache/models/$m/tokenizer $S/cache/models/$m/
+for d in $S/cache/models/*/; do
+  m=$(basename "$d")
+  [ -d $d/tokenizer ] || cp -r .gpu-extra/cache/models/$m/tokenizer $d/
 done
 [ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .gpu-extra/whl/*.whl && touch /tmp/site/.installed; }

@@ -28,9 +28,12 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def main() -> None:
     work, out = Path(sys.argv[1]), Path(sys.argv[2])
-    samples = sorted(work.rglob("samples.jsonl"))
+    # each file once, also where an ensemble's runs/ is a link to the shared one
+    samples = sorted({p.resolve(): p for p in work.rglob("samples.jsonl")}.values(), key=lambda p: p.resolve())
+    samples = [p.resolve() for p in samples]
+    work = work.resolve()
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
-        for p in sorted(work.rglob("*")):
+        for p in sorted({q.resolve() for q in work.rglob("*")}):
             if p.is_file() and p.name != "samples.jsonl" and "/plan/" not in str(p) and not p.name.startswith(".") \
                     and p.stat().st_size < 4 * 2**20:
                 tar.add(p, arcname=str(p.relative_to(work)))
