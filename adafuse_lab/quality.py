@@ -103,25 +103,21 @@ def plan_step(work: Path, opts: dict, log=print) -> Path:
 
 
 def workers(gpus: str | None) -> list[str | None]:
-    """One slot per GPU: "0,1" names them, "2" takes the first two visible; default every
+    """One slot per GPU: "0,1" or "2" name them (as CUDA_VISIBLE_DEVICES would); default every
     visible GPU, or one CPU slot (None) when there is none."""
     import torch
+    if gpus:
+        return [g.strip() for g in gpus.split(",") if g.strip()]
     visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     count = torch.cuda.device_count()
-    visible = visible[:count] if visible else [str(i) for i in range(count)]
-    if gpus is None:
-        return visible or [None]
-    if gpus.isdigit():
-        n = int(gpus)
-        if n > len(visible):
-            raise UsageError(f"--gpus {n}: only {len(visible)} GPU(s) visible")
-        return visible[:n] or [None]
-    return [g.strip() for g in gpus.split(",") if g.strip()]
+    return (visible[:count] if visible else [str(i) for i in range(count)]) or [None]
 
 
-def spread(jobs: list[tuple[str, list[str]]], slots: list[str | None], logs: Path, log=print) -> None:
+def spread(jobs: list[tuple[str, list[str]]], slots: list[str | None], logs: Path, log=print,
+           progress=None, every: float = 60.0) -> None:
     """Run each job (name, argv) as a subprocess on the next free slot (CUDA_VISIBLE_DEVICES);
-    its output goes to logs/<name>.log. Raises naming every job that failed."""
+    its output goes to logs/<name>.log. progress(): a line logged every `every` seconds while
+    jobs run. Raises naming every job that failed."""
     logs.mkdir(parents=True, exist_ok=True)
     todo: queue.Queue = queue.Queue()
     for job in jobs:
@@ -146,6 +142,12 @@ def spread(jobs: list[tuple[str, list[str]]], slots: list[str | None], logs: Pat
     threads = [threading.Thread(target=worker, args=(s,)) for s in slots]
     for th in threads:
         th.start()
+    last = time.monotonic()
+    while any(th.is_alive() for th in threads):
+        time.sleep(0.2)
+        if progress is not None and time.monotonic() - last >= every:
+            log(progress())
+            last = time.monotonic()
     for th in threads:
         th.join()
     if failed:
@@ -162,7 +164,21 @@ def decode_step(work: Path, slots, log=print) -> None:
         raise UsageError(f"no {plan}: run the plan step first")
     jobs = [(f"decode_{s if s is not None else 'cpu'}", cli("figures", "--decode", str(plan), "--work", str(work)))
             for s in slots]
-    spread(jobs, slots, work / "logs", log)
+    spread(jobs, slots, work / "logs", log, progress=lambda: plan_progress(plan, work / "runs"))
+
+
+def plan_progress(plan: Path, runs_dir: Path) -> str:
+    """"K of N runs finished (E of M examples)" for the runs of a plan file."""
+    from .analysis import finished_run, run_dir
+    from .runs import RunConfig
+    configs = [RunConfig(**json.loads(line)) for line in plan.read_text().splitlines() if line.strip()]
+    done = examples = 0
+    for cfg in configs:
+        path = run_dir(runs_dir, cfg)
+        done += finished_run(path) is not None
+        samples = path / "samples.jsonl"
+        examples += sum(1 for _ in samples.open()) if samples.is_file() else 0
+    return f"{time.strftime('%H:%M:%S')} {done} of {len(configs)} runs finished ({examples} examples decoded)"
 
 
 def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
@@ -224,7 +240,7 @@ def add_parser(sub) -> None:
     a("--max-new-tokens", type=int, default=256)
     a("--dtype", help="bfloat16, float16, float32 (float32 recommended for small members)")
     a("--n-boot", type=int, default=1000)
-    a("--gpus", help="GPUs to use: a count or a list such as 0,1 (default: every visible GPU; one worker on CPU)")
+    a("--gpus", help="GPUs to use, one worker each, e.g. 0,1 (default: every visible GPU; one worker on CPU)")
     a("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)} (default: all)")
     p.set_defaults(func=cmd_quality)
 

@@ -26,6 +26,17 @@ def test_limits_and_params():
     assert p["tuned"] == {"nq": {"theta": 0.5}} and p["launch"] is False
 
 
+def test_workers(monkeypatch):
+    assert Q.workers("0,1") == ["0", "1"] and Q.workers("2") == ["2"]  # GPU names, never a count
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert Q.workers(None) == [None]  # one CPU worker
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert Q.workers(None) == ["3", "5"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert Q.workers(None) == ["0", "1"]
+
+
 def refused(capsys, argv) -> str:
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -51,6 +62,7 @@ def test_quality_command_end_to_end(tmp_path, capsys):
 
     assert main(ARGS + ["--work", str(work), "--steps", "decode,tune,table"]) == 0
     out = capsys.readouterr().out
+    assert " 7 of 7 runs finished (" in Q.plan_progress(work / "plan.jsonl", work / "runs")
     chosen = json.loads((work / "tune_triviaqa.json").read_text())["chosen"]
     summary = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
     assert summary["missing"] == [] and summary["half"] == "report" and summary["tuned"] == {"triviaqa": chosen}
