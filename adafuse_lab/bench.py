@@ -130,6 +130,8 @@ def benchmark(args) -> dict:
     from .decoding import DecodeConfig
     from .models import load_session
     from .tasks import get_task
+    from .decoding import attention
+    attention.mode = args.attention or attention.mode
     specs = [m for m in args.models.split(",") if m]
     methods = [m for m in args.method.split(",") if m]
     sessions = [load_session(m, device=args.device) for m in specs]
@@ -154,14 +156,14 @@ def benchmark(args) -> dict:
               "dtype": str(sessions[0].dtype), "torch": torch.__version__,
               "transformers": __import__("transformers").__version__,
               "task": args.task, "n_prompts": len(prompts), "batch_size": args.batch_size,
-              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(),
+              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(), "attention": attention.mode,
               "members": {s.name: s.info for s in sessions}, "generate": {}, "method": {}}
     # generate as it runs by default, and (CUDA) with the attention kernels the engine uses
     variants = {"generate": contextlib.nullcontext}
     if device.type == "cuda":
         from torch.nn.attention import sdpa_kernel
 
-        from .decoding.state import ATTENTION_KERNELS
+        from .decoding.attention import ATTENTION_KERNELS
         variants["generate_no_cudnn"] = lambda: sdpa_kernel(ATTENTION_KERNELS)
     for key, kernels in variants.items() if not args.profile_only else []:
         result[key] = {}
@@ -224,6 +226,9 @@ def add_parser(sub) -> None:
     a("--device")
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
+    a("--attention", default=None, choices=["sdpa", "grouped"],
+      help="the engine's attention: sdpa, or grouped (GQA without copies of the keys and values; "
+           "decoding/attention.py) (default: $ADAFUSE_ATTENTION, else sdpa)")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
     a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")
     a("--profile-only", action="store_true", help="skip the timed runs, only profile")

@@ -14,7 +14,8 @@
 #
 # Settings (environment): RESUME a tgz of earlier run directories (paths runs/..., as committed
 # in benchmarks/results/quality_*/runs_without_traces.tgz) unpacked into $W first; SCALING=1 the
-# 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks. To stop the workers
+# 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the engine's
+# grouped attention against sdpa at batch 64 (GPU 0) and 256 (GPU 1). To stop the workers
 # from another command: pkill -f "[f]igures --decode" (the brackets keep pkill off that command).
 set -u
 W=${W:-/root/work}
@@ -22,6 +23,7 @@ ENSEMBLES=${ENSEMBLES:-qwen2.5-coder-0.5b,smollm2-135m}
 SCALING=${SCALING:-0}
 SCALING_LIMIT=${SCALING_LIMIT:-512}
 AUTO=${AUTO:-1}
+BENCH=${BENCH:-1}
 export ADAFUSE_DATA=${ADAFUSE_DATA:-$(pwd)/.gpu-extra/data}
 OPTS=${OPTS:-"--source local --limit 500 --limits gsm8k=all --dtype float32 --grid theta=0.5,0.7,0.9"}
 mkdir -p "$W/bench" "$W/runs"
@@ -59,7 +61,18 @@ worker 2 & worker 3 &
         --max-new-tokens 64 > "$W/bench/auto_random.log" 2>&1
     log "device auto check (random 8B) done ($?)"
   fi
-  worker 0 & worker 1 & wait ) &
+  if [ "$BENCH" = 1 ]; then  # the engine's attention: grouped (no K/V copies) against sdpa, batch 64 and 256
+    bench() { local gpu=$1 b=$2 att=$3
+      CUDA_VISIBLE_DEVICES=$gpu python -m adafuse_lab bench --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse \
+          --task gsm8k --source local --limit $b --batch-size $b --max-new-tokens 256 --attention $att \
+          --out "$W/bench/h100_adafuse_${att}_b${b}_t256.json" > "$W/bench/bench_${att}_b$b.log" 2>&1
+      log "bench $att b$b done ($?)"; }
+    ( bench 0 64 grouped; bench 0 64 sdpa; worker 0 ) &
+    ( bench 1 256 grouped; bench 1 256 sdpa; worker 1 ) &
+    wait
+  else
+    worker 0 & worker 1 & wait
+  fi ) &
 wait
 for D in "${DIRS[@]}"; do
   python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps tune,table > "$D/tune_table.log" 2>&1

@@ -15,10 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torch.nn.attention import sdpa_kernel
 from transformers import DynamicCache
 
-from .state import ATTENTION_KERNELS
+from .attention import engine_attention
 
 
 class ColumnCache(DynamicCache):
@@ -136,7 +135,7 @@ class Graphs:
 
 def eager_forward(model, cache: ColumnCache, ids, pos, attn, cols) -> torch.Tensor:
     cache.cols = cols
-    with sdpa_kernel(ATTENTION_KERNELS):
+    with engine_attention(model):
         return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
                      use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
 

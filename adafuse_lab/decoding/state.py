@@ -11,17 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
 from ..session import ModelSession
+from .attention import engine_attention
 
 
-# Attention kernels for every engine forward. cuDNN attention (PyTorch's pick on an H100)
-# plans an execution graph for every new key length, 2-3 ms of host time per layer call,
-# and the key length changes with every step (BENCHMARKS.md); the memory-efficient kernel
-# takes the same masks without planning.
-ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -39,7 +34,7 @@ class KV:
         """Append `ids` (rows x T, right-padded where in_mask is 0); return logits rows x T' x V."""
         pos = (self.n_real[:, None] + in_mask.cumsum(1) - 1).clamp_min(0)
         mask = torch.cat([self.mask, in_mask], 1)
-        with sdpa_kernel(ATTENTION_KERNELS):
+        with engine_attention(model):
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
                         use_cache=True, logits_to_keep=logits_to_keep)
         self.mask, self.n_real = mask, self.n_real + in_mask.sum(1)

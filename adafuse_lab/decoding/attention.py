@@ -1,0 +1,71 @@
+"""The attention of the engine's forwards.
+
+Every engine forward runs SDPA without cuDNN (ATTENTION_KERNELS: cuDNN plans an execution
+graph for every new key length, 2-3 ms of host time per layer call; BENCHMARKS.md).
+
+Opt-in (`bench --attention grouped`, or ADAFUSE_ATTENTION=grouped): grouped-query attention
+without copies of the keys and values. With a mask, transformers' SDPA path repeats every
+key/value head once per query head that reads it (repeat_kv): for qwen2.5-coder-0.5b (14 query
+heads, 2 key/value heads) that writes and reads 7 copies of the whole fixed-width cache in every
+layer of every forward. `grouped_sdpa` folds the query heads of one key/value head into the
+query length instead, (B, H, T, D) -> (B, KVH, H/KVH * T, D), repeats the mask (T rows, not
+the cache) to match, and calls SDPA once on the keys and values as they are. Each query row
+still attends over the same keys with the same mask, so the result is the same attention.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+GROUPED = "adafuse_grouped_sdpa"  # the name under which transformers finds grouped_sdpa
+MODES = ("sdpa", "grouped")
+mode = os.environ.get("ADAFUSE_ATTENTION", "sdpa")  # set by bench --attention
+
+
+def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention-function signature; falls back to its SDPA where folding does not apply."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    if n_rep == 1 or attention_mask is None or attention_mask.ndim != 4 or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    b, h, t, d = query.shape
+    kvh, width = key.shape[1], key.shape[2]
+    q = query.reshape(b, kvh, n_rep * t, d)  # head g * n_rep + r -> rows r * t ... r * t + t - 1 of group g
+    m = attention_mask
+    if m.shape[1] == 1:  # one mask for every head: repeat its t rows once per folded head
+        m = m[:, :, None].expand(m.shape[0], 1, n_rep, t, width).reshape(m.shape[0], 1, n_rep * t, width)
+    else:
+        m = m.reshape(m.shape[0], kvh, n_rep * t, width)
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=m, dropout_p=dropout, scale=scaling)
+    return out.reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(GROUPED, grouped_sdpa)
+    AttentionMaskInterface.register(GROUPED, sdpa_mask)  # masks the model builds itself: as for SDPA
+
+
+@contextlib.contextmanager
+def engine_attention(model):
+    """The attention for the forwards inside: SDPA without cuDNN, and in mode "grouped" grouped_sdpa
+    in place of the model's SDPA (only inside: HF's own `generate` keeps its attention)."""
+    if mode not in MODES:
+        raise ValueError(f"attention mode {mode!r} (ADAFUSE_ATTENTION?) is not one of {', '.join(MODES)}")
+    config = model.config
+    swap = mode == "grouped" and config._attn_implementation == "sdpa"
+    if swap:
+        _register()
+        config._attn_implementation = GROUPED
+    try:
+        with sdpa_kernel(ATTENTION_KERNELS):
+            yield
+    finally:
+        if swap:
+            config._attn_implementation = "sdpa"

@@ -1,0 +1,70 @@
+"""Grouped-query attention without key/value copies equals transformers' SDPA path."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from adafuse_lab import paper_scale
+from adafuse_lab.decoding import DecodeConfig, attention, decode
+from adafuse_lab.models import load_session
+
+
+class Module(torch.nn.Module):
+    def __init__(self, groups):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = True
+
+
+@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("kind", ["bool", "float", "per_head"])
+def test_grouped_sdpa_equals_repeated_kv(t, kind):
+    g = torch.Generator().manual_seed(t)
+    b, kvh, groups, w, d = 3, 2, 3, 10, 8
+    q = torch.randn(b, kvh * groups, t, d, generator=g)
+    k, v = torch.randn(b, kvh, w, d, generator=g), torch.randn(b, kvh, w, d, generator=g)
+    heads = kvh * groups if kind == "per_head" else 1
+    keep = torch.rand(b, heads, t, w, generator=g) > 0.4
+    keep[..., 0] = True  # every query row reads at least one key
+    mask = keep if kind != "float" else torch.where(keep, 0.0, torch.finfo(torch.float32).min)
+    m = Module(groups)
+    want, _ = sdpa_attention_forward(m, q, k, v, mask, scaling=0.3)
+    got, _ = attention.grouped_sdpa(m, q, k, v, mask, scaling=0.3)
+    assert got.shape == want.shape == (b, t, kvh * groups, d)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def counting(monkeypatch):
+    calls = []
+    real = attention.grouped_sdpa
+
+    def wrapper(module, query, key, value, mask, *a, **kw):
+        if mask is not None and mask.ndim == 4:  # folded, not handed back to SDPA
+            calls.append(query.shape)
+        return real(module, query, key, value, mask, *a, **kw)
+    monkeypatch.setattr(attention, "grouped_sdpa", wrapper)
+    return calls
+
+
+def test_engine_decodes_the_same_with_grouped_attention(monkeypatch):
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, sliding_window=6)
+    members = [load_session("tiny:bpe"), paper_scale.load_random("random:mistral-7b-v0.3+tiny:spm", **small)]
+    assert all(m.model.config.num_key_value_heads < m.model.config.num_attention_heads for m in members)
+    prompts = ["Question: What is the capital of France?\nAnswer:", "Question: Who wrote Hamlet?\nAnswer:"]
+    cfg = DecodeConfig(max_new_tokens=10)
+    ref = {meth: [o.text for o in decode(meth, members, prompts, cfg)] for meth in ("adafuse", "unite")}
+    calls = counting(monkeypatch)
+    monkeypatch.setattr(attention, "mode", "grouped")
+    for meth, texts in ref.items():
+        assert [o.text for o in decode(meth, members, prompts, cfg)] == texts, meth
+    assert calls and any(shape[2] > 1 for shape in calls)  # folded forwards, also of several tokens per row
+    assert all(m.model.config._attn_implementation == "sdpa" for m in members)  # and HF's own path is back
+
+
+def test_unknown_attention_mode(monkeypatch):
+    monkeypatch.setattr(attention, "mode", "flash")
+    with pytest.raises(ValueError, match="attention mode 'flash'"):
+        with attention.engine_attention(load_session("tiny:bpe").model):
+            pass
