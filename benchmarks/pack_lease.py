@@ -4,7 +4,8 @@
 
 - results.tgz: everything but run directories' samples (logs, summaries, tables, tune files,
   bench JSONs, results.json and config.json of every run);
-- runs_without_traces.tgz: every run directory with each sample's trace set to null;
+- runs_without_traces.tgz: every run directory (config, results, samples) with each sample's
+  trace set to null: unpacked into a lease's work folder, the runs resume (RESUME=);
 - traces.tgz.NN: the AdaFuse runs' samples with their traces, cut into 15 MiB parts
   (cat traces.tgz.* | tar xz), as many as fit in the remaining files.
 """
@@ -37,8 +38,11 @@ def main() -> None:
             if p.is_file() and p.name != "samples.jsonl" and "/plan/" not in str(p) and not p.name.startswith(".") \
                     and p.stat().st_size < 4 * 2**20:
                 tar.add(p, arcname=str(p.relative_to(work)))
-    with tarfile.open(out / "runs_without_traces.tgz", "w:gz") as tar:
+    with tarfile.open(out / "runs_without_traces.tgz", "w:gz") as tar:  # also what RESUME= of lease_quality.sh takes
         for p in samples:
+            for extra in ("config.json", "results.json"):
+                if (p.parent / extra).is_file():
+                    tar.add(p.parent / extra, arcname=str((p.parent / extra).relative_to(work)))
             lines = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
             data = "".join(json.dumps({**r, "trace": None}) + "\n" for r in lines).encode()
             add_bytes(tar, str(p.relative_to(work)), data)
