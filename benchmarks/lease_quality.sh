@@ -62,13 +62,15 @@ worker 2 & worker 3 &
     log "device auto check (random 8B) done ($?)"
   fi
   if [ "$BENCH" = 1 ]; then  # the engine's attention: grouped (no K/V copies) against sdpa, batch 64 and 256
-    bench() { local gpu=$1 b=$2 att=$3
-      CUDA_VISIBLE_DEVICES=$gpu python -m adafuse_lab bench --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse \
-          --task gsm8k --source local --limit $b --batch-size $b --max-new-tokens 256 --attention $att \
-          --out "$W/bench/h100_adafuse_${att}_b${b}_t256.json" > "$W/bench/bench_${att}_b$b.log" 2>&1
-      log "bench $att b$b done ($?)"; }
-    ( bench 0 64 grouped; bench 0 64 sdpa; worker 0 ) &
-    ( bench 1 256 grouped; bench 1 256 sdpa; worker 1 ) &
+    bench() { local gpu=$1 b=$2 att=$3 name=$4 methods=${5:-adafuse} n=${6:-$2}
+      CUDA_VISIBLE_DEVICES=$gpu python -m adafuse_lab bench --models qwen2.5-coder-0.5b,smollm2-135m --method $methods \
+          --task gsm8k --source local --limit $n --batch-size $b --max-new-tokens 256 --attention $att \
+          --out "$W/bench/$name.json" > "$W/bench/$name.log" 2>&1
+      log "bench $name done ($?)"; }
+    # GPU 0: batch 64 both ways, then every other method at batch 1 (4 questions: per-question latency)
+    ( bench 0 64 grouped h100_adafuse_grouped_b64_t256; bench 0 64 sdpa h100_adafuse_sdpa_b64_t256
+      bench 0 1 sdpa h100_methods_b1_t256 sweetspan,coolfusion,unite,gac,rerank,single 4; worker 0 ) &
+    ( bench 1 256 grouped h100_adafuse_grouped_b256_t256; bench 1 256 sdpa h100_adafuse_sdpa_b256_t256; worker 1 ) &
     wait
   else
     worker 0 & worker 1 & wait
