@@ -20,7 +20,7 @@
 set -u
 W=${W:-/root/work}
 ENSEMBLES=${ENSEMBLES:-qwen2.5-coder-0.5b,smollm2-135m}
-SCALING=${SCALING:-0}
+SCALING=${SCALING:-1}
 SCALING_LIMIT=${SCALING_LIMIT:-512}
 AUTO=${AUTO:-1}
 BENCH=${BENCH:-1}
