@@ -21,7 +21,10 @@ set -u
 W=${W:-/root/work}
 ENSEMBLES=${ENSEMBLES:-qwen2.5-coder-0.5b,smollm2-135m}
 SCALING=${SCALING:-1}
-SCALING_LIMIT=${SCALING_LIMIT:-512}
+# TriviaQA, 1280 questions: 20 batches of 64, 10 per GPU, and about 4 minutes on one GPU, long
+# enough that start-up and merging (about 20 s with torchrun, 16 s without) do not decide the ratio.
+SCALING_TASK=${SCALING_TASK:-triviaqa}
+SCALING_LIMIT=${SCALING_LIMIT:-1280}
 AUTO=${AUTO:-1}
 BENCH=${BENCH:-1}
 export ADAFUSE_DATA=${ADAFUSE_DATA:-$(pwd)/.gpu-extra/data}
@@ -47,8 +50,8 @@ worker() {  # one GPU through every plan, in order
 }
 worker 2 & worker 3 &
 ( if [ "$SCALING" = 1 ]; then
-    CUDA_VISIBLE_DEVICES=0,1 python benchmarks/multi_gpu_check.py --gpus 2 --out "$W/bench/h100x2_scaling.json" -- \
-        --task gsm8k --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse --limit "$SCALING_LIMIT" --batch-size 64 \
+    CUDA_VISIBLE_DEVICES=0,1 python benchmarks/multi_gpu_check.py --gpus 2 --out "$W/bench/h100x2_scaling_${SCALING_TASK}${SCALING_LIMIT}.json" -- \
+        --task "$SCALING_TASK" --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse --limit "$SCALING_LIMIT" --batch-size 64 \
         --source local > "$W/bench/scaling.log" 2>&1
     log "scaling check done ($?)"
   fi
