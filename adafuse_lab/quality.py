@@ -82,6 +82,22 @@ def run_kw(opts: dict, task: str) -> dict:
             "dtype": opts.get("dtype")}
 
 
+def check(opts: dict) -> None:
+    """Refuse bad input before anything runs: every task, member, method, grid point and option."""
+    from .analysis import run_config
+    from .runs import validate
+    from .tune import tune_configs
+    try:
+        tasks = tasks_of(opts)
+    except (KeyError, ValueError) as e:
+        raise UsageError(str(e).strip("'\"")) from e
+    for task in tasks:
+        for cfg in tune_configs(task, opts["models"], opts["grid"], **run_kw(opts, task)):
+            validate(cfg)
+        for method in opts.get("methods") or ():
+            validate(run_config(task, opts["models"], method, **run_kw(opts, task)))
+
+
 # ---------------------------------------------------------------- steps
 
 
@@ -256,6 +272,7 @@ def cmd_quality(args) -> dict:
             "max_new_tokens": args.max_new_tokens, "n_boot": args.n_boot,
             "grid": parse_grid(args.grid or ["theta=0.5,0.7,0.9"]),
             "methods": [m.strip() for m in args.methods.split(",")] if args.methods else None}
+    check(opts)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     slots = workers(args.gpus)

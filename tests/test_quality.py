@@ -76,3 +76,18 @@ def test_quality_command_end_to_end(tmp_path, capsys):
     main(ARGS + ["--work", str(work), "--steps", "plan,decode"])
     assert (work / "plan.jsonl").read_text() == ""
     assert "decoded 0" in (work / "logs" / "decode_cpu.log").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tasks", "gsm9k"], "unknown task 'gsm9k'. Did you mean 'gsm8k'?"),
+    (["--models", "tiny:bpe,tiny:bep"], "unknown tiny model 'tiny:bep'"),
+    (["--grid", "thetaa=0.5"], "unknown decoding parameter 'thetaa'"),
+    (["--grid", "theta=2"], "theta must be in [0, 1]"),
+    (["--methods", "unite,adafusee"], "unknown method 'adafusee'"),
+    (["--dtype", "fp33"], "unknown dtype 'fp33'"),
+])
+def test_bad_input_is_refused_before_anything_runs(tmp_path, capsys, extra, message):
+    work = tmp_path / "w"
+    args = [a for a in ARGS if a not in ("--grid", "theta=0.3,0.9")]
+    assert message in refused(capsys, args + ["--work", str(work)] + extra)
+    assert not work.exists()
