@@ -15,7 +15,8 @@
 # Settings (environment): RESUME a tgz of earlier run directories (paths runs/..., as committed
 # in benchmarks/results/quality_*/runs_without_traces.tgz) unpacked into $W first; SCALING=1 the
 # 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the engine's
-# grouped attention against sdpa at batch 64 (GPU 0) and 256 (GPU 1). To stop the workers
+# grouped attention against sdpa at batch 64 (GPU 0) and 256 (GPU 1); PER_GPU decoding processes
+# per GPU. To stop the workers
 # from another command: pkill -f "[f]igures --decode" (the brackets keep pkill off that command).
 set -u
 W=${W:-/root/work}
@@ -27,6 +28,10 @@ SCALING_TASK=${SCALING_TASK:-triviaqa}
 SCALING_LIMIT=${SCALING_LIMIT:-1280}
 AUTO=${AUTO:-1}
 BENCH=${BENCH:-1}
+# Decoding processes per GPU. The engine waits on the host for about 40% of a step at batch 64
+# (BENCHMARKS.md), so a second process can use the GPU meanwhile; untimed so far: compare the
+# runs' decode times in the workers' logs with the lease before (one process per GPU).
+PER_GPU=${PER_GPU:-2}
 export ADAFUSE_DATA=${ADAFUSE_DATA:-$(pwd)/.gpu-extra/data}
 OPTS=${OPTS:-"--source local --limit 500 --limits gsm8k=all --dtype float32 --grid theta=0.5,0.7,0.9"}
 mkdir -p "$W/bench" "$W/runs"
@@ -42,11 +47,16 @@ for E in $ENSEMBLES; do
   python -m adafuse_lab quality --models "$E" --work "$D" $OPTS --steps plan > "$D/plan.log" 2>&1
   log "plan $E done ($?): $(wc -l < "$D/plan.jsonl") runs"
 done
-worker() {  # one GPU through every plan, in order
-  for D in "${DIRS[@]}"; do
-    CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "$D/plan.jsonl" --work "$D" >> "$W/worker$1.log" 2>&1
+worker() {  # $PER_GPU processes on GPU $1, each through every plan in order (each run is locked by one)
+  local n
+  for n in $(seq 1 "$PER_GPU"); do
+    ( for D in "${DIRS[@]}"; do
+        CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "$D/plan.jsonl" --work "$D" \
+            >> "$W/worker$1_$n.log" 2>&1
+      done ) &
   done
-  log "worker $1 done"
+  wait
+  log "worker(s) on GPU $1 done"
 }
 worker 2 & worker 3 &
 ( if [ "$SCALING" = 1 ]; then
