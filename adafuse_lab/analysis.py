@@ -568,9 +568,12 @@ def benchmark_plan(methods: Sequence[str], models: Sequence[str], tuned: dict | 
     return out
 
 
-def row_decode(row: dict, task: str) -> dict:
-    """A benchmark row's decode options for one task."""
-    return row.get("decode_by_task", {}).get(task, row["decode"])
+def row_decode(row: dict, task: str) -> dict | None:
+    """A benchmark row's decode options for one task; None where the row has no run for it
+    (the tuned row on a task that was not tuned: its cell stays empty, not the defaults)."""
+    if "decode_by_task" in row:
+        return row["decode_by_task"].get(task)
+    return row["decode"]
 
 
 def paired_rows(runs: dict, tasks: Sequence[str], a: str, b: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
@@ -721,12 +724,14 @@ def benchmark_table(runs: dict, tasks: Sequence[str], labels: Sequence[str], n_b
 
     One row per label; per task: the paper's metric with its bootstrap interval
     (``<task>`` / ``<task> lo`` / ``<task> hi``), the strict metric
-    (``<task> strict``); then ``Avg`` (mean of the paper metrics over tasks present
-    for every row) and cost columns averaged over tasks (forward passes, decoded
-    tokens, seconds per example). Returns a pandas DataFrame indexed by label.
+    (``<task> strict``); then ``Avg`` (mean of the paper metrics over the tasks that any
+    row has a run for; NaN for a row that lacks one of them) and cost columns averaged over
+    tasks (forward passes, decoded tokens, seconds per example). Returns a pandas
+    DataFrame indexed by label.
     """
     import pandas as pd
     rows = []
+    present = [t for t in tasks if any(runs.get((label, t)) is not None for label in labels)]  # a partial table
     for label in labels:
         row: dict = {"method": label}
         costs = []
@@ -742,7 +747,7 @@ def benchmark_table(runs: dict, tasks: Sequence[str], labels: Sequence[str], n_b
             row.update({task: ci["value"], f"{task} lo": ci["low"], f"{task} hi": ci["high"],
                         f"{task} strict": strict, f"{task} n": ci["n"]})
             costs.append(cost(run.records, run.results))
-        vals = [row[t] for t in tasks]
+        vals = [row[t] for t in present]
         row["Avg"] = float(np.mean(vals)) if vals and all(np.isfinite(vals)) else np.nan
         for c in ("forwards", "tokens", "seconds"):
             v = [x[c] for x in costs if np.isfinite(x[c])]

@@ -609,9 +609,10 @@ NB04 = [
     '''),
     md("## Runs: found in `runs_dir`, or decoded now"),
     code('''
+    cells = [(row, t) for t in P.tasks for row in plan if A.row_decode(row, t) is not None]  # tuned row: tuned tasks
     runs = {(row["label"], t): A.ensure_run(A.run_config(t, row["models"], row["method"], A.row_decode(row, t),
                                                          **P.run_kw(t)), RUNS, P.launch)
-            for t in P.tasks for row in plan}
+            for row, t in cells}
     missing = sorted(f"{label} / {t}" for (label, t), r in runs.items() if r is None)
     print(f"{len(runs) - len(missing)} runs, {len(missing)} missing")
     '''),

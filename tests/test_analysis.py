@@ -261,6 +261,9 @@ def test_benchmark_table():
     assert t.loc["adafuse", "triviaqa"] == 100.0 and t.loc["adafuse", "nq"] == 50.0
     assert t.loc["adafuse", "Avg"] == 75.0
     assert math.isnan(t.loc["single: a", "nq"]) and math.isnan(t.loc["single: a", "Avg"])
+    # a task no row has yet (a partial table) leaves Avg alone
+    t3 = A.benchmark_table(runs, ["triviaqa", "nq", "squad"], ["single: a", "adafuse"], n_boot=50)
+    assert t3.loc["adafuse", "Avg"] == 75.0 and math.isnan(t3.loc["adafuse", "squad"])
     assert t.loc["adafuse", "forwards/ex"] == 7.0
     f = A.format_table(t, ["triviaqa", "nq"])
     assert f.loc["single: a", "nq"] == "–" and f.loc["adafuse", "triviaqa"].startswith("100.0 [")
@@ -386,7 +389,7 @@ def test_notebook_params_per_task_limits_and_dtype():
         A.NotebookParams(half="second")
     plan = A.benchmark_plan(["single", "adafuse"], ["m0", "m1"], tuned={"gsm8k": {"theta": 0.5}})
     assert plan[-1]["label"] == A.TUNED and A.row_decode(plan[-1], "gsm8k") == {"theta": 0.5}
-    assert A.row_decode(plan[-1], "nq") == {} and A.row_decode(plan[0], "gsm8k") == {}
+    assert A.row_decode(plan[-1], "nq") is None and A.row_decode(plan[0], "gsm8k") == {}
 
 
 def test_write_summary(tmp_path):

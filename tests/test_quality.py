@@ -58,10 +58,15 @@ def test_quality_command_end_to_end(tmp_path, capsys):
                            ("adafuse", "tune", both, "{}"), ("adafuse", "tune", both, '{"theta": 0.3}'),
                            ("adafuse", "tune", both, '{"theta": 0.9}')])
     assert all(c["limit"] is None and c["batch_size"] == 64 for c in plan)
-    assert "tune_triviaqa.json: run the tune step first" in refused(capsys, ARGS + ["--work", str(work), "--steps", "table"])
+    # before the tune step the table is partial: no tuned row, and it says so
+    assert main(ARGS + ["--work", str(work), "--steps", "decode,table"]) == 0
+    assert "no tuned row for triviaqa" in capsys.readouterr().out
+    first = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
+    assert "adafuse (tuned)" not in first["labels"] and first["missing"] == []
 
-    assert main(ARGS + ["--work", str(work), "--steps", "decode,tune,table"]) == 0
+    assert main(ARGS + ["--work", str(work), "--steps", "tune,table"]) == 0
     out = capsys.readouterr().out
+    assert "partial table" not in out
     assert " 7 of 7 runs finished (" in Q.plan_progress(work / "plan.jsonl", work / "runs")
     chosen = json.loads((work / "tune_triviaqa.json").read_text())["chosen"]
     summary = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
