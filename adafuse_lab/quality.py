@@ -12,6 +12,10 @@ Four steps, each resumable (every run is an ordinary run directory under W/runs)
            paper metric on the tune half and decodes it on the report half (W/tune_<task>.json).
 4. table   notebook 04 through papermill, with the chosen settings as its "adafuse (tuned)"
            row: W/04_full_benchmark/{summary.json,table1.csv,paired.csv}, figures in W/figures.
+           It decodes nothing: before every run and tune file exists the table is partial,
+           and the command names its empty cells.
+
+Bad input (task, member, method, grid point, dtype) is refused before any step runs.
 
 The parameters 04 ran with are in W/quality_params.json; `figures --only 04 --params` with
 that file redraws the table from the saved runs.
