@@ -38,9 +38,14 @@ mkdir -p "$W/bench" "$W/runs"
 log() { echo "$(date +%T) $*" >> "$W/driver.log"; }
 log "start: $ENSEMBLES"
 if [ -n "${RESUME:-}" ]; then tar xzf "$RESUME" -C "$W"; log "resumed from $RESUME: $(ls -d $W/runs/*/* | wc -l) run dirs"; fi
-# The first load of a GGUF member writes its hf/ folder: once here, not by four workers at once.
-python -c "import sys; from adafuse_lab.models import load_session as L; [L(m, device='cpu') for m in sys.argv[1:]]" \
-    $(echo $ENSEMBLES | tr ', ' '\n\n' | sort -u) > "$W/load.log" 2>&1
+# The first load of a GGUF member writes its hf/ folder: once here (one process per member, at
+# once), not by several workers at the same time.
+for m in $(echo $ENSEMBLES | tr ', ' '\n\n' | sort -u); do
+  python -c "import sys; from adafuse_lab.models import load_session as L; L(sys.argv[1], device='cpu')" "$m" \
+      > "$W/load_$m.log" 2>&1 &
+done
+wait
+log "members loaded once: $(ls -d ${ADAFUSE_CACHE:-~/.cache/adafuse_lab}/models/*/hf 2>/dev/null | wc -l) hf folders"
 i=0; DIRS=()
 for E in $ENSEMBLES; do
   i=$((i + 1)); D=$W/q$i; DIRS+=("$D"); mkdir -p "$D"; ln -sfn "$W/runs" "$D/runs"; echo "$E" > "$D/members"
