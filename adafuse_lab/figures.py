@@ -189,6 +189,18 @@ def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | 
     return out
 
 
+def read_plan(plan_file) -> list:
+    """The RunConfigs of a plan file (one JSON object per line), in file order."""
+    from .runs import RunConfig, UsageError
+    path = Path(plan_file)
+    if not path.is_file():
+        raise UsageError(f"no plan file {path}; write one with `figures --plan`")
+    try:
+        return [RunConfig(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path}: not a plan file ({e})") from e
+
+
 def _cost(cfg) -> float:
     """A rough relative cost, to start the longest runs first."""
     from .tasks import get_task
@@ -205,15 +217,8 @@ def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
     import fcntl
 
     from .analysis import finished_run, run_dir
-    from .runs import RunConfig, UsageError, run
-    path = Path(plan_file)
-    if not path.is_file():
-        raise UsageError(f"no plan file {path}; write one with `figures --plan`")
-    try:
-        configs = [RunConfig(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"{path}: not a plan file ({e})") from e
-    configs.sort(key=_cost, reverse=True)
+    from .runs import run
+    configs = sorted(read_plan(plan_file), key=_cost, reverse=True)
     sessions, report = {}, {"decoded": [], "found": [], "busy": []}
     for i, cfg in enumerate(configs, 1):
         out = run_dir(runs_dir, cfg)

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import zoo
-from .session import ModelSession, spans_devices  # noqa: F401 (re-exported)
+from .session import ModelSession
 
 log = logging.getLogger(__name__)
 

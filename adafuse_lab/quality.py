@@ -79,11 +79,12 @@ def tasks_of(opts: dict) -> list[str]:
 
 
 def run_kw(opts: dict, task: str) -> dict:
-    """RunConfig options of every run for `task`: the same as 04's, so that both find the same runs."""
-    limits = opts.get("limits") or {}
-    return {"limit": limits[task] if task in limits else opts.get("limit"), "source": opts["source"],
-            "data_dir": opts.get("data_dir"), "batch_size": opts["batch_size"], "max_new_tokens": opts["max_new_tokens"],
-            "dtype": opts.get("dtype")}
+    """RunConfig options of every run for `task`: notebook 04's own (NotebookParams.run_kw) but
+    the half, which the tune runs set themselves, so that tune and 04 find the same runs."""
+    from .analysis import NotebookParams
+    kw = NotebookParams(**notebook_params(opts)["notebooks"][NOTEBOOK]).run_kw(task)
+    kw.pop("half")
+    return kw
 
 
 def check(opts: dict) -> None:
@@ -92,14 +93,14 @@ def check(opts: dict) -> None:
     from .runs import validate
     from .tune import tune_configs
     try:
-        tasks = tasks_of(opts)
+        kws = {task: run_kw(opts, task) for task in tasks_of(opts)}
     except (KeyError, ValueError) as e:
         raise UsageError(str(e).strip("'\"")) from e
-    for task in tasks:
-        for cfg in tune_configs(task, opts["models"], opts["grid"], **run_kw(opts, task)):
+    for task, kw in kws.items():
+        for cfg in tune_configs(task, opts["models"], opts["grid"], **kw):
             validate(cfg)
         for method in opts.get("methods") or ():
-            validate(run_config(task, opts["models"], method, **run_kw(opts, task)))
+            validate(run_config(task, opts["models"], method, **kw))
 
 
 # ---------------------------------------------------------------- steps
@@ -190,8 +191,8 @@ def decode_step(work: Path, slots, log=print) -> None:
 def plan_progress(plan: Path, runs_dir: Path) -> str:
     """"K of N runs finished (E of M examples)" for the runs of a plan file."""
     from .analysis import finished_run, run_dir
-    from .runs import RunConfig
-    configs = [RunConfig(**json.loads(line)) for line in plan.read_text().splitlines() if line.strip()]
+    from .figures import read_plan
+    configs = read_plan(plan)
     done = examples = 0
     for cfg in configs:
         path = run_dir(runs_dir, cfg)
@@ -204,8 +205,8 @@ def plan_progress(plan: Path, runs_dir: Path) -> str:
 def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
     """Run `tune` for every task (finding the planned runs; decoding the winner on the report
     half); returns {task: chosen settings}."""
-    jobs = []
-    for task in tasks_of(opts):
+    jobs, tasks = [], tasks_of(opts)
+    for task in tasks:
         kw = run_kw(opts, task)
         argv = cli("tune", "--task", task, "--models", opts["models"], "--out", str(work), "--source", kw["source"],
                    "--batch-size", str(kw["batch_size"]), "--max-new-tokens", str(kw["max_new_tokens"]),
@@ -216,7 +217,7 @@ def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
                 argv += [flag, str(kw[key])]
         jobs.append((f"tune_{task}", argv))
     spread(jobs, slots, work / "logs", log)
-    return chosen_settings(work, tasks_of(opts))
+    return chosen_settings(work, tasks)
 
 
 def chosen_settings(work: Path, tasks) -> dict:

@@ -10,20 +10,11 @@ import pytest
 import adafuse_lab
 from adafuse_lab import cli
 from adafuse_lab.cli import main
+from helpers import fails
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--task", "triviaqa", "--models", "tiny:char,tiny:bpe", "--source", "sample", "--limit", "2",
         "--max-new-tokens", "8", "--no-progress"]
-
-
-def fails(argv, capsys):
-    """Run main, expect exit 2; return the stderr, which must be one line."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 def test_run_then_eval(tmp_path, capsys):

@@ -54,7 +54,7 @@ def test_load_session_dispatch():
 
 
 def test_device_auto_places_and_decodes_like_cpu():
-    from adafuse_lab.models import spans_devices
+    from adafuse_lab.session import spans_devices
     a = load_session("tiny:bpe", device="auto")
     b = load_session("tiny:spm", device="auto")
     assert a.device == torch.device("cpu") and a.model.hf_device_map and not spans_devices(a.model)
@@ -74,7 +74,7 @@ def test_device_auto_over_two_gpus_decodes_like_one():
     # The balanced map puts layers of each member on both GPUs; every cache path (the column
     # cache of the streaming methods, HF's DynamicCache of the others) must follow each layer
     # to its device, and the text must be what the same members give on one GPU (fp32).
-    from adafuse_lab.models import spans_devices
+    from adafuse_lab.session import spans_devices
     spread = [load_session(m, device="auto", dtype=torch.float32) for m in ("tiny:bpe", "tiny:spm")]
     one = [load_session(m, device="cuda:0", dtype=torch.float32) for m in ("tiny:bpe", "tiny:spm")]
     assert all(spans_devices(s.model) for s in spread), [s.model.hf_device_map for s in spread]
@@ -86,7 +86,7 @@ def test_device_auto_over_two_gpus_decodes_like_one():
 
 
 def test_spans_devices():
-    from adafuse_lab.models import spans_devices
+    from adafuse_lab.session import spans_devices
 
     class Fake:
         hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}

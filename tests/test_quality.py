@@ -8,6 +8,7 @@ import pytest
 from adafuse_lab import quality as Q
 from adafuse_lab.cli import main
 from adafuse_lab.runs import UsageError
+from helpers import fails
 
 ARGS = ["quality", "--models", "tiny:bpe,tiny:spm", "--source", "sample", "--tasks", "triviaqa",
         "--methods", "single,unite,adafuse", "--max-new-tokens", "4", "--n-boot", "50", "--grid", "theta=0.3,0.9"]
@@ -37,17 +38,10 @@ def test_workers(monkeypatch):
     assert Q.workers(None) == ["0", "1"]
 
 
-def refused(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    return capsys.readouterr().err
-
-
 def test_quality_command_end_to_end(tmp_path, capsys):
     work = tmp_path / "w"
-    assert "plan.jsonl: run the plan step first" in refused(capsys, ARGS + ["--work", str(work), "--steps", "decode"])
-    assert "unknown step(s) report" in refused(capsys, ARGS + ["--work", str(work), "--steps", "plan,report"])
+    assert "plan.jsonl: run the plan step first" in fails(ARGS + ["--work", str(work), "--steps", "decode"], capsys)
+    assert "unknown step(s) report" in fails(ARGS + ["--work", str(work), "--steps", "plan,report"], capsys)
     assert main(ARGS + ["--work", str(work), "--steps", "plan"]) == 0
     plan = [json.loads(x) for x in (work / "plan.jsonl").read_text().splitlines()]
     # 04 on the report half: two singles, unite, adafuse; tune: defaults and two grid points on the tune half
@@ -94,5 +88,5 @@ def test_quality_command_end_to_end(tmp_path, capsys):
 def test_bad_input_is_refused_before_anything_runs(tmp_path, capsys, extra, message):
     work = tmp_path / "w"
     args = [a for a in ARGS if a not in ("--grid", "theta=0.3,0.9")]
-    assert message in refused(capsys, args + ["--work", str(work)] + extra)
+    assert message in fails(args + ["--work", str(work)] + extra, capsys)
     assert not work.exists()

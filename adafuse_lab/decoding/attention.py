@@ -15,6 +15,7 @@ still attends over the same keys with the same mask, so the result is the same a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -45,6 +46,7 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     return out.reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
+@functools.cache  # once per process: engine_attention calls it at every swapped forward
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

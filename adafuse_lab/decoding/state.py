@@ -52,11 +52,12 @@ class KV:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         layers = getattr(self.cache, "layers", None)
-        if not layers:  # the column cache selects on each layer's own device itself
+        if layers:  # HF's layers index with rows as given, which must be on each layer's device
+            for layer in layers:
+                keys = getattr(layer, "keys", None)
+                layer.batch_select_indices(rows if keys is None else rows.to(keys.device))
+        else:  # the column cache (no HF layers) selects on each buffer's device itself
             self.cache.batch_select_indices(rows)
-        for layer in layers or ():  # HF's layers index with rows as given, which must be on their device
-            keys = getattr(layer, "keys", None)
-            layer.batch_select_indices(rows if keys is None else rows.to(keys.device))
         self.mask, self.n_real = self.mask.index_select(0, rows), self.n_real.index_select(0, rows)
         self.pos = self.pos.index_select(0, rows)
 
