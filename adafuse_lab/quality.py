@@ -107,14 +107,19 @@ def check(opts: dict) -> None:
 
 
 def plan_step(work: Path, opts: dict, log=print) -> Path:
-    """W/plan.jsonl: 04's missing report-half runs, then the tune grid's missing tune-half runs."""
+    """W/plan.jsonl: 04's missing report-half runs, then the tune grid's missing tune-half runs,
+    and, for a task whose tune-half runs are all saved, the chosen settings on the report half
+    (which the tune step would otherwise decode alone, after every worker has finished)."""
     from .analysis import finished_run, run_dir
     from .figures import plan
-    from .tune import tune_configs
+    from .tune import chosen_point, tune_config, tune_configs
     path = plan(str(write_params(work, opts)), work, only=[NOTEBOOK], log=log)
     lines = path.read_text().splitlines()
     for task in tasks_of(opts):
-        for cfg in tune_configs(task, opts["models"], opts["grid"], **run_kw(opts, task)):
+        kw = run_kw(opts, task)
+        chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", **kw)
+        winner = [] if chosen is None else [tune_config(task, opts["models"], chosen, "report", **kw)]
+        for cfg in tune_configs(task, opts["models"], opts["grid"], **kw) + winner:
             line = json.dumps(cfg.to_dict(), sort_keys=True)
             if line not in lines and finished_run(run_dir(work / "runs", cfg)) is None:
                 lines.append(line)

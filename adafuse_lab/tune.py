@@ -71,6 +71,33 @@ def tune_configs(task: str, models, grid: dict, **run_kw) -> list:
             + [tune_config(task, models, {}, "report", **run_kw)])
 
 
+def _score(task: str, run, point: dict, n_boot: int) -> dict:
+    from . import analysis as A
+    key = A.headline_key(task, run.results)
+    return {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot), "run": str(run.path)}
+
+
+def tune_rows(task: str, models, grid: dict, runs_dir, n_boot: int = 1000, launch: bool = True, log=print,
+              **run_kw) -> list[dict] | None:
+    """Every grid point's paper metric on the tune half (decoding missing runs when `launch`);
+    None when a run is missing and may not be decoded."""
+    from . import analysis as A
+    rows = []
+    for point in grid_points(grid):
+        run = A.ensure_run(tune_config(task, models, point, "tune", **run_kw), runs_dir, launch=launch, log=log)
+        if run is None:
+            return None
+        r = _score(task, run, point, n_boot)
+        rows.append({"decode": point, "metric": r["metric"], "score": r["value"], "n": r["n"], "run": r["run"]})
+    return rows
+
+
+def chosen_point(task: str, models, grid: dict, runs_dir, **run_kw) -> dict | None:
+    """The settings tune() will choose, from the saved tune-half runs alone; None until all are saved."""
+    rows = tune_rows(task, models, grid, runs_dir, n_boot=1, launch=False, log=lambda *a: None, **run_kw)
+    return None if rows is None else rows[choose([r["score"] for r in rows])]["decode"]
+
+
 def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **run_kw) -> dict:
     """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune_<task>.json."""
     from . import analysis as A
@@ -79,13 +106,9 @@ def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **ru
     def scored(point: dict, half: str):
         """The AdaFuse run with these settings on this half (decoded if missing), its paper metric and score."""
         run = A.ensure_run(tune_config(task, models, point, half, **run_kw), out / "runs", log=log)
-        key = A.headline_key(task, run.results)
-        return run, {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot), "run": str(run.path)}
+        return run, _score(task, run, point, n_boot)
 
-    rows = []
-    for point in grid_points(grid):
-        r = scored(point, "tune")[1]
-        rows.append({"decode": point, "metric": r["metric"], "score": r["value"], "n": r["n"], "run": r["run"]})
+    rows = tune_rows(task, models, grid, out / "runs", n_boot, log=log, **run_kw)
     best = choose([r["score"] for r in rows])
     chosen = rows[best]["decode"]
     (run_d, default), (run_t, tuned) = scored({}, "report"), scored(chosen, "report")

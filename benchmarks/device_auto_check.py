@@ -15,6 +15,7 @@ import argparse
 import collections
 import gc
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def main() -> None:
                         batch_size=args.limit, max_new_tokens=args.max_new_tokens, source=args.source,
                         device=device, dtype=args.dtype, decode=decode)
         sessions: dict = {}
+        shutil.rmtree(work / name, ignore_errors=True)  # a rerun decodes again: a finished run would only be read back
         t = time.perf_counter()
         res = run(cfg, work / name, progress=False, sessions=sessions)
         wall = time.perf_counter() - t

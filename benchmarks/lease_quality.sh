@@ -13,21 +13,30 @@
 # run directories: a lease that ends early loses only the runs being decoded.
 #
 # Settings (environment): RESUME a tgz of earlier run directories (paths runs/..., as committed
-# in benchmarks/results/quality_*/runs_without_traces.tgz) unpacked into $W first; SCALING=1 the
+# in benchmarks/results/quality/runs_without_traces.tgz) unpacked into $W first; SCALING=1 the
 # 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the engine's
 # grouped attention against sdpa at batch 64 (GPU 0) and 256 (GPU 1); PER_GPU decoding processes
 # per GPU. To stop the workers
 # from another command: pkill -f "[f]igures --decode" (the brackets keep pkill off that command).
 set -u
+# The device tool copies the working tree afresh at every call, and files vanish for a moment
+# under running jobs: a lease lost its first workers ("No module named adafuse_lab.runs") and
+# its scaling check to the staging calls made meanwhile. So the script runs from its own copy.
+if [ -z "${LEASE_COPY:-}" ]; then
+  export LEASE_COPY=${LEASE_COPY_DIR:-/root/lease_repo}
+  rm -rf "$LEASE_COPY" && cp -a . "$LEASE_COPY" && cd "$LEASE_COPY" || exit 1
+  export PYTHONPATH=$LEASE_COPY:${PYTHONPATH:-}
+  exec bash benchmarks/lease_quality.sh
+fi
 W=${W:-/root/work}
 ENSEMBLES=${ENSEMBLES:-qwen2.5-coder-0.5b,smollm2-135m}
-SCALING=${SCALING:-1}
+SCALING=${SCALING:-0}
 # TriviaQA, 1280 questions: 20 batches of 64, 10 per GPU, and about 4 minutes on one GPU, long
 # enough that start-up and merging (about 20 s with torchrun, 16 s without) do not decide the ratio.
 SCALING_TASK=${SCALING_TASK:-triviaqa}
 SCALING_LIMIT=${SCALING_LIMIT:-1280}
-AUTO=${AUTO:-1}
-BENCH=${BENCH:-1}
+AUTO=${AUTO:-0}
+BENCH=${BENCH:-0}
 # Decoding processes per GPU. The engine waits on the host for about 40% of a step at batch 64
 # (BENCHMARKS.md), so a second process can use the GPU meanwhile; untimed so far: compare the
 # runs' decode times in the workers' logs with the lease before (one process per GPU).

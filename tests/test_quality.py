@@ -38,7 +38,7 @@ def test_workers(monkeypatch):
     assert Q.workers(None) == ["0", "1"]
 
 
-def test_quality_command_end_to_end(tmp_path, capsys):
+def test_quality_command_end_to_end(tmp_path, capsys, monkeypatch):
     work = tmp_path / "w"
     assert "plan.jsonl: run the plan step first" in fails(ARGS + ["--work", str(work), "--steps", "decode"], capsys)
     assert "unknown step(s) report" in fails(ARGS + ["--work", str(work), "--steps", "plan,report"], capsys)
@@ -57,11 +57,18 @@ def test_quality_command_end_to_end(tmp_path, capsys):
     assert "no tuned row for triviaqa" in capsys.readouterr().out
     first = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
     assert "adafuse (tuned)" not in first["labels"] and first["missing"] == []
+    assert " 7 of 7 runs finished (" in Q.plan_progress(work / "plan.jsonl", work / "runs")
+    # with the tune half saved, a new plan adds the chosen settings on the report half (the
+    # choice forced to the last grid point here; the tune step below makes its own)
+    with monkeypatch.context() as m:
+        m.setattr("adafuse_lab.tune.choose", lambda scores: len(scores) - 1)
+        main(ARGS + ["--work", str(work), "--steps", "plan"])
+    plan = [json.loads(x) for x in (work / "plan.jsonl").read_text().splitlines()]
+    assert [(c["method"], c["half"], c["decode"]) for c in plan] == [("adafuse", "report", {"theta": 0.9})]
 
     assert main(ARGS + ["--work", str(work), "--steps", "tune,table"]) == 0
     out = capsys.readouterr().out
     assert "partial table" not in out
-    assert " 7 of 7 runs finished (" in Q.plan_progress(work / "plan.jsonl", work / "runs")
     chosen = json.loads((work / "tune_triviaqa.json").read_text())["chosen"]
     summary = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
     assert summary["missing"] == [] and summary["half"] == "report" and summary["tuned"] == {"triviaqa": chosen}
