@@ -48,13 +48,33 @@ def n_words(text: str) -> int:
     return sum(any(ch.isalnum() for ch in w) for w in split_words(text)) or (1 if text.strip() else 0)
 
 
+def top1_candidate(rd: dict, k: int) -> int | None:
+    """Index of member k's top-1 word among a round's candidates: the first it proposed. Traces
+    before "proposed" was recorded list the first member's proposals first, so there it is the
+    first candidate from member 0; for the other members it is unknown (None)."""
+    own = rd["members"][k].get("proposed")
+    if own:
+        return own[0]
+    if k == 0:
+        return next((i for i, c in enumerate(rd["candidates"]) if 0 in c["from"]), None)
+    return None
+
+
+def _nll(c: dict, k: int) -> float:
+    x = c["nll"][k]
+    return math.inf if x is None else x
+
+
 def round_rows(trace: Sequence[dict] | None, **keys) -> list[dict]:
     """One row per round of one trace; `keys` (e.g. id=..., task=...) are copied into every row."""
     rows = []
     for r, rd in enumerate(trace or []):
         members = rd["members"]
-        win = rd["candidates"][rd["winner"]]
+        cands = rd["candidates"]
+        win = cands[rd["winner"]]
         K = len(members)
+        top1 = {k: top1_candidate(rd, k) for k in range(K) if members[k]["branched"]}
+        top1 = {k: i for k, i in top1.items() if i is not None}
         rows.append({
             **keys, "round": r,
             "span_words": n_words(win["text"]), "span_chars": len(win["text"]), "eos": bool(win["eos"]),
@@ -65,6 +85,11 @@ def round_rows(trace: Sequence[dict] | None, **keys) -> list[dict]:
             "n_candidates": len(rd["candidates"]),
             # members whose own favourite (the candidate it gives the lowest NLL) lost the round
             "overruled": [k for k in range(K) if win["nll"][k] > min(c["nll"][k] for c in rd["candidates"])],
+            # branched members (top-1 word known): whose own mean-NLL favourite is not their top-1
+            # word, and whose top-1 word did not win
+            "branched_top1": sorted(top1),
+            "favourite_not_top1": [k for k, i in top1.items() if _nll(cands[i], k) > min(_nll(c, k) for c in cands)],
+            "top1_lost": [k for k, i in top1.items() if i != rd["winner"]],
             "min_conf0": min((m["conf"][0] for m in members if m["conf"]), default=float("nan")),
             "tokens": sum(m["tokens"] for m in members), "forwards": sum(m["forwards"] for m in members),
         })
@@ -133,6 +158,23 @@ def overrule_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence
                         "triggered": sum(r["triggered"] for r in rows) / n,
                         "favourite_lost": sum(k in r["overruled"] for r in rows) / n,
                         "won_alone": sum(list(r["winner_from"]) == [k] for r in rows) / n})
+    return out
+
+
+def top1_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:
+    """Per task and member, over the rounds where the member branched (from `label`'s traces):
+    how often its own mean-NLL favourite was not its top-1 word (the word greedy decoding would
+    take), and how often its top-1 word lost the round."""
+    out = []
+    for task in tasks:
+        run = runs.get((label, task))
+        rows = run_rows(run.records) if run is not None else []
+        for k, name in enumerate(names):
+            mine = [r for r in rows if k in r["branched_top1"]]
+            if mine:
+                out.append({"task": task, "member": name, "branched_rounds": len(mine),
+                            "favourite_not_top1": sum(k in r["favourite_not_top1"] for r in mine) / len(mine),
+                            "top1_lost": sum(k in r["top1_lost"] for r in mine) / len(mine)})
     return out
 
 

@@ -663,6 +663,12 @@ NB04 = [
     by whether the best single member's favourite ever lost, scored for AdaFuse and for that
     member alone on the same examples: if the loss sits in the overruled examples, the other
     members' NLLs are what pulls AdaFuse below its best member.
+
+    A member's favourite is its lowest mean NLL over a candidate word's tokens; greedy decoding
+    follows the first token instead. The last table counts, over the rounds where a member
+    branched, how often its favourite was not its top-1 word, and how often the top-1 word lost:
+    when these are high even for the strongest member, AdaFuse drifts from that member's own
+    answer without being overruled.
     """),
     code('''
     overrules = A.overrule_table(runs, P.tasks, "adafuse", list(P.models))
@@ -677,13 +683,16 @@ NB04 = [
         display(pd.DataFrame(overrules).round(3))
     if split:
         display(pd.DataFrame(split).round(2))
+    top1 = A.top1_table(runs, P.tasks, "adafuse", list(P.models))
+    if top1:
+        display(pd.DataFrame(top1).round(3))
     '''),
     code('''
     summary = {
         "models": list(P.models), "tasks": list(P.tasks), "labels": labels, "missing": missing,
         "table": table.reset_index().to_dict(orient="records"),
         "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
-        "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split,
+        "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split, "top1": top1,
         "figures": sorted(p.name for p in figures),
     }
     A.write_summary(OUT, summary)

@@ -58,6 +58,27 @@ def test_round_rows():
     assert [r["overruled"] for r in rows] == [[0], []]
     assert all(r["id"] == "x" for r in rows)
     assert A.round_rows(None) == []
+    # top-1 words: round 0 only member 0 branched (its top-1 " the big cat" is also its favourite,
+    # and lost); round 1 member 1's top-1 is unknown (no "proposed", not the first member)
+    assert [r["branched_top1"] for r in rows] == [[0], [0]]
+    assert [r["favourite_not_top1"] for r in rows] == [[], []]
+    assert [r["top1_lost"] for r in rows] == [[0], []]
+
+
+def test_top1_from_proposed():
+    rd = {"members": [member([0.2]), member([0.1])],
+          "candidates": [cand(" a", [0], nll=(0.9, 2.0)), cand(" b", [0, 1], nll=(0.5, 0.7)),
+                         cand(" c", [1], nll=(3.0, 0.6))],
+          "winner": 1}
+    rd["members"][0]["proposed"], rd["members"][1]["proposed"] = [0, 1], [2, 1]
+    assert [A.top1_candidate(rd, k) for k in (0, 1)] == [0, 2]
+    row = A.round_rows([rd])[0]
+    # member 0: top-1 " a" but favourite " b" (0.5 < 0.9); member 1: top-1 " c" is its favourite
+    assert row["branched_top1"] == [0, 1] and row["favourite_not_top1"] == [0] and row["top1_lost"] == [0, 1]
+    run = A.Run(path=None, config={}, results={}, records=[{"id": "x", "trace": [rd, rd]}])
+    table = A.top1_table({("adafuse", "t"): run}, ["t"], "adafuse", ["a", "b"])
+    assert table == [{"task": "t", "member": "a", "branched_rounds": 2, "favourite_not_top1": 1.0, "top1_lost": 1.0},
+                     {"task": "t", "member": "b", "branched_rounds": 2, "favourite_not_top1": 0.0, "top1_lost": 1.0}]
 
 
 def test_member_rounds_lost_and_split():

@@ -378,6 +378,10 @@ def test_trace_records_every_round(tiny, criterion):
                 assert isinstance(m["branched"], bool) and m["forwards"] >= 1
                 # it branched exactly when its last word-start confidence was below theta
                 assert m["branched"] == (m["conf"][-1] < m["theta"][-1])
+            # each member's own candidates, in its order: exactly those listing it, one unless it branched
+            for k, m in enumerate(r["members"]):
+                assert sorted(m["proposed"]) == [i for i, c in enumerate(r["candidates"]) if k in c["from"]]
+                assert len(m["proposed"]) == 1 or m["branched"]
             keys = [(c["text"], c["eos"]) for c in r["candidates"]]
             assert len(set(keys)) == len(keys)  # union by exact text
             for c in r["candidates"]:

@@ -243,6 +243,9 @@ def test_benchmark_numbers(executed):
     assert all(r["rounds"] > 0 and 0 <= r["favourite_lost"] <= 1 for r in s["overrules"])
     assert [r["favourite_lost"] for r in s["overrule_split"]] == [True, False]
     assert sum(r["n"] for r in s["overrule_split"]) == 2
+    assert {r["member"] for r in s["top1"]} <= {"tiny:bpe", "tiny:spm"}
+    assert all(r["branched_rounds"] > 0 and 0 <= r["favourite_not_top1"] <= 1 and 0 <= r["top1_lost"] <= 1
+               for r in s["top1"])
     # 04 reuses the AdaFuse and SweetSpan runs that 02 made (same settings -> same run directory)
     runs = executed["work"] / "runs" / "triviaqa"
     assert len(list(runs.glob("adafuse-*"))) == 1 and len(list(runs.glob("sweetspan-*"))) == 1

@@ -345,10 +345,14 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             w = pick(combined)
             text, is_eos = cands[p][w]
             if cfg.trace:
+                index = {c: i for i, c in enumerate(cands[p])}
                 batch.traces[p].append({
+                    # "proposed": the member's own candidates in its order (the first is its top-1 word)
                     "members": [{"conf": pr[p].conf, "margin": pr[p].margin, "entropy": pr[p].entropy,
                                  "theta": pr[p].theta, "words": pr[p].words, "branched": pr[p].branched,
-                                 "tokens": pr[p].tokens, "forwards": fwd_round[k][p]} for k, pr in enumerate(props)],
+                                 "tokens": pr[p].tokens, "forwards": fwd_round[k][p],
+                                 "proposed": [index[c] for c in zip(pr[p].texts, pr[p].eos)]}
+                                for k, pr in enumerate(props)],
                     "candidates": [{"text": t, "eos": e, "from": owners[p][c],
                                     "nll": [_finite(x[c]) for x in nll], "score": _finite(combined[c])}
                                    for c, (t, e) in enumerate(cands[p])],
