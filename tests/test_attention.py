@@ -35,6 +35,28 @@ def test_grouped_sdpa_equals_repeated_kv(t, kind):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_long_queries_are_not_folded(monkeypatch):
+    """Above FOLD_MAX_QUERIES query tokens per row (a prompt's prefill) the mask is not repeated:
+    transformers' SDPA path runs, on the repeated keys and values, with the same result."""
+    g = torch.Generator().manual_seed(0)
+    b, kvh, groups, t, w, d = 2, 2, 3, 5, 7, 4
+    q, k, v = torch.randn(b, kvh * groups, t, d, generator=g), torch.randn(b, kvh, w, d, generator=g), \
+        torch.randn(b, kvh, w, d, generator=g)
+    mask = torch.rand(b, 1, t, w, generator=g) > 0.3
+    mask[..., 0] = True
+    seen, real = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda query, *a, **kw: seen.append(tuple(query.shape)) or real(query, *a, **kw))
+    m = Module(groups)
+    want, _ = sdpa_attention_forward(m, q, k, v, mask, scaling=0.5)
+    for limit, folded in ((t, (b, kvh, groups * t, d)), (t - 1, (b, kvh * groups, t, d))):
+        monkeypatch.setattr(attention, "FOLD_MAX_QUERIES", limit)
+        seen.clear()
+        got, _ = attention.grouped_sdpa(m, q, k, v, mask, scaling=0.5)
+        assert seen == [folded]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def counting(monkeypatch):
     calls = []
     real = attention.grouped_sdpa

@@ -24,6 +24,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 GROUPED = "adafuse_grouped_sdpa"  # the name under which transformers finds grouped_sdpa
 MODES = ("sdpa", "grouped")
+# Fold only forwards of at most this many query tokens per row (the engine's decode steps; its
+# buckets stop at 128). Folding repeats the mask once per folded head: for a prefill of 1.5k-token
+# prompts at batch 256 that is a 4 GB copy (more once SDPA turns it to floats), which is the most
+# likely reason the batch-256 grouped benchmark ran out of memory (BENCHMARKS.md); there
+# transformers' own path, which copies the keys and values of those same tokens, is no worse.
+FOLD_MAX_QUERIES = 128
 mode = os.environ.get("ADAFUSE_ATTENTION", "sdpa")  # set by bench --attention
 
 
@@ -31,7 +37,8 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     """transformers' attention-function signature; falls back to its SDPA where folding does not apply."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     n_rep = getattr(module, "num_key_value_groups", 1)
-    if n_rep == 1 or attention_mask is None or attention_mask.ndim != 4 or kwargs.get("position_bias") is not None:
+    if (n_rep == 1 or attention_mask is None or attention_mask.ndim != 4 or kwargs.get("position_bias") is not None
+            or query.shape[2] > FOLD_MAX_QUERIES):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     b, h, t, d = query.shape
