@@ -26,10 +26,11 @@ GROUPED = "adafuse_grouped_sdpa"  # the name under which transformers finds grou
 MODES = ("sdpa", "grouped")
 # Fold only forwards of at most this many query tokens per row: the engine's decode steps feed
 # far fewer (its CUDA graphs are captured for about 8 power-of-two buckets), a prompt's prefill
-# feeds all of it; a longer step is still right, through transformers' path. Folding repeats the mask once per folded head: for a prefill of 1.5k-token
-# prompts at batch 256 that is a 4 GB copy (more once SDPA turns it to floats), which is the most
-# likely reason the batch-256 grouped benchmark ran out of memory (BENCHMARKS.md); there
-# transformers' own path, which copies the keys and values of those same tokens, is no worse.
+# feeds all of it; a longer step is still right, through transformers' path. Folding repeats
+# the mask once per folded head: for a prefill of 1.5k-token prompts at batch 256 that is a
+# 4 GB copy (more once SDPA turns it to floats), the most likely reason the batch-256 grouped
+# benchmark ran out of memory (BENCHMARKS.md). transformers' path, which copies the keys and
+# values of those same tokens instead, is no worse there.
 FOLD_MAX_QUERIES = 128
 mode = os.environ.get("ADAFUSE_ATTENTION", "sdpa")  # set by bench --attention
 
