@@ -32,8 +32,8 @@ def main() -> None:
     # each file once, also where an ensemble's runs/ is a link to the shared one
     # (the checks' own runs under bench/ stay out: their summaries are in bench/*.json, and their
     # 1280-example samples would crowd the quality traces out)
-    samples = sorted({p.resolve(): p for p in work.rglob("samples.jsonl") if "bench" not in p.relative_to(work).parts[:1]}
-                     .values(), key=lambda p: p.resolve())
+    found = [p for p in work.rglob("samples.jsonl") if p.relative_to(work).parts[0] != "bench"]
+    samples = sorted({p.resolve(): p for p in found}.values(), key=lambda p: p.resolve())
     samples = [p.resolve() for p in samples]
     work = work.resolve()
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
