@@ -24,7 +24,9 @@ set -u
 # its scaling check to the staging calls made meanwhile. So the script runs from its own copy.
 if [ -z "${LEASE_COPY:-}" ]; then
   export LEASE_COPY=${LEASE_COPY_DIR:-/root/lease_repo}
-  rm -rf "$LEASE_COPY" && cp -a . "$LEASE_COPY" && cd "$LEASE_COPY" || exit 1
+  rm -rf "$LEASE_COPY" && mkdir -p "$LEASE_COPY" || exit 1
+  tar -C . --exclude=./.gpu-stage --exclude=./runs --exclude=./.git -cf - . | tar -C "$LEASE_COPY" -xf - || exit 1
+  cd "$LEASE_COPY" || exit 1
   export PYTHONPATH=$LEASE_COPY:${PYTHONPATH:-}
   exec bash benchmarks/lease_quality.sh
 fi
