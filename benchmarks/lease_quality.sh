@@ -60,13 +60,19 @@ log "members loaded once: $(ls -d ${ADAFUSE_CACHE:-~/.cache/adafuse_lab}/models/
 i=0; DIRS=()
 for E in $ENSEMBLES; do
   i=$((i + 1)); D=$W/q$i; DIRS+=("$D"); mkdir -p "$D"; ln -sfn "$W/runs" "$D/runs"; echo "$E" > "$D/members"
-  python -m adafuse_lab quality --models "$E" --work "$D" $OPTS --steps plan > "$D/plan.log" 2>&1
-  log "plan $E done ($?): $(wc -l < "$D/plan.jsonl") runs"
+  rm -f "$D/.planned"
 done
+# Plans are made one after the other while the workers start on the first (each takes about 25 s
+# of papermill); a worker waits for a plan's .planned mark before it reads that plan.
+( for D in "${DIRS[@]}"; do
+    python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan > "$D/plan.log" 2>&1
+    log "plan $(cat "$D/members") done ($?): $(wc -l < "$D/plan.jsonl") runs"; touch "$D/.planned"
+  done ) &
 worker() {  # $PER_GPU processes on GPU $1, each through every plan in order (each run is locked by one)
   local n
   for n in $(seq 1 "$PER_GPU"); do
     ( for D in "${DIRS[@]}"; do
+        until [ -e "$D/.planned" ]; do sleep 2; done
         CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "$D/plan.jsonl" --work "$D" \
             >> "$W/worker$1_$n.log" 2>&1
       done ) &
