@@ -436,3 +436,68 @@ def plot_benchmark(table, tasks: Sequence[str], models: Sequence[str] | None = N
     axes[0][0].invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def plot_method_ratios(panels: dict, target: float | None = 1.5):
+    """One panel per setting ({title: [(method, ratio, seconds per question)]}): each method's time
+    as a multiple of its members' summed greedy `generate` on the same batch; 1 = the members'
+    own decoding, `target` a dashed line."""
+    plt = _plt()
+    n = max(len(rows) for rows in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 0.35 * n + 1.6), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels.items()):
+        y = np.arange(len(rows))
+        ratios = [r for _, r, _ in rows]
+        ax.barh(y, ratios, color=[color(m.split(" ")[0]) for m, _, _ in rows], height=0.7)
+        for yi, (_, r, sec) in zip(y, rows):
+            ax.text(r, yi, f" {sec:.2f} s/q", va="center", fontsize=7)
+        ax.axvline(1.0, color="k", lw=0.8)
+        if target is not None:
+            ax.axvline(target, color="k", lw=0.8, ls="--")
+        ax.set_yticks(y, [m for m, _, _ in rows])
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(ratios + [target or 0]) * 1.35)
+        ax.set_title(title)
+        ax.set_xlabel("× summed generate (same kernels)")
+        ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_engine_versions(rows: Sequence[tuple[str, float, float]], title: str | None = None,
+                         baseline: str = "summed generate"):
+    """AdaFuse's wall time per engine version ([(version, seconds, baseline seconds)]), with the
+    members' summed greedy `generate` of the same run as a marker and the ratio over each bar."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(0.75 * len(rows) + 2.5, 3.6))
+    x = np.arange(len(rows))
+    ax.bar(x, [s for _, s, _ in rows], color=color("adafuse"), width=0.65, label="AdaFuse")
+    ax.plot(x, [g for _, _, g in rows], "k_", ms=22, mew=2, label=baseline)
+    for xi, (_, s, g) in zip(x, rows):
+        ax.text(xi, s, f"{s / g:.1f}×", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [v for v, _, _ in rows], rotation=30, ha="right")
+    ax.set_ylabel("seconds")
+    ax.set_title(title or "AdaFuse at batch 64 by engine version")
+    ax.legend(loc="upper right")
+    ax.grid(axis="x", visible=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(rows: Sequence[tuple[str, float, float]], title: str | None = None):
+    """One GPU against several ([(check, one-GPU wall s, several-GPU wall s)]): wall time, with
+    the throughput ratio over each pair."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.4))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.18, [a for _, a, _ in rows], width=0.36, color=_FALLBACK, label="1 GPU")
+    ax.bar(x + 0.18, [b for _, _, b in rows], width=0.36, color=color("adafuse"), label="2 GPUs")
+    for xi, (_, a, b) in zip(x, rows):
+        ax.text(xi, max(a, b), f"{a / b:.2f}×", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [c for c, _, _ in rows])
+    ax.set_ylabel("wall seconds")
+    ax.set_title(title or "one run on one GPU and sharded over two")
+    ax.legend(loc="upper left")
+    ax.grid(axis="x", visible=False)
+    fig.tight_layout()
+    return fig

@@ -176,3 +176,22 @@ def test_figures_headless_restores_environment(monkeypatch):
     with figures.headless():
         assert os.environ[plots.HEADLESS_ENV] == "1"
     assert plots.HEADLESS_ENV not in os.environ
+
+
+def test_speed_figures_from_the_committed_results(tmp_path):
+    """benchmarks/plot_speed.py reads the committed JSON files (numbers as BENCHMARKS.md quotes them)."""
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("plot_speed", root / "benchmarks" / "plot_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = root / "benchmarks" / "results"
+    b64 = {m: (r, s) for m, r, s in mod.method_rows(results, mod.METHODS_B64)}
+    assert b64["adafuse grouped"] == (2.531, 0.5055) and b64["single"][0] < 1 < b64["unite"][0]
+    versions = mod.version_rows(results)
+    assert len(versions) == len(mod.VERSIONS) and versions[-1][1] == 32.353
+    assert [round(a / b, 2) for _, a, b in mod.scaling_rows(results)][-1] == 2.0
+    written = mod.main(["--results", str(results), "--out", str(tmp_path)])
+    assert sorted(p.name for p in written) == ["scaling.png", "speed_engine_versions.png", "speed_methods.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
