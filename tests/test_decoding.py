@@ -812,3 +812,14 @@ def test_every_forward_runs_without_autograd(method):
         for h in hooks:
             h.remove()
     assert grad_seen and not any(grad_seen)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_on_device_keeps_values_and_dtypes(device):
+    from adafuse_lab.decoding.state import on_device
+    ids = on_device([[1, 2], [3, 4]], device)
+    assert ids.dtype == torch.long and ids.device.type == device and ids.tolist() == [[1, 2], [3, 4]]
+    assert on_device([True, False], device).dtype == torch.bool
+    assert on_device([5, 6], device, torch.int32).dtype == torch.int32
+    assert on_device([], device, torch.long).shape == (0,)

@@ -17,6 +17,21 @@ from ..session import ModelSession
 from .attention import engine_attention
 
 
+def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host data (lists of numbers) as a tensor on `device`, without waiting for the work queued there.
+
+    torch.tensor(data, device="cuda") copies from pageable memory, which first waits for every
+    kernel already queued on the stream, the member's last forward included: the host then
+    idles while the GPU works and the GPU idles while the host prepares the next forward (the
+    GPU profile put 8.2 of 14.1 s in torch.tensor; BENCHMARKS.md). Staged in pinned memory and
+    copied without blocking, the copy is queued behind that work instead; PyTorch's pinned
+    allocator keeps the staging buffer alive until the copy has run."""
+    t = torch.tensor(data, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 
 
 @dataclass
@@ -70,8 +85,8 @@ class KV:
 
 def pad_right(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(s) for s in seqs))
-    ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
+    ids = on_device([list(s) + [pad] * (width - len(s)) for s in seqs], device, torch.long)
+    mask = on_device([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device, torch.long)
     return ids, mask
 
 
@@ -113,7 +128,7 @@ class Member:
         """Keep only these prompts (the others finished)."""
         if rows == list(range(len(self.ids))):
             return
-        index = torch.tensor(rows, dtype=torch.long, device=self.s.device)
+        index = on_device(rows, self.s.device, torch.long)
         self.kv.keep_rows(index)
         self.last_logits = self.last_logits.index_select(0, index)
         self.ids = [self.ids[r] for r in rows]
@@ -209,7 +224,7 @@ class Member:
             start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
             plan.append((r, new, start, first))
         dev = self.s.device
-        kv = self.kv if inplace else self.kv.select(torch.tensor(rows, dtype=torch.long, device=dev))
+        kv = self.kv if inplace else self.kv.select(on_device(rows, dev, torch.long))
         for i, (r, new, start, _) in enumerate(plan):
             kv.hide(i, self.cols[r][start:])
         fed = [new[start:] for _, new, start, _ in plan]
@@ -231,7 +246,7 @@ class Member:
         nll = torch.zeros(len(plan), device=dev)
         count = torch.zeros(len(plan), device=dev)
         if tok:
-            as_t = lambda x: torch.tensor(x, device=dev)
+            as_t = lambda x: on_device(x, dev)
             src_row, src_pos, tok, seg, from_last = map(as_t, (src_row, src_pos, tok, seg, from_last))
             fed_lp = _log_probs(logits, src_row.clamp_max(logits.shape[0] - 1) * ~from_last, src_pos, tok)
             last_lp = torch.log_softmax(self.last_logits, -1)[src_row * from_last, tok]
@@ -239,7 +254,7 @@ class Member:
             nll.index_add_(0, seg, -lp)
             count.index_add_(0, seg, torch.ones_like(lp))
         nll = torch.where(count > 0, nll / count.clamp_min(1), torch.full_like(nll, float("nan")))
-        last_pos = torch.tensor([len(f) - 1 for f in fed], device=dev)
+        last_pos = on_device([len(f) - 1 for f in fed], dev)
         last = logits[torch.arange(len(plan), device=dev), last_pos].float()
         return Scored(self, kv, plan, width0, last, nll.tolist(), [len(f) for f in fed])
 
@@ -263,7 +278,7 @@ class Scored:
     def commit(self, winners: list[int]) -> None:
         """winners[row] = index into the scored texts; that text becomes the committed text."""
         m = self.member
-        pick = torch.tensor(winners, dtype=torch.long, device=m.s.device)
+        pick = on_device(winners, m.s.device, torch.long)
         if winners != list(range(len(self.plan))):
             self.kv.keep_rows(pick)
         for row, w in enumerate(winners):

@@ -30,7 +30,7 @@ from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
 from .select import combine_scores, pick, select_branches
 from .columns import ColumnCache, Graphs, bucket, eager_forward
-from .state import Member
+from .state import Member, on_device
 from ..session import spans_devices
 from .words import split_words, starts_new_word
 
@@ -87,7 +87,7 @@ class Streams:
         if not self.spawn and not any(s.dead for s in self.rows):
             return
         keep = [s.slot for s in self.rows if not s.dead]
-        last = self.last.index_select(0, torch.tensor(keep, dtype=torch.long, device=self.last.device))
+        last = self.last.index_select(0, on_device(keep, self.last.device, torch.long))
         self.last = torch.cat([last, last.new_empty((len(self.spawn), last.shape[1]))])
         self.rows = [s for s in self.rows if not s.dead] + self.spawn
         for i, s in enumerate(self.rows):
@@ -108,7 +108,7 @@ class Streams:
         if not finished or self.graphs is not None:
             return
         alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
-        self.m.kv.keep_rows(torch.tensor([r for r, _ in alive], dtype=torch.long, device=self.m.s.device))
+        self.m.kv.keep_rows(on_device([r for r, _ in alive], self.m.s.device, torch.long))
         self.crow = [None] * len(self.crow)
         for new, (_, p) in enumerate(alive):
             self.crow[p] = new
@@ -142,21 +142,21 @@ class Streams:
                 on.extend((r, q, F + s.off + i) for i in range(j))
                 off.extend((r, q, c) for c in hidden)
         dev = m.s.device
-        ids, pos = torch.tensor(ids, device=dev), torch.tensor(pos, device=dev)
+        ids, pos = on_device(ids, dev), on_device(pos, dev)
         cols = torch.arange(F, F + T, device=dev)
         mask = kv.mask.bool()[:, None, :].repeat(1, T, 1)
         mask[:, cols - F, cols] = True  # every query reads itself (pads too: a row of only -inf is NaN)
         for entries, value in ((off, False), (on, True)):
             if entries:
-                e = torch.tensor(entries, dtype=torch.long, device=dev)
+                e = on_device(entries, dev, torch.long)
                 mask[e[:, 0], e[:, 1], e[:, 2]] = value
         kv.pos[:, F:F + T] = pos
         attn = self._model_mask(mask, kv.pos, pos)
         logits = (self.graphs or eager_forward)(m.s.model, kv.cache, ids, pos, attn, cols)
         m.forwards += 1
-        rows = torch.tensor([self.crow[s.p] for s in feeding], device=dev)
-        ends = torch.tensor([s.off + len(s.feed) - 1 for s in feeding], device=dev)
-        slots = torch.tensor([s.slot for s in feeding], device=dev)
+        rows = on_device([self.crow[s.p] for s in feeding], dev)
+        ends = on_device([s.off + len(s.feed) - 1 for s in feeding], dev)
+        slots = on_device([s.slot for s in feeding], dev)
         self.last[slots] = logits[rows, ends].float()
         for s in feeding:
             s.cols = s.cols + list(range(F + s.off, F + s.off + len(s.feed)))
@@ -199,7 +199,7 @@ class Streams:
         read = kv.mask.bool()
         entries = [(self.crow[s.p], c) for s in self.rows if not s.dead for c in s.cols]
         if entries:
-            e = torch.tensor(entries, dtype=torch.long, device=read.device)
+            e = on_device(entries, read.device, torch.long)
             read[e[:, 0], e[:, 1]] = True
         width = int(read.sum(1).max()) if read.numel() else 0
         order = torch.sort((~read).to(torch.int8), dim=1, stable=True).indices[:, :width]
@@ -281,7 +281,7 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
                 s.feed = []
             if not live:
                 continue
-            index = torch.tensor(live, dtype=torch.long, device=m.s.device)
+            index = on_device(live, m.s.device, torch.long)
             logits = ms.last.index_select(0, index)
             conf = confidences(logits)
             lps = torch.log_softmax(logits.float(), -1)
@@ -493,7 +493,7 @@ def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
     if not tok:
         return out
     dev = m.last_logits.device
-    as_t = lambda x: torch.tensor(x, device=dev)
+    as_t = lambda x: on_device(x, dev)
     t = as_t(tok)
     picked = logits[as_t(src_r), as_t(src_c)].float()
     lp = picked.gather(-1, t[:, None])[:, 0] - torch.logsumexp(picked, -1)
