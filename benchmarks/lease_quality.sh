@@ -104,6 +104,7 @@ worker 2 & worker 3 &
       log "bench $name done ($?)"; }
     # GPU 0: batch 64 both ways, then every other method at batch 1 (4 questions: per-question latency)
     ( bench 0 64 grouped h100_adafuse_grouped_b64_t256; bench 0 64 sdpa h100_adafuse_sdpa_b64_t256
+      ADAFUSE_BLOCKING_COPIES=1 bench 0 64 sdpa h100_adafuse_sdpa_blocking_b64_t256  # copies as before lease 3
       bench 0 1 sdpa h100_methods_b1_t256 sweetspan,coolfusion,unite,gac,rerank,single 4; worker 0 ) &
     ( bench 1 256 grouped h100_adafuse_grouped_b256_t256; bench 1 256 sdpa h100_adafuse_sdpa_b256_t256; worker 1 ) &
     wait

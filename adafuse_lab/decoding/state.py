@@ -8,6 +8,7 @@ tokens. Holes cost a little memory and save every re-encode.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,10 @@ from transformers import DynamicCache
 
 from ..session import ModelSession
 from .attention import engine_attention
+
+
+# ADAFUSE_BLOCKING_COPIES=1: the copies block as before (to time the difference on one machine)
+BLOCKING_COPIES = os.environ.get("ADAFUSE_BLOCKING_COPIES") == "1"
 
 
 def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -27,7 +32,7 @@ def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     copied without blocking, the copy is queued behind that work instead; PyTorch's pinned
     allocator keeps the staging buffer alive until the copy has run."""
     t = torch.tensor(data, dtype=dtype)
-    if torch.device(device).type != "cuda":
+    if torch.device(device).type != "cuda" or BLOCKING_COPIES:
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
