@@ -142,16 +142,21 @@ def run_rows(records: Iterable[dict], kind: str = "rounds", **keys) -> list[dict
     return out
 
 
+def _trace_rows(runs: dict, tasks: Sequence[str], label: str):
+    """(task, round rows of `label`'s run) for every task whose run has traced rounds."""
+    for task in tasks:
+        run = runs.get((label, task))
+        rows = run_rows(run.records) if run is not None else []
+        if rows:
+            yield task, rows
+
+
 def overrule_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:
     """Per task and member, from the traces of `label`'s runs ({(label, task): Run}): the share
     of rounds that branched, in which the member's own favourite candidate lost, and which
     were won by a candidate that this member alone proposed."""
     out = []
-    for task in tasks:
-        run = runs.get((label, task))
-        rows = run_rows(run.records) if run is not None else []
-        if not rows:
-            continue
+    for task, rows in _trace_rows(runs, tasks, label):
         n = len(rows)
         for k, name in enumerate(names):
             out.append({"task": task, "member": name, "rounds": n,
@@ -166,9 +171,7 @@ def top1_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str
     how often its own mean-NLL favourite was not its top-1 word (the word greedy decoding would
     take), and how often its top-1 word lost the round."""
     out = []
-    for task in tasks:
-        run = runs.get((label, task))
-        rows = run_rows(run.records) if run is not None else []
+    for task, rows in _trace_rows(runs, tasks, label):
         for k, name in enumerate(names):
             mine = [r for r in rows if k in r["branched_top1"]]
             if mine:

@@ -475,13 +475,8 @@ def plot_engine_versions(rows: Sequence[tuple[str, float, float]], title: str | 
     ax.plot(x, [g for _, _, g in rows], "k_", ms=22, mew=2, label=baseline)
     for xi, (_, s, g) in zip(x, rows):
         ax.text(xi, s, f"{s / g:.1f}×", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [v for v, _, _ in rows], rotation=30, ha="right")
-    ax.set_ylabel("seconds")
-    ax.set_title(title or "AdaFuse at batch 64 by engine version")
-    ax.legend(loc="upper right")
-    ax.grid(axis="x", visible=False)
-    fig.tight_layout()
-    return fig
+    return _finish_bars(fig, ax, x, [v for v, _, _ in rows], "seconds", title or "AdaFuse at batch 64 by engine version",
+                        "upper right", rotation=30, ha="right")
 
 
 def plot_scaling(rows: Sequence[tuple[str, float, float]], title: str | None = None):
@@ -494,10 +489,16 @@ def plot_scaling(rows: Sequence[tuple[str, float, float]], title: str | None = N
     ax.bar(x + 0.18, [b for _, _, b in rows], width=0.36, color=color("adafuse"), label="2 GPUs")
     for xi, (_, a, b) in zip(x, rows):
         ax.text(xi, max(a, b), f"{a / b:.2f}×", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [c for c, _, _ in rows])
-    ax.set_ylabel("wall seconds")
-    ax.set_title(title or "one run on one GPU and sharded over two")
-    ax.legend(loc="upper left")
+    return _finish_bars(fig, ax, x, [c for c, _, _ in rows], "wall seconds",
+                        title or "one run on one GPU and sharded over two", "upper left")
+
+
+def _finish_bars(fig, ax, x, labels, ylabel: str, title: str, legend_loc: str, **tick_kw):
+    """Labels, title and legend of a one-axis bar chart; no vertical grid lines."""
+    ax.set_xticks(x, labels, **tick_kw)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc)
     ax.grid(axis="x", visible=False)
     fig.tight_layout()
     return fig

@@ -17,7 +17,6 @@ from transformers import DynamicCache
 from ..session import ModelSession
 from .attention import engine_attention
 
-
 # ADAFUSE_BLOCKING_COPIES=1: the copies block as before (to time the difference on one machine)
 BLOCKING_COPIES = os.environ.get("ADAFUSE_BLOCKING_COPIES") == "1"
 
@@ -35,8 +34,6 @@ def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     if torch.device(device).type != "cuda" or BLOCKING_COPIES:
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
-
-
 
 
 @dataclass
