@@ -40,9 +40,9 @@ SCALING_LIMIT=${SCALING_LIMIT:-1280}
 AUTO=${AUTO:-0}
 BENCH=${BENCH:-0}
 # Decoding processes per GPU. The engine waits on the host for about 40% of a step at batch 64
-# (BENCHMARKS.md), so a second process can use the GPU meanwhile; untimed so far: compare the
-# runs' decode times in the workers' logs with the lease before (one process per GPU).
-PER_GPU=${PER_GPU:-2}
+# (BENCHMARKS.md), so other processes can use the GPU meanwhile. Lease 3 ran two per GPU; lease 4
+# three. Neither is timed against one: compare the runs' decode times in the workers' logs.
+PER_GPU=${PER_GPU:-3}
 export ADAFUSE_DATA=${ADAFUSE_DATA:-$(pwd)/.gpu-extra/data}
 OPTS=${OPTS:-"--source local --limit 500 --limits gsm8k=all --dtype float32 --grid theta=0.5,0.7,0.9"}
 mkdir -p "$W/bench" "$W/runs"
@@ -102,11 +102,12 @@ worker 2 & worker 3 &
           --task gsm8k --source local --limit $n --batch-size $b --max-new-tokens 256 --attention $att \
           --out "$W/bench/$name.json" > "$W/bench/$name.log" 2>&1
       log "bench $name done ($?)"; }
-    # GPU 0: batch 64 both ways, then every other method at batch 1 (4 questions: per-question latency)
-    ( bench 0 64 grouped h100_adafuse_grouped_b64_t256; bench 0 64 sdpa h100_adafuse_sdpa_b64_t256
-      ADAFUSE_BLOCKING_COPIES=1 bench 0 64 sdpa h100_adafuse_sdpa_blocking_b64_t256  # copies as before lease 3
-      bench 0 1 sdpa h100_methods_b1_t256 sweetspan,coolfusion,unite,gac,rerank,single 4; worker 0 ) &
-    ( bench 1 256 grouped h100_adafuse_grouped_b256_t256; bench 1 256 sdpa h100_adafuse_sdpa_b256_t256; worker 1 ) &
+    # GPU 0: batch 64 with the non-blocking input copies (sdpa, grouped), then sdpa with the old
+    # blocking copies; GPU 1: grouped at batch 256 since FOLD_MAX_QUERIES. Measured before and kept
+    # in benchmarks/results/: every other method at batch 1 (h100_methods_b1_t256) and sdpa at 256.
+    ( bench 0 64 sdpa h100_adafuse_sdpa_b64_t256; bench 0 64 grouped h100_adafuse_grouped_b64_t256
+      ADAFUSE_BLOCKING_COPIES=1 bench 0 64 sdpa h100_adafuse_sdpa_blocking_b64_t256; worker 0 ) &
+    ( bench 1 256 grouped h100_adafuse_grouped_b256_t256; worker 1 ) &
     wait
   else
     worker 0 & worker 1 & wait
