@@ -19,7 +19,10 @@ VERSIONS = [("streaming", "h100_adafuse_stream_v1_b64_t256.json"), ("+ token tex
             ("+ host fixes", "h100_adafuse_stream_v3_b64_t256.json"), ("token tree", "h100_adafuse_tree_v1_b64_t256.json"),
             ("+ mem-eff. kernel", "h100_adafuse_tree_v3_b64_t256.json"), ("+ CUDA graphs", "h100_adafuse_graphs_v1_b64_t256.json"),
             ("same, rerun", "h100_adafuse_graphs_v2_b64_t256.json"), ("lease 3, sdpa", "h100_adafuse_sdpa_b64_t256.json"),
-            ("+ grouped attention", "h100_adafuse_grouped_b64_t256.json")]
+            ("+ grouped attention", "h100_adafuse_grouped_b64_t256.json"),
+            ("lease 4, sdpa,\nblocking copies", "h100_adafuse_sdpa_blocking_b64_t256_lease4.json"),
+            ("+ non-blocking copies", "h100_adafuse_sdpa_b64_t256_lease4.json"),
+            ("+ grouped attention ", "h100_adafuse_grouped_b64_t256_lease4.json")]
 SCALING = [("GSM8K 128\nbatch 64", "h100x2_scaling_adafuse_gsm8k128.json"),
            ("GSM8K 128, b32\nbefore graph fix", "h100x2_scaling_adafuse_gsm8k128_b32_t128.json"),
            ("GSM8K 256\nbatch 64", "h100x2_scaling_adafuse_gsm8k256_b64_t256.json"),
