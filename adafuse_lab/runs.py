@@ -323,6 +323,12 @@ def versions() -> dict:
             "adafuse_lab": __version__}
 
 
+def attention_mode() -> str:
+    """The engine's attention path ($ADAFUSE_ATTENTION, or bench --attention): sdpa or grouped."""
+    from .decoding import attention
+    return attention.mode
+
+
 def git_commit() -> str | None:
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
@@ -532,6 +538,8 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
                           "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")},
         "versions": versions(), "git_commit": git_commit(),
         "device": device_name(members[0].device) if members else (old or {}).get("device"),
+        # not in config.json, so that run directories keep their names whichever path decoded them
+        "attention": attention_mode(),
         "timings": {"wall_s": round(time.perf_counter() - t_start, 3), "load_s": round(load_s, 3),
                     "decode_s": round(decode_s, 3), "n_decoded": len(per_example),
                     "n_resumed": len(records) - len(per_example),

@@ -40,9 +40,10 @@ SCALING_LIMIT=${SCALING_LIMIT:-1280}
 AUTO=${AUTO:-0}
 BENCH=${BENCH:-0}
 # Decoding processes per GPU. The engine waits on the host for about 40% of a step at batch 64
-# (BENCHMARKS.md), so other processes can use the GPU meanwhile. Lease 3 ran two per GPU; lease 4
-# three. Neither is timed against one: compare the runs' decode times in the workers' logs.
-PER_GPU=${PER_GPU:-3}
+# (BENCHMARKS.md), so other processes can use the GPU meanwhile. Lease 3 ran two per GPU, lease 4
+# three: with gemma3-270m (262k-word vocabulary, fp32) three did not fit in 80 GB, 87 batches were
+# halved after running out of memory and 192 CUDA-graph captures failed. Neither is timed against one.
+PER_GPU=${PER_GPU:-2}
 export ADAFUSE_DATA=${ADAFUSE_DATA:-$(pwd)/.gpu-extra/data}
 OPTS=${OPTS:-"--source local --limit 500 --limits gsm8k=all --dtype float32 --grid theta=0.5,0.7,0.9"}
 mkdir -p "$W/bench" "$W/runs"
