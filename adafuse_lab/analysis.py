@@ -32,6 +32,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -178,6 +179,58 @@ def top1_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str
                 out.append({"task": task, "member": name, "branched_rounds": len(mine),
                             "favourite_not_top1": sum(k in r["favourite_not_top1"] for r in mine) / len(mine),
                             "top1_lost": sum(k in r["top1_lost"] for r in mine) / len(mine)})
+    return out
+
+
+def _same_answer(a: str | None, b: str | None) -> bool:
+    """Two answers are the same up to surrounding space, case and a final period."""
+    def norm(x):
+        return (x or "").strip().rstrip(".").strip().lower()
+    return norm(a) == norm(b)
+
+
+def agreement_table(runs: dict, tasks: Sequence[str], label: str, others: Sequence[str]) -> list[dict]:
+    """Per task: the share of `label`'s answers that are the same as each of `others`' answer to
+    the same example (e.g. AdaFuse against each member alone): whose answer the ensemble gives."""
+    out = []
+    for task in tasks:
+        run = runs.get((label, task))
+        if run is None:
+            continue
+        for other in others:
+            ref = runs.get((other, task))
+            if ref is None:
+                continue
+            by_id = {r["id"]: r for r in ref.records}
+            shared = [r for r in run.records if r["id"] in by_id]
+            if shared:
+                out.append({"task": task, "other": other, "n": len(shared),
+                            "same_answer": sum(_same_answer(r["prediction"], by_id[r["id"]]["prediction"])
+                                               for r in shared) / len(shared)})
+    return out
+
+
+def empty_answers(runs: dict, tasks: Sequence[str], labels: Sequence[str], names: Sequence[str] = ()) -> list[dict]:
+    """Per row label and task with any empty answer: how many, and (from a trace) the first
+    round's winning candidate of those answers most often and which members proposed it. An
+    answer is empty when its first committed word already ends it (e.g. a stop string)."""
+    out = []
+    for label in labels:
+        for task in tasks:
+            run = runs.get((label, task))
+            if run is None:
+                continue
+            empty = [r for r in run.records if not (r.get("prediction") or "").strip()]
+            if not empty:
+                continue
+            row = {"label": label, "task": task, "n": len(run.records), "empty": len(empty)}
+            firsts = [(t[0]["candidates"][t[0]["winner"]]["text"], tuple(t[0]["candidates"][t[0]["winner"]]["from"]))
+                      for t in (r.get("trace") for r in empty) if t and "candidates" in t[0]]
+            if firsts:
+                (text, src), count = Counter(firsts).most_common(1)[0]
+                row |= {"first_winner": text, "proposed_by": "+".join(names[k] if k < len(names) else str(k)
+                                                                       for k in src), "first_winner_count": count}
+            out.append(row)
     return out
 
 

@@ -687,12 +687,28 @@ NB04 = [
     if top1:
         display(pd.DataFrame(top1).round(3))
     '''),
+    md("""
+    Whose answer does the ensemble give? The share of AdaFuse's answers that are the same as
+    each member's own answer (up to space, case and a final period). Then every row's empty
+    answers: an answer is empty when its first committed word already ends it, for instance a
+    candidate that starts the next few-shot block ("\\n\\nQuestion:") and so hits a stop
+    string. For AdaFuse the trace names that first winning candidate and who proposed it.
+    """),
+    code('''
+    agreement = A.agreement_table(runs, P.tasks, "adafuse", singles)
+    if agreement:
+        display(pd.DataFrame(agreement).pivot(index="other", columns="task", values="same_answer").round(2))
+    empty = A.empty_answers(runs, P.tasks, labels, list(P.models))
+    if empty:
+        display(pd.DataFrame(empty))
+    '''),
     code('''
     summary = {
         "models": list(P.models), "tasks": list(P.tasks), "labels": labels, "missing": missing,
         "table": table.reset_index().to_dict(orient="records"),
         "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
         "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split, "top1": top1,
+        "agreement": agreement, "empty_answers": empty,
         "figures": sorted(p.name for p in figures),
     }
     A.write_summary(OUT, summary)

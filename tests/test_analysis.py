@@ -433,3 +433,23 @@ def test_overrule_table_and_split():
     lost, kept = A.overrule_split("triviaqa", recs, ref, "lenient", member=0)
     assert (lost["n"], lost["adafuse"], lost["reference"]) == (1, 0.0, 100.0)
     assert (kept["n"], kept["adafuse"], kept["reference"]) == (1, 100.0, 100.0)
+
+
+def test_agreement_and_empty_answers():
+    from types import SimpleNamespace
+    stop = {"members": [member([0.1]), member([0.2])], "winner": 1,
+            "candidates": [cand(" Die", [0], nll=(1.7, 10.2)), cand("\n\nQuestion:", [1], nll=(2.5, 0.9))]}
+    ada = [{"id": "a", "prediction": "", "trace": [stop]}, {"id": "b", "prediction": " Paris.", "trace": []},
+           {"id": "c", "prediction": "Rome"}]
+    runs = {("adafuse", "t"): SimpleNamespace(records=ada),
+            ("single: m0", "t"): SimpleNamespace(records=[{"id": "a", "prediction": "Die"}, {"id": "b", "prediction": "paris"},
+                                                          {"id": "c", "prediction": "Rome"}]),
+            ("single: m1", "t"): SimpleNamespace(records=[{"id": "a", "prediction": " "}, {"id": "c", "prediction": None}])}
+    rows = A.agreement_table(runs, ["t", "u"], "adafuse", ["single: m0", "single: m1", "single: m2"])
+    # m0 gives the same answer for b (space, case, final period aside) and c; m1 for a (both empty), on 2 shared ids
+    assert [(r["other"], r["n"], r["same_answer"]) for r in rows] == [("single: m0", 3, pytest.approx(2 / 3)),
+                                                                     ("single: m1", 2, 0.5)]
+    empty = A.empty_answers(runs, ["t"], ["single: m0", "single: m1", "adafuse"], ["m0", "m1"])
+    assert empty == [{"label": "single: m1", "task": "t", "n": 2, "empty": 2},
+                     {"label": "adafuse", "task": "t", "n": 3, "empty": 1, "first_winner": "\n\nQuestion:",
+                      "proposed_by": "m1", "first_winner_count": 1}]
