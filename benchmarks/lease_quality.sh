@@ -14,8 +14,8 @@
 #
 # Settings (environment): RESUME a tgz of earlier run directories (paths runs/..., as committed
 # in benchmarks/results/quality/runs_without_traces.tgz) unpacked into $W first; SCALING=1 the
-# 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the engine's
-# grouped attention against sdpa at batch 64 (GPU 0) and 256 (GPU 1); PER_GPU decoding processes
+# 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the speed
+# table's missing rows on GPUs 0 and 1 (see below); PER_GPU decoding processes
 # per GPU. To stop the workers
 # from another command: pkill -f "[f]igures --decode" (the brackets keep pkill off that command).
 set -u
@@ -97,18 +97,24 @@ worker 2 & worker 3 &
         --max-new-tokens 64 > "$W/bench/auto_random.log" 2>&1
     log "device auto check (random 8B) done ($?)"
   fi
-  if [ "$BENCH" = 1 ]; then  # the engine's attention: grouped (no K/V copies) against sdpa, batch 64 and 256
-    bench() { local gpu=$1 b=$2 att=$3 name=$4 methods=${5:-adafuse} n=${6:-$2}
-      CUDA_VISIBLE_DEVICES=$gpu python -m adafuse_lab bench --models qwen2.5-coder-0.5b,smollm2-135m --method $methods \
-          --task gsm8k --source local --limit $n --batch-size $b --max-new-tokens 256 --attention $att \
+  if [ "$BENCH" = 1 ]; then  # the speed table's missing rows, then the GPUs join the workers
+    bench() { local gpu=$1 b=$2 att=$3 name=$4 methods=${5:-adafuse} n=${6:-$2} models=${7:-qwen2.5-coder-0.5b,smollm2-135m}
+      shift $(( $# < 7 ? $# : 7 ))  # the rest: extra bench options
+      CUDA_VISIBLE_DEVICES=$gpu python -m adafuse_lab bench --models $models --method $methods \
+          --task gsm8k --source local --limit $n --batch-size $b --max-new-tokens 256 --attention $att "$@" \
           --out "$W/bench/$name.json" > "$W/bench/$name.log" 2>&1
       log "bench $name done ($?)"; }
-    # GPU 0: batch 64 with the non-blocking input copies (sdpa, grouped), then sdpa with the old
-    # blocking copies; GPU 1: grouped at batch 256 since FOLD_MAX_QUERIES. Measured before and kept
-    # in benchmarks/results/: every other method at batch 1 (h100_methods_b1_t256) and sdpa at 256.
-    ( bench 0 64 sdpa h100_adafuse_sdpa_b64_t256; bench 0 64 grouped h100_adafuse_grouped_b64_t256
-      ADAFUSE_BLOCKING_COPIES=1 bench 0 64 sdpa h100_adafuse_sdpa_blocking_b64_t256; worker 0 ) &
-    ( bench 1 256 grouped h100_adafuse_grouped_b256_t256; worker 1 ) &
+    # Measured before and kept in benchmarks/results/: AdaFuse at batch 1/64/256 (sdpa, grouped,
+    # blocking copies), every other method at batch 1 and 64, AdaFuse at paper scale.
+    # GPU 0: where the host time goes now (cProfile and torch.profiler of one batch of the best
+    # setting), then every baseline with the paper-scale random members (16 questions, batch 16).
+    # GPU 1: every baseline at batch 256.
+    BASELINES=sweetspan,coolfusion,unite,gac,rerank,single
+    PAPER=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
+    ( bench 0 64 grouped h100_adafuse_grouped_b64_profile adafuse 64 qwen2.5-coder-0.5b,smollm2-135m \
+          --cprofile --profile --profile-only
+      bench 0 16 sdpa h100_paper_scale_methods_b16_t256 $BASELINES 16 $PAPER; worker 0 ) &
+    ( bench 1 256 sdpa h100_methods_b256_t256 $BASELINES 256; worker 1 ) &
     wait
   else
     worker 0 & worker 1 & wait
