@@ -210,26 +210,31 @@ def agreement_table(runs: dict, tasks: Sequence[str], label: str, others: Sequen
     return out
 
 
+def _first_winner(trace: Sequence[dict] | None) -> tuple[str, tuple[int, ...]] | None:
+    """The first round's winning candidate: its text and the members that proposed it."""
+    if not trace or "candidates" not in trace[0]:
+        return None
+    won = trace[0]["candidates"][trace[0]["winner"]]
+    return won["text"], tuple(won["from"])
+
+
 def empty_answers(runs: dict, tasks: Sequence[str], labels: Sequence[str], names: Sequence[str] = ()) -> list[dict]:
-    """Per row label and task with any empty answer: how many, and (from a trace) the first
-    round's winning candidate of those answers most often and which members proposed it. An
-    answer is empty when its first committed word already ends it (e.g. a stop string)."""
+    """Per row label and task with any empty answer (nothing but space before the answer ended,
+    e.g. its first word hit a stop string): how many, and from the traces the commonest first
+    winning candidate of those answers, how often it was, and which members proposed it."""
     out = []
     for label in labels:
         for task in tasks:
             run = runs.get((label, task))
-            if run is None:
-                continue
-            empty = [r for r in run.records if not (r.get("prediction") or "").strip()]
+            empty = [r for r in run.records if not (r.get("prediction") or "").strip()] if run is not None else []
             if not empty:
                 continue
             row = {"label": label, "task": task, "n": len(run.records), "empty": len(empty)}
-            firsts = [(t[0]["candidates"][t[0]["winner"]]["text"], tuple(t[0]["candidates"][t[0]["winner"]]["from"]))
-                      for t in (r.get("trace") for r in empty) if t and "candidates" in t[0]]
+            firsts = [w for w in (_first_winner(r.get("trace")) for r in empty) if w is not None]
             if firsts:
                 (text, src), count = Counter(firsts).most_common(1)[0]
-                row |= {"first_winner": text, "proposed_by": "+".join(names[k] if k < len(names) else str(k)
-                                                                       for k in src), "first_winner_count": count}
+                who = "+".join(names[k] if k < len(names) else str(k) for k in src)
+                row |= {"first_winner": text, "proposed_by": who, "first_winner_count": count}
             out.append(row)
     return out
 
