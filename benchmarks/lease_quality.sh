@@ -12,8 +12,8 @@
 # plans in the order given; then each ensemble is tuned and tabled. Everything resumes from the
 # run directories: a lease that ends early loses only the runs being decoded.
 #
-# Settings (environment): RESUME a tgz of earlier run directories (paths runs/..., as committed
-# in benchmarks/results/quality/runs_without_traces.tgz) unpacked into $W first; SCALING=1 the
+# Settings (environment): RESUME a tar archive (gzip or xz) of earlier run directories (paths
+# runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz) unpacked into $W first; SCALING=1 the
 # 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the speed
 # table's missing rows on GPUs 0 and 1 (see below); PER_GPU decoding processes
 # per GPU. To stop the workers
@@ -49,7 +49,8 @@ OPTS=${OPTS:-"--source local --limit 500 --limits gsm8k=all --dtype float32 --gr
 mkdir -p "$W/bench" "$W/runs"
 log() { echo "$(date +%T) $*" >> "$W/driver.log"; }
 log "start: $ENSEMBLES"
-if [ -n "${RESUME:-}" ]; then tar xzf "$RESUME" -C "$W"; log "resumed from $RESUME: $(ls -d $W/runs/*/* | wc -l) run dirs"; fi
+# Python's tarfile reads gzip and xz alike, whatever tar programs the machine has.
+if [ -n "${RESUME:-}" ]; then python -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$RESUME" "$W"; log "resumed from $RESUME: $(ls -d $W/runs/*/* | wc -l) run dirs"; fi
 # The first load of a GGUF member writes its hf/ folder: once here (one process per member, at
 # once), not by several workers at the same time.
 for m in $(echo $ENSEMBLES | tr ', ' '\n\n' | sort -u); do
