@@ -182,6 +182,40 @@ def top1_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str
     return out
 
 
+def _favourite(cands: Sequence[dict], k: int) -> int:
+    """Index of member k's favourite candidate: its lowest mean NLL (first on ties)."""
+    return min(range(len(cands)), key=lambda i: _nll(cands[i], k))
+
+
+def disagreement_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:
+    """Per task and pair of members, over the rounds of `label`'s traces where the two members'
+    favourites differ: how firmly each prefers its own (median margin: the other's favourite's
+    NLL minus its own favourite's, under its own NLL) and whose favourite won. Under a plain mean
+    of NLLs, the member with the larger margin decides such a round between the two."""
+    out = []
+    for task in tasks:
+        run = runs.get((label, task))
+        if run is None:
+            continue
+        for a in range(len(names)):
+            for b in range(a + 1, len(names)):
+                margin_a, margin_b, won_a, won_b = [], [], 0, 0
+                for rd in (rd for r in run.records for rd in (r.get("trace") or [])):
+                    cands = rd["candidates"]
+                    fa, fb = _favourite(cands, a), _favourite(cands, b)
+                    if fa == fb:
+                        continue
+                    margin_a.append(_nll(cands[fb], a) - _nll(cands[fa], a))
+                    margin_b.append(_nll(cands[fa], b) - _nll(cands[fb], b))
+                    won_a += rd["winner"] == fa
+                    won_b += rd["winner"] == fb
+                if margin_a:
+                    out.append({"task": task, "a": names[a], "b": names[b], "rounds": len(margin_a),
+                                "margin_a": float(np.median(margin_a)), "margin_b": float(np.median(margin_b)),
+                                "won_a": won_a, "won_b": won_b})
+    return out
+
+
 def _same_answer(a: str | None, b: str | None) -> bool:
     """Two answers are the same up to surrounding space, case and a final period."""
     def norm(x):

@@ -688,6 +688,16 @@ NB04 = [
         display(pd.DataFrame(top1).round(3))
     '''),
     md("""
+    Where two members' favourites differ, the plain mean of NLLs picks the one whose owner prefers
+    it by more: per pair of members, the median margin by which each prefers its own favourite
+    (the other's favourite's NLL minus its own, in its own NLL) and whose favourite won.
+    """),
+    code('''
+    disagreements = A.disagreement_table(runs, P.tasks, "adafuse", list(P.models))
+    if disagreements:
+        display(pd.DataFrame(disagreements).round(2))
+    '''),
+    md("""
     Whose answer does the ensemble give? The share of AdaFuse's answers that are the same as
     each member's own answer (up to space, case and a final period). Then every row's empty
     answers: an answer is empty when its first committed word already ends it, for instance a
@@ -708,7 +718,7 @@ NB04 = [
         "table": table.reset_index().to_dict(orient="records"),
         "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
         "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split, "top1": top1,
-        "agreement": agreement, "empty_answers": empty,
+        "disagreements": disagreements, "agreement": agreement, "empty_answers": empty,
         "figures": sorted(p.name for p in figures),
     }
     A.write_summary(OUT, summary)

@@ -453,3 +453,16 @@ def test_agreement_and_empty_answers():
     assert empty == [{"label": "single: m1", "task": "t", "n": 2, "empty": 2},
                      {"label": "adafuse", "task": "t", "n": 3, "empty": 1, "first_winner": "\n\nQuestion:",
                       "proposed_by": "m1", "first_winner_count": 1}]
+
+
+def test_disagreement_table():
+    from types import SimpleNamespace
+    # members 0 and 1 prefer different candidates; member 1 prefers its own by more (3.0 > 0.5), and wins
+    split = {"members": [member([0.1]), member([0.2])], "winner": 1,
+             "candidates": [cand(" a", [0], nll=(1.0, 4.0)), cand(" b", [1], nll=(1.5, 1.0))]}
+    agree = {"members": [member([0.9]), member([0.9])], "winner": 0,
+             "candidates": [cand(" a", [0, 1], nll=(0.2, 0.3)), cand(" b", [1], nll=(2.0, 2.5))]}
+    runs = {("adafuse", "t"): SimpleNamespace(records=[{"id": "x", "trace": [split, agree]}, {"id": "y", "trace": None}])}
+    rows = A.disagreement_table(runs, ["t", "u"], "adafuse", ["m0", "m1"])
+    assert rows == [{"task": "t", "a": "m0", "b": "m1", "rounds": 1, "margin_a": 0.5, "margin_b": 3.0,
+                     "won_a": 0, "won_b": 1}]
