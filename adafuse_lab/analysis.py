@@ -143,11 +143,18 @@ def run_rows(records: Iterable[dict], kind: str = "rounds", **keys) -> list[dict
     return out
 
 
-def _trace_rows(runs: dict, tasks: Sequence[str], label: str):
-    """(task, round rows of `label`'s run) for every task whose run has traced rounds."""
+def _label_runs(runs: dict, tasks: Sequence[str], label: str):
+    """(task, run) of `label` ({(label, task): Run}) for every task that has one, in task order."""
     for task in tasks:
         run = runs.get((label, task))
-        rows = run_rows(run.records) if run is not None else []
+        if run is not None:
+            yield task, run
+
+
+def _trace_rows(runs: dict, tasks: Sequence[str], label: str):
+    """(task, round rows of `label`'s run) for every task whose run has traced rounds."""
+    for task, run in _label_runs(runs, tasks, label):
+        rows = run_rows(run.records)
         if rows:
             yield task, rows
 
@@ -192,27 +199,26 @@ def disagreement_table(runs: dict, tasks: Sequence[str], label: str, names: Sequ
     favourites differ: how firmly each prefers its own (median margin: the other's favourite's
     NLL minus its own favourite's, under its own NLL) and whose favourite won. Under a plain mean
     of NLLs, the member with the larger margin decides such a round between the two."""
+    pairs = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))]
     out = []
-    for task in tasks:
-        run = runs.get((label, task))
-        if run is None:
-            continue
-        for a in range(len(names)):
-            for b in range(a + 1, len(names)):
-                margin_a, margin_b, won_a, won_b = [], [], 0, 0
-                for rd in (rd for r in run.records for rd in (r.get("trace") or [])):
-                    cands = rd["candidates"]
-                    fa, fb = _favourite(cands, a), _favourite(cands, b)
-                    if fa == fb:
-                        continue
-                    margin_a.append(_nll(cands[fb], a) - _nll(cands[fa], a))
-                    margin_b.append(_nll(cands[fa], b) - _nll(cands[fb], b))
-                    won_a += rd["winner"] == fa
-                    won_b += rd["winner"] == fb
-                if margin_a:
-                    out.append({"task": task, "a": names[a], "b": names[b], "rounds": len(margin_a),
-                                "margin_a": float(np.median(margin_a)), "margin_b": float(np.median(margin_b)),
-                                "won_a": won_a, "won_b": won_b})
+    for task, run in _label_runs(runs, tasks, label):
+        # per pair: [margins of a, margins of b, rounds a's favourite won, rounds b's favourite won]
+        acc = {pair: [[], [], 0, 0] for pair in pairs}
+        for rd in (rd for r in run.records for rd in (r.get("trace") or [])):
+            cands = rd["candidates"]
+            fav = [_favourite(cands, k) for k in range(len(names))]
+            for (a, b), st in acc.items():
+                fa, fb = fav[a], fav[b]
+                if fa != fb:
+                    st[0].append(_nll(cands[fb], a) - _nll(cands[fa], a))
+                    st[1].append(_nll(cands[fa], b) - _nll(cands[fb], b))
+                    st[2] += rd["winner"] == fa
+                    st[3] += rd["winner"] == fb
+        for (a, b), (margin_a, margin_b, won_a, won_b) in acc.items():
+            if margin_a:
+                out.append({"task": task, "a": names[a], "b": names[b], "rounds": len(margin_a),
+                            "margin_a": float(np.median(margin_a)), "margin_b": float(np.median(margin_b)),
+                            "won_a": won_a, "won_b": won_b})
     return out
 
 
@@ -227,10 +233,7 @@ def agreement_table(runs: dict, tasks: Sequence[str], label: str, others: Sequen
     """Per task: the share of `label`'s answers that are the same as each of `others`' answer to
     the same example (e.g. AdaFuse against each member alone): whose answer the ensemble gives."""
     out = []
-    for task in tasks:
-        run = runs.get((label, task))
-        if run is None:
-            continue
+    for task, run in _label_runs(runs, tasks, label):
         for other in others:
             ref = runs.get((other, task))
             if ref is None:
@@ -258,9 +261,8 @@ def empty_answers(runs: dict, tasks: Sequence[str], labels: Sequence[str], names
     winning candidate of those answers, how often it was, and which members proposed it."""
     out = []
     for label in labels:
-        for task in tasks:
-            run = runs.get((label, task))
-            empty = [r for r in run.records if not (r.get("prediction") or "").strip()] if run is not None else []
+        for task, run in _label_runs(runs, tasks, label):
+            empty = [r for r in run.records if not (r.get("prediction") or "").strip()]
             if not empty:
                 continue
             row = {"label": label, "task": task, "n": len(run.records), "empty": len(empty)}

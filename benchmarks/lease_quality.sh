@@ -13,11 +13,11 @@
 # run directories: a lease that ends early loses only the runs being decoded.
 #
 # Settings (environment): RESUME a tar archive (gzip or xz) of earlier run directories (paths
-# runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz) unpacked into $W first; SCALING=1 the
-# 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the speed
-# table's missing rows on GPUs 0 and 1 (see below); PER_GPU decoding processes
-# per GPU. To stop the workers
-# from another command: pkill -f "[f]igures --decode" (the brackets keep pkill off that command).
+# runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz) unpacked into $W
+# first; SCALING=1 the 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks;
+# BENCH=1 the speed table's missing rows on GPUs 0 and 1 (see below); PER_GPU decoding processes
+# per GPU. To stop the workers from another command: pkill -f "[f]igures --decode" (the brackets
+# keep pkill off that command).
 set -u
 # The device tool copies the working tree afresh at every call, and files vanish for a moment
 # under running jobs: a lease lost its first workers ("No module named adafuse_lab.runs") and
