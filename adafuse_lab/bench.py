@@ -176,7 +176,15 @@ def benchmark(args) -> dict:
                                    "peak_gib": peak}
             print(f"{key} {s.name}: {wall:.2f} s, {r['new_tokens']} tokens, {r['forward_calls']} calls", flush=True)
     if not args.profile_only:  # "method": the first of --method; "methods": each of them
-        result["methods"] = {m: _time_method(m, sessions, prompts, cfg, stop, device, result) for m in methods}
+        result["methods"] = {}
+        for m in methods:
+            try:
+                result["methods"][m] = _time_method(m, sessions, prompts, cfg, stop, device, result)
+            except torch.OutOfMemoryError as e:  # a method that does not fit the batch is a result too
+                result["methods"][m] = {"name": m, "error": f"out of GPU memory: {str(e).splitlines()[0]}"}
+                print(f"{m}: {result['methods'][m]['error']}", flush=True)
+                torch.cuda.empty_cache()
+            _write(args.out, result)  # so that a later failure keeps the methods timed so far
         result["method"] = result["methods"][methods[0]]
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -206,10 +214,15 @@ def benchmark(args) -> dict:
         result["cprofile"] = buf.getvalue()
         print(result["cprofile"])
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        _write(args.out, result)
         print(f"wrote {args.out}")
     return result
+
+
+def _write(out: str | None, result: dict) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def add_parser(sub) -> None:

@@ -113,6 +113,9 @@ def headless():
     return environment(**{HEADLESS_ENV: "1"})
 
 
+SETUP_ERRORS = ("ModuleNotFoundError", "ImportError", "SyntaxError")
+
+
 def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", only: Sequence[str] | None = None,
           nb_dir=None, kernel: str = "python3", cell_timeout: float | None = None, retries: int = 0,
           log=print, plan_file=None) -> dict:
@@ -151,7 +154,9 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
                                         execution_timeout=cell_timeout)
                 break
             except pm.PapermillExecutionError as e:
-                if plan_file:  # with no runs to read, later cells may fail; the runs are listed by then
+                # With no runs to read, later cells may fail; the runs are listed by then. A kernel
+                # that cannot import the package or a module lists none: that is no plan.
+                if plan_file and e.ename not in SETUP_ERRORS:
                     log(f"{nb.stem}: stopped in cell {e.exec_count} ({e.ename}), as expected without runs")
                     break
                 raise UsageError(f"{nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; "

@@ -37,7 +37,7 @@ def method_rows(results: Path, spec) -> list[tuple[str, float, float]]:
     """[(method, ratio to the summed no-cuDNN generate, seconds per question)] of one setting."""
     main, extra = spec
     rows = [(m, r["ratio_to_summed_generate_no_cudnn"], r["seconds_per_prompt"])
-            for m, r in load(results, main)["methods"].items()]
+            for m, r in load(results, main)["methods"].items() if "error" not in r]
     for name, label in extra.items():
         r = load(results, name)["methods"]["adafuse"]
         rows.append((label, r["ratio_to_summed_generate_no_cudnn"], r["seconds_per_prompt"]))

@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import adafuse_lab
 from adafuse_lab import cli
@@ -144,3 +145,23 @@ def test_bench_times_several_methods_on_cpu(tmp_path):
         assert m["new_tokens"] > 0 and all(n > 0 for n in m["forward_calls"])
         assert m["ratio_to_summed_generate"] > 0 and len(m["forwards_per_answer_token"]) == 2
         assert all(x > 0 for x in m["forward_calls_vs_generate"])
+
+
+def test_bench_keeps_going_when_a_method_runs_out_of_memory(tmp_path, monkeypatch):
+    from adafuse_lab import bench
+    real = bench.run_method
+
+    def run_method(method, sessions, prompts, cfg, stop=None):
+        if method == "rerank" and cfg.max_new_tokens > 4:  # the warm-up (4 tokens) fits
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 27.68 GiB.\nmore")
+        return real(method, sessions, prompts, cfg, stop)
+
+    monkeypatch.setattr(bench, "run_method", run_method)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--models", "tiny:bpe", "--method", "rerank,single", "--task", "triviaqa",
+                 "--source", "sample", "--limit", "2", "--batch-size", "2", "--max-new-tokens", "6",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["methods"]["rerank"] == {"name": "rerank",
+                                      "error": "out of GPU memory: CUDA out of memory. Tried to allocate 27.68 GiB."}
+    assert r["methods"]["single"]["new_tokens"] > 0

@@ -823,3 +823,13 @@ def test_on_device_keeps_values_and_dtypes(device):
     assert on_device([True, False], device).dtype == torch.bool
     assert on_device([5, 6], device, torch.int32).dtype == torch.int32
     assert on_device([], device, torch.long).shape == (0,)
+
+
+def test_log_probs_in_chunks_equal_one_pass():
+    from adafuse_lab.decoding.state import _log_probs
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.bfloat16)
+    rows, pos, tok = (torch.randint(0, n, (10,), generator=g) for n in (3, 5, 11))
+    full = torch.log_softmax(logits.float(), -1)[rows, pos, tok]
+    for chunk in (1, 3, 4096):
+        assert torch.allclose(_log_probs(logits, rows, pos, tok, chunk=chunk), full, atol=1e-6)

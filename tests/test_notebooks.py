@@ -18,6 +18,7 @@ import papermill as pm
 import pytest
 
 from adafuse_lab import figures
+from adafuse_lab.runs import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -250,3 +251,24 @@ def test_benchmark_numbers(executed):
     runs = executed["work"] / "runs" / "triviaqa"
     assert len(list(runs.glob("adafuse-*"))) == 1 and len(list(runs.glob("sweetspan-*"))) == 1
     assert len(list(runs.glob("adafuse_theta0.5-*"))) == 1  # the tuned row: theta 0.5 on triviaqa
+
+
+@pytest.mark.parametrize("cell, fails", [("None.records  # a missing run: ensure_run( gave None", False),
+                                         ("import adafuse_lab_not_installed  # ensure_run(", True)])
+def test_plan_mode_stops_quietly_only_for_missing_runs(tmp_path, cell, fails):
+    # A plan made where the kernel cannot import the package lists no run at all; it once passed
+    # as "stopped, as expected without runs" and left a plan of only the tune runs.
+    nb_dir = tmp_path / "nb"
+    (nb_dir / "params").mkdir(parents=True)
+    (nb_dir / "params" / "p.json").write_text('{"common": {}, "notebooks": {}}')
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("runs_dir = out_dir = fig_dir = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(cell)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nb_dir / "01_x.ipynb")
+    if fails:
+        with pytest.raises(UsageError, match="ModuleNotFoundError"):
+            figures.plan(str(nb_dir / "params" / "p.json"), tmp_path / "w", nb_dir=nb_dir, log=lambda *_: None)
+    else:
+        assert figures.plan(str(nb_dir / "params" / "p.json"), tmp_path / "w", nb_dir=nb_dir,
+                            log=lambda *_: None).read_text() == ""
