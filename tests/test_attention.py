@@ -90,3 +90,33 @@ def test_unknown_attention_mode(monkeypatch):
     with pytest.raises(ValueError, match="attention mode 'flash'"):
         with attention.engine_attention(load_session("tiny:bpe").model):
             pass
+
+
+def test_additive_mask_is_sdpas_own_conversion_with_aligned_rows():
+    mask = torch.rand(2, 1, 3, 21, generator=torch.Generator().manual_seed(0)) > 0.5
+    add = attention.additive_mask(mask, torch.float32)
+    assert add.shape == mask.shape and add.stride(-2) == 32 and add.stride(-2) % attention.MASK_ALIGN == 0
+    assert torch.equal(add, torch.zeros(mask.shape).masked_fill(~mask, float("-inf")))
+    from adafuse_lab.decoding.columns import _clone
+    copy = _clone({"full_attention": add})["full_attention"]  # a graph's static input keeps the padded rows
+    assert copy.stride() == add.stride() and torch.equal(copy, add) and copy.data_ptr() != add.data_ptr()
+    q, k, v = (torch.randn(2, 2, n, 8, generator=torch.Generator().manual_seed(n)) for n in (3, 21, 21))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert torch.equal(sdpa(q, k, v, attn_mask=add), sdpa(q, k, v, attn_mask=mask))
+
+
+def test_engine_decodes_the_same_with_additive_masks(monkeypatch):
+    members = [load_session("tiny:bpe"), load_session("tiny:spm")]
+    prompts = ["Question: What is the capital of France?\nAnswer:", "Question: Who wrote Hamlet?\nAnswer:"]
+    cfg = DecodeConfig(max_new_tokens=10)
+    ref = {meth: [o.text for o in decode(meth, members, prompts, cfg)] for meth in ("adafuse", "sweetspan")}
+    masks, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, *a, **kw):
+        masks.append(None if attn_mask is None else attn_mask.dtype)
+        return real(q, k, v, attn_mask, *a, **kw)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(attention, "mode", "additive")
+    for meth, texts in ref.items():
+        assert [o.text for o in decode(meth, members, prompts, cfg)] == texts, meth
+    assert torch.float32 in masks  # the streaming forwards got additive masks

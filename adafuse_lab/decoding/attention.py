@@ -3,6 +3,13 @@
 Every engine forward runs SDPA without cuDNN (ATTENTION_KERNELS: cuDNN plans an execution
 graph for every new key length, 2-3 ms of host time per layer call; BENCHMARKS.md).
 
+Opt-in (`bench --attention additive`, or ADAFUSE_ATTENTION=additive): the streaming engine hands
+its 4-D masks to SDPA already in the form SDPA would make of them. Given a boolean mask, SDPA turns
+it into an additive one (0 where a key is read, -inf elsewhere) in every layer call, and the
+memory-efficient kernel, the one that takes a mask, pads its rows to a multiple of 16 columns: a
+few element-wise kernels per layer, one per attention call in lease 5's profile (BENCHMARKS.md).
+`additive_mask` does both once per forward; the attention itself gets the same values.
+
 Opt-in (`bench --attention grouped`, or ADAFUSE_ATTENTION=grouped): grouped-query attention
 without copies of the keys and values. With a mask, transformers' SDPA path repeats every
 key/value head once per query head that reads it (repeat_kv): for qwen2.5-coder-0.5b (14 query
@@ -23,7 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 GROUPED = "adafuse_grouped_sdpa"  # the name under which transformers finds grouped_sdpa
-MODES = ("sdpa", "grouped")
+MODES = ("sdpa", "grouped", "additive")
+MASK_ALIGN = 16  # columns: the memory-efficient kernel's alignment for the mask's rows
 # Fold only forwards of at most this many query tokens per row: the engine's decode steps feed
 # far fewer (its CUDA graphs are captured for about 8 power-of-two buckets), a prompt's prefill
 # feeds all of it; a longer step is still right, through transformers' path. Folding repeats
@@ -53,6 +61,14 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
         m = m.reshape(m.shape[0], kvh, n_rep * t, width)
     out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=m, dropout_p=dropout, scale=scaling)
     return out.reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True: read) as SDPA's additive mask of `dtype`, with rows padded in memory
+    to a multiple of MASK_ALIGN columns (the view keeps the mask's own width)."""
+    width = mask.shape[-1]
+    out = torch.zeros(*mask.shape[:-1], width + (-width) % MASK_ALIGN, dtype=dtype, device=mask.device)
+    return out[..., :width].masked_fill_(~mask, float("-inf"))
 
 
 @functools.cache  # once per process: engine_attention calls it at every swapped forward

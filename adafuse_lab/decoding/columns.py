@@ -141,7 +141,10 @@ def eager_forward(model, cache: ColumnCache, ids, pos, attn, cols) -> torch.Tens
 
 
 def _clone(x):
-    return {k: v.clone() for k, v in x.items()} if isinstance(x, dict) else x.clone()
+    """A copy with the same strides: an additive mask's rows stay padded (attention.additive_mask)."""
+    if isinstance(x, dict):
+        return {k: _clone(v) for k, v in x.items()}
+    return x.new_empty_strided(x.shape, x.stride()).copy_(x)
 
 
 def _copy_into(static, new) -> None:

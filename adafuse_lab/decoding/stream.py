@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import attention
 from .criteria import Threshold, confidences
 from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
@@ -171,7 +172,7 @@ class Streams:
             if self.eager:  # eager attention adds the mask
                 dtype = self.m.s.model.dtype
                 return torch.zeros(x.shape, dtype=dtype, device=x.device).masked_fill(~x, torch.finfo(dtype).min)
-            return x
+            return attention.additive_mask(x, self.m.s.model.dtype) if attention.mode == "additive" else x
         if self.window is None:
             return form(mask)
         near = mask & (key_pos[:, None, :] > query_pos[:, :, None] - self.window)
