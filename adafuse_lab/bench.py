@@ -239,10 +239,10 @@ def add_parser(sub) -> None:
     a("--device")
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
-    a("--attention", default=None, choices=["sdpa", "grouped", "additive"],
-      help="the engine's attention: sdpa, grouped (GQA without copies of the keys and values) or "
-           "additive (masks made additive once per forward); decoding/attention.py "
-           "(default: $ADAFUSE_ATTENTION, else sdpa)")
+    a("--attention", default=None, choices=["sdpa", "grouped", "additive", "cascade"],
+      help="the engine's attention: sdpa, grouped (GQA without copies of the keys and values), "
+           "additive (masks made additive once per forward) or cascade (the prompts without a mask); "
+           "decoding/attention.py (default: $ADAFUSE_ATTENTION, else sdpa)")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
     a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")
     a("--profile-only", action="store_true", help="skip the timed runs, only profile")

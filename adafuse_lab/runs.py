@@ -324,7 +324,7 @@ def versions() -> dict:
 
 
 def attention_mode() -> str:
-    """The engine's attention path ($ADAFUSE_ATTENTION, or bench --attention): sdpa, grouped or additive."""
+    """The engine's attention path ($ADAFUSE_ATTENTION, or bench --attention): sdpa, grouped, additive or cascade."""
     from .decoding import attention
     return attention.mode
 

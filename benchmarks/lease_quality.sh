@@ -108,16 +108,18 @@ worker 2 & worker 3 &
     # Measured before and kept in benchmarks/results/: AdaFuse at batch 1/64/256 (sdpa, grouped,
     # blocking copies) and at paper scale, every other method at batch 1 and 64 and at paper scale,
     # a profile of the best setting (lease 5).
-    # GPU 0: the additive masks (decoding/attention.py): first whether they give sdpa's samples on a
-    # quality setting (fp32, gemma's mixed sliding-window masks), then their speed at batch 64.
+    # GPU 0: the additive masks and the cascade attention (decoding/attention.py): first whether they
+    # give sdpa's samples on a quality setting (fp32, gemma's mixed sliding-window masks), then their
+    # speed at batch 64.
     # GPU 1: every baseline at batch 256 (lease 5 lost rerank to an out-of-memory, since fixed).
     BASELINES=sweetspan,coolfusion,unite,gac,rerank,single
     ( CUDA_VISIBLE_DEVICES=0 python benchmarks/attention_check.py --out "$W/bench/h100_attention_check_fp32.json" \
           --models qwen2.5-coder-0.5b,gemma3-270m --dtype float32 --task triviaqa --limit 128 \
-          --modes sdpa,additive,grouped > "$W/bench/attention_check.log" 2>&1
+          --modes sdpa,additive,grouped,cascade > "$W/bench/attention_check.log" 2>&1
       log "attention check done ($?)"
       bench 0 64 sdpa h100_adafuse_sdpa_b64_t256_lease6
-      bench 0 64 additive h100_adafuse_additive_b64_t256; worker 0 ) &
+      bench 0 64 additive h100_adafuse_additive_b64_t256
+      bench 0 64 cascade h100_adafuse_cascade_b64_t256; worker 0 ) &
     ( bench 1 256 sdpa h100_methods_b256_t256 $BASELINES 256; worker 1 ) &
     wait
   else

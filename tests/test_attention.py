@@ -120,3 +120,49 @@ def test_engine_decodes_the_same_with_additive_masks(monkeypatch):
     for meth, texts in ref.items():
         assert [o.text for o in decode(meth, members, prompts, cfg)] == texts, meth
     assert torch.float32 in masks  # the streaming forwards got additive masks
+
+
+@pytest.mark.parametrize("t", [1, 4])
+def test_cascade_sdpa_equals_sdpa_when_the_first_columns_are_shared(t, monkeypatch):
+    g = torch.Generator().manual_seed(t)
+    b, kvh, groups, w, d, n = 3, 2, 3, 12, 8, 5
+    q = torch.randn(b, kvh * groups, t, d, generator=g)
+    k, v = torch.randn(b, kvh, w, d, generator=g), torch.randn(b, kvh, w, d, generator=g)
+    mask = torch.rand(b, 1, t, w, generator=g) > 0.4
+    mask[..., :n] = True  # every query reads the shared columns
+    want, _ = sdpa_attention_forward(Module(groups), q, k, v, mask, scaling=0.3)
+    with attention.shared_columns(n):
+        got, _ = attention.cascade_sdpa(Module(groups), q, k, v, mask, scaling=0.3)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    calls = []
+    monkeypatch.setattr(attention, "_unmasked", lambda *a: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    sliding = Module(groups)
+    sliding.sliding_window = 4  # a sliding-window layer does not read every shared column: plain SDPA
+    with attention.shared_columns(n):
+        assert torch.equal(attention.cascade_sdpa(sliding, q, k, v, mask, scaling=0.3)[0], want)
+    assert torch.equal(attention.cascade_sdpa(Module(groups), q, k, v, mask, scaling=0.3)[0], want)  # none shared
+    assert not calls
+
+
+def test_engine_decodes_the_same_with_cascade_attention(monkeypatch):
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    members = [load_session("tiny:bpe"), paper_scale.load_random("random:llama-3.1-8b+tiny:spm", **small)]
+    prompts = ["Question: What is the capital of France, the country in western Europe?\nAnswer:",
+               "Question: Who wrote the play Hamlet, about a prince?\nAnswer:"]  # different lengths: left padding
+    cfg = DecodeConfig(max_new_tokens=10)
+    ref = {meth: [o.text for o in decode(meth, members, prompts, cfg)] for meth in ("adafuse", "sweetspan")}
+    seen, real = [], attention.cascade_sdpa
+
+    def checked(module, query, key, value, mask, *a, **kw):
+        if attention.shared and mask is not None and mask.ndim == 4:
+            assert bool(mask[..., :attention.shared].all())  # the engine's promise: every query reads them
+            seen.append(attention.shared)
+        return real(module, query, key, value, mask, *a, **kw)
+    unmasked, real_unmasked = [], attention._unmasked
+    monkeypatch.setattr(attention, "_unmasked", lambda *a: unmasked.append(a[0].shape) or real_unmasked(*a))
+    monkeypatch.setattr(attention, "cascade_sdpa", checked)
+    monkeypatch.setattr(attention, "mode", "cascade")
+    for meth, texts in ref.items():
+        assert [o.text for o in decode(meth, members, prompts, cfg)] == texts, meth
+    assert seen and min(seen) > 0 and len(unmasked) == len(seen)  # and each took the split path
+    assert all(m.model.config._attn_implementation == "sdpa" for m in members)

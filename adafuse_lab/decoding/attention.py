@@ -10,6 +10,13 @@ memory-efficient kernel, the one that takes a mask, pads its rows to a multiple 
 few element-wise kernels per layer, one per attention call in lease 5's profile (BENCHMARKS.md).
 `additive_mask` does both once per forward; the attention itself gets the same values.
 
+Opt-in (`bench --attention cascade`, or ADAFUSE_ATTENTION=cascade): every query of a streaming
+forward reads the first `shared` columns of the cache (the prompts, which the engine moves to the
+front), so those need no mask. `cascade_sdpa` attends to them with the maskless flash kernel, to
+the rest (prompt tails, answers, streams: a few hundred columns) with the mask, and merges the two
+by their log-sum-exp. The masked part, which lease 5's profile found to be a third of the GPU
+time, then covers a few hundred columns instead of the whole cache. Same attention up to rounding.
+
 Opt-in (`bench --attention grouped`, or ADAFUSE_ATTENTION=grouped): grouped-query attention
 without copies of the keys and values. With a mask, transformers' SDPA path repeats every
 key/value head once per query head that reads it (repeat_kv): for qwen2.5-coder-0.5b (14 query
@@ -29,8 +36,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-GROUPED = "adafuse_grouped_sdpa"  # the name under which transformers finds grouped_sdpa
-MODES = ("sdpa", "grouped", "additive")
+GROUPED = "adafuse_grouped_sdpa"  # the names under which transformers finds grouped_sdpa
+CASCADE = "adafuse_cascade_sdpa"  # and cascade_sdpa
+MODES = ("sdpa", "grouped", "additive", "cascade")
 MASK_ALIGN = 16  # columns: the memory-efficient kernel's alignment for the mask's rows
 # Fold only forwards of at most this many query tokens per row: the engine's decode steps feed
 # far fewer (its CUDA graphs are captured for about 8 power-of-two buckets), a prompt's prefill
@@ -41,6 +49,7 @@ MASK_ALIGN = 16  # columns: the memory-efficient kernel's alignment for the mask
 # values of those same tokens instead, is no worse there.
 FOLD_MAX_QUERIES = 128
 mode = os.environ.get("ADAFUSE_ATTENTION", "sdpa")  # set by bench --attention
+shared = 0  # mode "cascade": leading cache columns every query of the forward reads (set by the engine)
 
 
 def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
@@ -63,6 +72,56 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     return out.reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
+def cascade_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention-function signature: the first `shared` columns without a mask,
+    the rest with it, merged by log-sum-exp; transformers' SDPA where that does not apply (no
+    shared columns, a sliding-window layer, a long forward)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    n = shared
+    if (not n or attention_mask is None or attention_mask.ndim != 4 or getattr(module, "sliding_window", None)
+            or kwargs.get("sliding_window") or kwargs.get("position_bias") is not None or query.shape[2] > FOLD_MAX_QUERIES or n >= key.shape[2]):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    b, h, t, d = query.shape
+    kvh = key.shape[1]
+    rep = h // kvh
+    scale = d ** -0.5 if scaling is None else scaling
+    q = query.reshape(b, kvh, rep * t, d)  # fold the query heads of each key/value head (as grouped_sdpa)
+    out1, lse1 = _unmasked(q, key[:, :, :n], value[:, :, :n], scale)
+    m = attention_mask[..., n:key.shape[2]]
+    m = m[:, :, None].expand(b, m.shape[1], rep, t, m.shape[-1]).reshape(b, m.shape[1], rep * t, m.shape[-1])
+    # the masked part in float32, as the SDPA kernels accumulate: it is small
+    scores = torch.matmul(q.float(), key[:, :, n:].float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+    lse2 = torch.logsumexp(scores, -1)  # finite: every query reads its own column, past the shared ones
+    out2 = torch.matmul(torch.softmax(scores, -1), value[:, :, n:].float())
+    lse = torch.logaddexp(lse1, lse2)
+    out = out1.float() * (lse1 - lse).exp()[..., None] + out2 * (lse2 - lse).exp()[..., None]
+    return out.to(query.dtype).reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _unmasked(q, k, v, scale):
+    """Attention without a mask and its log-sum-exp per query row (B, H, L)."""
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
+    elif q.device.type == "cuda":  # flash has no float32
+        out = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)
+    else:
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+    return out[0], out[1][..., : q.shape[2]].float()  # the efficient kernel pads the rows of its log-sum-exp
+
+
+@contextlib.contextmanager
+def shared_columns(n: int):
+    """Mode "cascade": the forwards inside read columns [0, n) for every query."""
+    global shared
+    shared = n
+    try:
+        yield
+    finally:
+        shared = 0
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean mask (True: read) as SDPA's additive mask of `dtype`, with rows padded in memory
     to a multiple of MASK_ALIGN columns (the view keeps the mask's own width)."""
@@ -75,8 +134,10 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    AttentionInterface.register(GROUPED, grouped_sdpa)
-    AttentionMaskInterface.register(GROUPED, sdpa_mask)  # masks the model builds itself: as for SDPA
+    # looked up at each call, so that the module's functions can be replaced (tests do)
+    for name, fn in ((GROUPED, lambda *a, **k: grouped_sdpa(*a, **k)), (CASCADE, lambda *a, **k: cascade_sdpa(*a, **k))):
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask)  # masks the model builds itself: as for SDPA
 
 
 @contextlib.contextmanager
@@ -86,10 +147,10 @@ def engine_attention(model):
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r} (ADAFUSE_ATTENTION?) is not one of {', '.join(MODES)}")
     config = model.config
-    swap = mode == "grouped" and config._attn_implementation == "sdpa"
+    swap = mode in ("grouped", "cascade") and config._attn_implementation == "sdpa"
     if swap:
         _register()
-        config._attn_implementation = GROUPED
+        config._attn_implementation = GROUPED if mode == "grouped" else CASCADE
     try:
         with sdpa_kernel(ATTENTION_KERNELS):
             yield

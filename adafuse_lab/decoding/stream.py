@@ -82,6 +82,12 @@ class Streams:
         self.crow = list(range(P))                # cache row of each live prompt
         self.window, self.mixed = _sliding_window(member.s.model.config)
         self.eager = getattr(member.s.model.config, "_attn_implementation", "sdpa") == "eager"
+        self.shared = 0  # leading columns every query reads (attention mode "cascade")
+        if attention.mode == "cascade" and not self.eager:
+            # Move each prompt to the front of its row (left padding squeezed out): then every
+            # query reads columns [0, shortest prompt), less the tail a re-tokenization may hide.
+            self.compact(0)
+            self.shared = max(0, min(member.prompt_len) - member.window - 8)
 
     def restructure(self) -> None:
         """Drop dead streams and add the spawned ones (no cache copies: they share the row)."""
@@ -153,7 +159,8 @@ class Streams:
                 mask[e[:, 0], e[:, 1], e[:, 2]] = value
         kv.pos[:, F:F + T] = pos
         attn = self._model_mask(mask, kv.pos, pos)
-        logits = (self.graphs or eager_forward)(m.s.model, kv.cache, ids, pos, attn, cols)
+        with attention.shared_columns(self.shared):
+            logits = (self.graphs or eager_forward)(m.s.model, kv.cache, ids, pos, attn, cols)
         m.forwards += 1
         rows = on_device([self.crow[s.p] for s in feeding], dev)
         ends = on_device([s.off + len(s.feed) - 1 for s in feeding], dev)
