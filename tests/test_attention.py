@@ -100,6 +100,8 @@ def test_additive_mask_is_sdpas_own_conversion_with_aligned_rows():
     from adafuse_lab.decoding.columns import _clone
     copy = _clone({"full_attention": add})["full_attention"]  # a graph's static input keeps the padded rows
     assert copy.stride() == add.stride() and torch.equal(copy, add) and copy.data_ptr() != add.data_ptr()
+    wide = mask[:, :, :1].expand(2, 1, 3, 21)  # an expanded view is copied whole
+    assert torch.equal(_clone(wide), wide) and _clone(wide).is_contiguous()
     q, k, v = (torch.randn(2, 2, n, 8, generator=torch.Generator().manual_seed(n)) for n in (3, 21, 21))
     sdpa = torch.nn.functional.scaled_dot_product_attention
     assert torch.equal(sdpa(q, k, v, attn_mask=add), sdpa(q, k, v, attn_mask=mask))

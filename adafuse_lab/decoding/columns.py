@@ -144,6 +144,8 @@ def _clone(x):
     """A copy with the same strides: an additive mask's rows stay padded (attention.additive_mask)."""
     if isinstance(x, dict):
         return {k: _clone(v) for k, v in x.items()}
+    if 0 in x.stride():  # an expanded view: its elements share memory, a copy may not
+        return x.clone()
     return x.new_empty_strided(x.shape, x.stride()).copy_(x)
 
 
