@@ -1,7 +1,8 @@
 """One run decoded under each of the engine's attention paths, against the first (sdpa).
 
     CUDA_VISIBLE_DEVICES=0 python benchmarks/attention_check.py --out h100_attention_check.json \
-        --models qwen2.5-coder-0.5b,gemma3-270m --dtype float32 --task triviaqa --limit 128 --modes sdpa,additive,grouped
+        --models qwen2.5-coder-0.5b,gemma3-270m --dtype float32 --task triviaqa --limit 128 \
+        --modes sdpa,additive,grouped,cascade
 
 The quality tables are decoded with sdpa. A faster path may replace it for the runs still to
 decode only if it gives the same samples: this writes, per mode, the decode time and how many

@@ -147,7 +147,8 @@ def test_cascade_sdpa_equals_sdpa_when_the_first_columns_are_shared(t, monkeypat
 
 
 def test_engine_decodes_the_same_with_cascade_attention(monkeypatch):
-    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)
     members = [load_session("tiny:bpe"), paper_scale.load_random("random:llama-3.1-8b+tiny:spm", **small)]
     prompts = ["Question: What is the capital of France, the country in western Europe?\nAnswer:",
                "Question: Who wrote the play Hamlet, about a prince?\nAnswer:"]  # different lengths: left padding

@@ -78,8 +78,9 @@ def cascade_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     shared columns, a sliding-window layer, a long forward)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     n = shared
-    if (not n or attention_mask is None or attention_mask.ndim != 4 or getattr(module, "sliding_window", None)
-            or kwargs.get("sliding_window") or kwargs.get("position_bias") is not None or query.shape[2] > FOLD_MAX_QUERIES or n >= key.shape[2]):
+    sliding = getattr(module, "sliding_window", None) or kwargs.get("sliding_window")
+    if (not n or sliding or attention_mask is None or attention_mask.ndim != 4 or n >= key.shape[2]
+            or kwargs.get("position_bias") is not None or query.shape[2] > FOLD_MAX_QUERIES):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     b, h, t, d = query.shape
@@ -135,7 +136,8 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     # looked up at each call, so that the module's functions can be replaced (tests do)
-    for name, fn in ((GROUPED, lambda *a, **k: grouped_sdpa(*a, **k)), (CASCADE, lambda *a, **k: cascade_sdpa(*a, **k))):
+    for name, fn in ((GROUPED, lambda *a, **k: grouped_sdpa(*a, **k)),
+                     (CASCADE, lambda *a, **k: cascade_sdpa(*a, **k))):
         AttentionInterface.register(name, fn)
         AttentionMaskInterface.register(name, sdpa_mask)  # masks the model builds itself: as for SDPA
 
