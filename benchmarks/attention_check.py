@@ -57,7 +57,7 @@ def main() -> None:
             "same_traces": sum(a.get("trace") == b.get("trace") for a, b in zip(first, samples[mode])),
             "n": len(samples[mode])}
         print(json.dumps({mode: result["runs"][mode]}), flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after each mode: a later one may fail
 
 
 if __name__ == "__main__":
