@@ -125,12 +125,13 @@ def test_engine_decodes_the_same_with_additive_masks(monkeypatch):
 
 
 @pytest.mark.parametrize("t", [1, 4])
-def test_cascade_sdpa_equals_sdpa_when_the_first_columns_are_shared(t, monkeypatch):
+@pytest.mark.parametrize("per_head", [False, True])
+def test_cascade_sdpa_equals_sdpa_when_the_first_columns_are_shared(t, per_head, monkeypatch):
     g = torch.Generator().manual_seed(t)
     b, kvh, groups, w, d, n = 3, 2, 3, 12, 8, 5
     q = torch.randn(b, kvh * groups, t, d, generator=g)
     k, v = torch.randn(b, kvh, w, d, generator=g), torch.randn(b, kvh, w, d, generator=g)
-    mask = torch.rand(b, 1, t, w, generator=g) > 0.4
+    mask = torch.rand(b, kvh * groups if per_head else 1, t, w, generator=g) > 0.4
     mask[..., :n] = True  # every query reads the shared columns
     want, _ = sdpa_attention_forward(Module(groups), q, k, v, mask, scaling=0.3)
     with attention.shared_columns(n):

@@ -60,16 +60,28 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
             or query.shape[2] > FOLD_MAX_QUERIES):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    b, h, t, d = query.shape
-    kvh, width = key.shape[1], key.shape[2]
-    q = query.reshape(b, kvh, n_rep * t, d)  # head g * n_rep + r -> rows r * t ... r * t + t - 1 of group g
-    m = attention_mask
-    if m.shape[1] == 1:  # one mask for every head: repeat its t rows once per folded head
-        m = m[:, :, None].expand(m.shape[0], 1, n_rep, t, width).reshape(m.shape[0], 1, n_rep * t, width)
-    else:
-        m = m.reshape(m.shape[0], kvh, n_rep * t, width)
+    q, m = _fold(query, attention_mask, key.shape[1])
     out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=m, dropout_p=dropout, scale=scaling)
-    return out.reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
+    return _unfold(out, query), None
+
+
+def _fold(query, mask, kvh: int):
+    """The query heads of each key/value head folded into the query length, (B, H, T, D) ->
+    (B, KVH, H/KVH * T, D) (head g * n_rep + r -> rows r * T ... r * T + T - 1 of group g), and
+    the 4-D mask's rows to match."""
+    b, h, t, d = query.shape
+    mb, n_rep, width = mask.shape[0], h // kvh, mask.shape[-1]  # the mask's batch may broadcast
+    if mask.shape[1] == 1:  # one mask for every head: repeat its t rows once per folded head
+        mask = mask[:, :, None].expand(mb, 1, n_rep, t, width).reshape(mb, 1, n_rep * t, width)
+    else:
+        mask = mask.reshape(mb, kvh, n_rep * t, width)
+    return query.reshape(b, kvh, n_rep * t, d), mask
+
+
+def _unfold(out, query):
+    """Folded attention output back to transformers' layout (B, T, H, D)."""
+    b, h, t, _ = query.shape
+    return out.reshape(b, h, t, out.shape[-1]).transpose(1, 2).contiguous()
 
 
 def cascade_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
@@ -83,14 +95,9 @@ def cascade_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
             or kwargs.get("position_bias") is not None or query.shape[2] > FOLD_MAX_QUERIES):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    b, h, t, d = query.shape
-    kvh = key.shape[1]
-    rep = h // kvh
-    scale = d ** -0.5 if scaling is None else scaling
-    q = query.reshape(b, kvh, rep * t, d)  # fold the query heads of each key/value head (as grouped_sdpa)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    q, m = _fold(query, attention_mask[..., n:key.shape[2]], key.shape[1])
     out1, lse1 = _unmasked(q, key[:, :, :n], value[:, :, :n], scale)
-    m = attention_mask[..., n:key.shape[2]]
-    m = m[:, :, None].expand(b, m.shape[1], rep, t, m.shape[-1]).reshape(b, m.shape[1], rep * t, m.shape[-1])
     # the masked part in float32, as the SDPA kernels accumulate: it is small
     scores = torch.matmul(q.float(), key[:, :, n:].float().transpose(-1, -2)) * scale
     scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
@@ -98,7 +105,7 @@ def cascade_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     out2 = torch.matmul(torch.softmax(scores, -1), value[:, :, n:].float())
     lse = torch.logaddexp(lse1, lse2)
     out = out1.float() * (lse1 - lse).exp()[..., None] + out2 * (lse2 - lse).exp()[..., None]
-    return out.to(query.dtype).reshape(b, h, t, value.shape[-1]).transpose(1, 2).contiguous(), None
+    return _unfold(out.to(query.dtype), query), None
 
 
 def _unmasked(q, k, v, scale):
