@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU lease on a 4-GPU host: the quality tables of one or more ensembles (python -m adafuse_lab
+# One GPU lease on a host with 2 or 4 GPUs: the quality tables of one or more ensembles (python -m adafuse_lab
 # quality), with optional 2-GPU scaling and --device auto checks on GPUs 0,1 before they join in.
 # Run from the repository root after `source benchmarks/gpu_setup.sh`, detached:
 #
@@ -15,7 +15,8 @@
 # Settings (environment): RESUME a tar archive (gzip or xz) of earlier run directories (paths
 # runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz) unpacked into $W
 # first; SCALING=1 the 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks;
-# BENCH=1 the speed table's missing rows on GPUs 0 and 1 (see below); PER_GPU decoding processes
+# BENCH=1 the speed table's missing rows on GPUs 0 and 1 (see below; BASELINES the methods timed
+# at batch 256); PER_GPU decoding processes
 # per GPU. To stop the workers from another command: pkill -f "[f]igures --decode" (the brackets
 # keep pkill off that command).
 set -u
@@ -82,7 +83,10 @@ worker() {  # $PER_GPU processes on GPU $1, each through every plan in order (ea
   wait
   log "worker(s) on GPU $1 done"
 }
-worker 2 & worker 3 &
+# GPUs 0 and 1 join after the checks; the others (a 4-GPU host) decode from the start.
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+log "$NGPU GPU(s)"
+for g in $(seq 2 $((NGPU - 1))); do worker $g & done
 ( if [ "$SCALING" = 1 ]; then
     CUDA_VISIBLE_DEVICES=0,1 python benchmarks/multi_gpu_check.py --gpus 2 --out "$W/bench/h100x2_scaling_${SCALING_TASK}${SCALING_LIMIT}.json" -- \
         --task "$SCALING_TASK" --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse --limit "$SCALING_LIMIT" --batch-size 64 \
@@ -112,7 +116,7 @@ worker 2 & worker 3 &
     # give sdpa's samples on a quality setting (fp32, gemma's mixed sliding-window masks), then their
     # speed at batch 64.
     # GPU 1: every baseline at batch 256 (lease 5 lost rerank to an out-of-memory, since fixed).
-    BASELINES=sweetspan,coolfusion,unite,gac,rerank,single
+    BASELINES=${BASELINES:-sweetspan,coolfusion,unite,gac,rerank,single}
     ( CUDA_VISIBLE_DEVICES=0 python benchmarks/attention_check.py --out "$W/bench/h100_attention_check_fp32.json" \
           --models qwen2.5-coder-0.5b,gemma3-270m --dtype float32 --task triviaqa --limit 128 \
           --modes sdpa,additive,grouped,cascade > "$W/bench/attention_check.log" 2>&1
@@ -120,7 +124,7 @@ worker 2 & worker 3 &
       bench 0 64 sdpa h100_adafuse_sdpa_b64_t256_lease6
       bench 0 64 additive h100_adafuse_additive_b64_t256
       bench 0 64 cascade h100_adafuse_cascade_b64_t256; worker 0 ) &
-    ( bench 1 256 sdpa h100_methods_b256_t256 $BASELINES 256; worker 1 ) &
+    ( bench 1 256 sdpa h100_methods_b256_t256_${BASELINES//,/_} $BASELINES 256; worker 1 ) &
     wait
   else
     worker 0 & worker 1 & wait
