@@ -222,6 +222,46 @@ def disagreement_table(runs: dict, tasks: Sequence[str], label: str, names: Sequ
     return out
 
 
+def _mean_winner(cands: Sequence[dict], members: Sequence[int]) -> int:
+    """Index of the candidate with the lowest plain mean NLL over `members` (first on ties)."""
+    return min(range(len(cands)), key=lambda i: sum(_nll(cands[i], k) for k in members) / len(members))
+
+
+def leave_one_out_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:
+    """Per task and member, from `label`'s traces: in which rounds that member's vote decided the
+    winner, i.e. the mean NLL of the other members alone would have picked another candidate;
+    as a share of all rounds and of the examples' first rounds (where a winner that ends the
+    answer leaves it empty). Rounds whose recorded winner is not the plain mean's over every
+    member (per-model weights, the outlier filter) are left out and counted."""
+    out = []
+    everyone = range(len(names))
+    if len(names) < 2:  # a lone member decides every round; there is no one to compare with
+        return out
+    for task, run in _label_runs(runs, tasks, label):
+        decided = [[0, 0] for _ in names]  # per member: rounds it decided, first rounds it decided
+        rounds = firsts = other_rule = 0
+        for trace in (r.get("trace") for r in run.records):
+            for i, rd in enumerate(trace or ()):
+                cands = rd.get("candidates") or ()
+                if len(cands) < 2:
+                    continue
+                if _mean_winner(cands, everyone) != rd["winner"]:
+                    other_rule += 1
+                    continue
+                rounds += 1
+                firsts += i == 0
+                for k in everyone:
+                    if _mean_winner(cands, [j for j in everyone if j != k]) != rd["winner"]:
+                        decided[k][0] += 1
+                        decided[k][1] += i == 0
+        if rounds:
+            for k, name in enumerate(names):
+                out.append({"task": task, "member": name, "rounds": rounds, "decided": decided[k][0] / rounds,
+                            "first_rounds": firsts, "decided_first": decided[k][1] / firsts if firsts else 0.0,
+                            "not_plain_mean": other_rule})
+    return out
+
+
 def _same_answer(a: str | None, b: str | None) -> bool:
     """Two answers are the same up to surrounding space, case and a final period."""
     def norm(x):

@@ -698,6 +698,18 @@ NB04 = [
         display(pd.DataFrame(disagreements).round(2))
     '''),
     md("""
+    Whose vote decides? Per member, the share of rounds in which the mean NLL of the other
+    members alone would have picked another candidate, over all rounds and over each example's
+    first round (where a winner that ends the answer leaves it empty). A member that is weak at
+    the task decides rounds too, and with three members it can tip the mean towards a candidate
+    that every member finds cheap.
+    """),
+    code('''
+    leave_one_out = A.leave_one_out_table(runs, P.tasks, "adafuse", list(P.models))
+    if leave_one_out:
+        display(pd.DataFrame(leave_one_out).round(3))
+    '''),
+    md("""
     Whose answer does the ensemble give? The share of AdaFuse's answers that are the same as
     each member's own answer (up to space, case and a final period). Then every row's empty
     answers: an answer is empty when its first committed word already ends it, for instance a
@@ -718,7 +730,7 @@ NB04 = [
         "table": table.reset_index().to_dict(orient="records"),
         "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
         "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split, "top1": top1,
-        "disagreements": disagreements, "agreement": agreement, "empty_answers": empty,
+        "disagreements": disagreements, "leave_one_out": leave_one_out, "agreement": agreement, "empty_answers": empty,
         "figures": sorted(p.name for p in figures),
     }
     A.write_summary(OUT, summary)

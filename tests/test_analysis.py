@@ -466,3 +466,25 @@ def test_disagreement_table():
     rows = A.disagreement_table(runs, ["t", "u"], "adafuse", ["m0", "m1"])
     assert rows == [{"task": "t", "a": "m0", "b": "m1", "rounds": 1, "margin_a": 0.5, "margin_b": 3.0,
                      "won_a": 0, "won_b": 1}]
+
+
+def test_leave_one_out_table():
+    from types import SimpleNamespace
+    # three members; " a" wins on the mean (1.0 + 0.5 + 2.0) / 3 = 1.17 against " b"'s (1.2 + 2.0 + 1.0) / 3 = 1.4.
+    # Without m1 " b" would win (1.1 < 1.5); without m0 (1.25 < 1.5) or m2 (0.75 < 1.6) " a" still wins.
+    first = {"members": [member([0.1])] * 3, "winner": 0,
+             "candidates": [cand(" a", [0], nll=(1.0, 0.5, 2.0)), cand(" b", [2], nll=(1.2, 2.0, 1.0))]}
+    # a later round nobody decides alone: every member prefers " c"
+    later = {"members": [member([0.1])] * 3, "winner": 1,
+             "candidates": [cand(" d", [0], nll=(3.0, 3.0, 3.0)), cand(" c", [1], nll=(1.0, 1.0, 1.0))]}
+    # recorded winner is not the plain mean's (e.g. weights): left out, counted
+    weighted = {"members": [member([0.1])] * 3, "winner": 0,
+                "candidates": [cand(" e", [0], nll=(1.0, 5.0, 5.0)), cand(" f", [1], nll=(2.0, 1.0, 1.0))]}
+    one_candidate = {"members": [member([0.9])] * 3, "winner": 0, "candidates": [cand(" g", [0], nll=(1.0, 1.0, 1.0))]}
+    runs = {("adafuse", "t"): SimpleNamespace(records=[{"id": "x", "trace": [first, later, weighted, one_candidate]},
+                                                       {"id": "y", "trace": None}])}
+    rows = A.leave_one_out_table(runs, ["t", "u"], "adafuse", ["m0", "m1", "m2"])
+    assert [(r["member"], r["decided"], r["decided_first"]) for r in rows] == [("m0", 0.0, 0.0), ("m1", 0.5, 1.0),
+                                                                             ("m2", 0.0, 0.0)]
+    assert {(r["rounds"], r["first_rounds"], r["not_plain_mean"]) for r in rows} == {(2, 1, 1)}
+    assert A.leave_one_out_table(runs, ["t"], "adafuse", ["m0"]) == []  # one member decides nothing
