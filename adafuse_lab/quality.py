@@ -207,12 +207,30 @@ def plan_progress(plan: Path, runs_dir: Path) -> str:
     return f"{time.strftime('%H:%M:%S')} {done} of {len(configs)} runs finished ({examples} examples decoded)"
 
 
+def all_saved(work: Path, opts: dict, task: str) -> bool:
+    """Whether every run `tune` needs for this task is saved: the grid on the tune half, the
+    defaults on the report half, and the settings it will choose on the report half."""
+    from .analysis import finished_run, run_dir
+    from .tune import chosen_point, tune_config, tune_configs
+    kw = run_kw(opts, task)
+    chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", **kw)
+    if chosen is None:
+        return False
+    configs = tune_configs(task, opts["models"], opts["grid"], **kw) + [
+        tune_config(task, opts["models"], chosen, "report", **kw)]
+    return all(finished_run(run_dir(work / "runs", c)) is not None for c in configs)
+
+
 def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
     """Run `tune` for every task (finding the planned runs; decoding the winner on the report
-    half); returns {task: chosen settings}."""
+    half); returns {task: chosen settings}. With opts["saved_only"], only the tasks whose runs
+    are all saved are tuned, and nothing is decoded (e.g. on a CPU machine after a GPU lease)."""
     jobs, tasks = [], tasks_of(opts)
     for task in tasks:
         kw = run_kw(opts, task)
+        if opts.get("saved_only") and not all_saved(work, opts, task):
+            log(f"tune {task}: skipped, not every run it needs is saved (--saved-only)")
+            continue
         argv = cli("tune", "--task", task, "--models", opts["models"], "--out", str(work), "--source", kw["source"],
                    "--batch-size", str(kw["batch_size"]), "--max-new-tokens", str(kw["max_new_tokens"]),
                    "--n-boot", str(opts["n_boot"]), *[a for k, v in opts["grid"].items()
@@ -268,6 +286,8 @@ def add_parser(sub) -> None:
     a("--n-boot", type=int, default=1000)
     a("--gpus", help="GPUs to use, one worker each, e.g. 0,1 (default: every visible GPU; one worker on CPU)")
     a("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)} (default: all)")
+    a("--saved-only", action="store_true",
+      help="tune step: tune only the tasks whose runs are all saved, and decode nothing")
     p.set_defaults(func=cmd_quality)
 
 
@@ -281,7 +301,8 @@ def cmd_quality(args) -> dict:
             "limit": args.limit, "limits": parse_limits(args.limits), "dtype": args.dtype, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "n_boot": args.n_boot,
             "grid": parse_grid(args.grid or ["theta=0.5,0.7,0.9"]),
-            "methods": [m.strip() for m in args.methods.split(",")] if args.methods else None}
+            "methods": [m.strip() for m in args.methods.split(",")] if args.methods else None,
+            "saved_only": args.saved_only}
     check(opts)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

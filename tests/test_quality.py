@@ -63,6 +63,11 @@ def test_quality_command_end_to_end(tmp_path, capsys, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr("adafuse_lab.tune.choose", lambda scores: len(scores) - 1)
         main(ARGS + ["--work", str(work), "--steps", "plan"])
+        # --saved-only: the chosen setting's report run is not saved, so nothing is tuned or decoded
+        capsys.readouterr()
+        assert main(ARGS + ["--work", str(work), "--steps", "tune", "--saved-only"]) == 0
+        assert "tune triviaqa: skipped" in capsys.readouterr().out
+        assert not (work / "tune_triviaqa.json").exists() and len(list((work / "runs").rglob("results.json"))) == 7
     plan = [json.loads(x) for x in (work / "plan.jsonl").read_text().splitlines()]
     assert [(c["method"], c["half"], c["decode"]) for c in plan] == [("adafuse", "report", {"theta": 0.9})]
 
@@ -77,6 +82,13 @@ def test_quality_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert "adafuse (tuned)" in out and (work / Q.NOTEBOOK / "paired.csv").is_file()
     # the tuned row reads the run the tune step decoded (or the default run, if the defaults won)
     assert {p["a"] for p in summary["paired"]} == {"adafuse", "adafuse (tuned)"}
+
+    # with every run saved, --saved-only tunes (and decodes nothing)
+    (work / "tune_triviaqa.json").unlink()
+    n_runs = len(list((work / "runs").rglob("results.json")))
+    assert main(ARGS + ["--work", str(work), "--steps", "tune", "--saved-only"]) == 0
+    assert json.loads((work / "tune_triviaqa.json").read_text())["chosen"] == chosen
+    assert len(list((work / "runs").rglob("results.json"))) == n_runs
 
     # everything is saved: a second plan lists nothing and the decode worker decodes nothing
     main(ARGS + ["--work", str(work), "--steps", "plan,decode"])
