@@ -189,9 +189,16 @@ def top1_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str
     return out
 
 
+
+
+def _mean_winner(cands: Sequence[dict], members: Sequence[int]) -> int:
+    """Index of the candidate with the lowest plain mean NLL over `members` (first on ties)."""
+    return min(range(len(cands)), key=lambda i: sum(_nll(cands[i], k) for k in members) / len(members))
+
+
 def _favourite(cands: Sequence[dict], k: int) -> int:
     """Index of member k's favourite candidate: its lowest mean NLL (first on ties)."""
-    return min(range(len(cands)), key=lambda i: _nll(cands[i], k))
+    return _mean_winner(cands, [k])
 
 
 def disagreement_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:
@@ -222,9 +229,6 @@ def disagreement_table(runs: dict, tasks: Sequence[str], label: str, names: Sequ
     return out
 
 
-def _mean_winner(cands: Sequence[dict], members: Sequence[int]) -> int:
-    """Index of the candidate with the lowest plain mean NLL over `members` (first on ties)."""
-    return min(range(len(cands)), key=lambda i: sum(_nll(cands[i], k) for k in members) / len(members))
 
 
 def leave_one_out_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:

@@ -106,20 +106,27 @@ def check(opts: dict) -> None:
 # ---------------------------------------------------------------- steps
 
 
+def tune_runs(work: Path, opts: dict, task: str) -> tuple[list, bool]:
+    """The runs `tune` needs for this task: the grid on the tune half, the defaults on the report
+    half and, once the tune half is saved, the settings it will choose on the report half; and
+    whether that choice is known yet."""
+    from .tune import chosen_point, tune_config, tune_configs
+    kw = run_kw(opts, task)
+    chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", **kw)
+    winner = [] if chosen is None else [tune_config(task, opts["models"], chosen, "report", **kw)]
+    return tune_configs(task, opts["models"], opts["grid"], **kw) + winner, chosen is not None
+
+
 def plan_step(work: Path, opts: dict, log=print) -> Path:
     """W/plan.jsonl: 04's missing report-half runs, then the tune grid's missing tune-half runs,
     and, for a task whose tune-half runs are all saved, the chosen settings on the report half
     (which the tune step would otherwise decode alone, after every worker has finished)."""
     from .analysis import finished_run, run_dir
     from .figures import plan
-    from .tune import chosen_point, tune_config, tune_configs
     path = plan(str(write_params(work, opts)), work, only=[NOTEBOOK], log=log)
     lines = path.read_text().splitlines()
     for task in tasks_of(opts):
-        kw = run_kw(opts, task)
-        chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", **kw)
-        winner = [] if chosen is None else [tune_config(task, opts["models"], chosen, "report", **kw)]
-        for cfg in tune_configs(task, opts["models"], opts["grid"], **kw) + winner:
+        for cfg in tune_runs(work, opts, task)[0]:
             line = json.dumps(cfg.to_dict(), sort_keys=True)
             if line not in lines and finished_run(run_dir(work / "runs", cfg)) is None:
                 lines.append(line)
@@ -208,17 +215,10 @@ def plan_progress(plan: Path, runs_dir: Path) -> str:
 
 
 def all_saved(work: Path, opts: dict, task: str) -> bool:
-    """Whether every run `tune` needs for this task is saved: the grid on the tune half, the
-    defaults on the report half, and the settings it will choose on the report half."""
+    """Whether every run `tune` needs for this task is saved, the chosen settings' included."""
     from .analysis import finished_run, run_dir
-    from .tune import chosen_point, tune_config, tune_configs
-    kw = run_kw(opts, task)
-    chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", **kw)
-    if chosen is None:
-        return False
-    configs = tune_configs(task, opts["models"], opts["grid"], **kw) + [
-        tune_config(task, opts["models"], chosen, "report", **kw)]
-    return all(finished_run(run_dir(work / "runs", c)) is not None for c in configs)
+    configs, chosen_known = tune_runs(work, opts, task)
+    return chosen_known and all(finished_run(run_dir(work / "runs", c)) is not None for c in configs)
 
 
 def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
