@@ -188,10 +188,16 @@ def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | 
     if names:
         build(params, work_dir / "plan" / "figures", work_dir, names, nb_dir, kernel, log=log, plan_file=raw)
     lines = list(dict.fromkeys(raw.read_text().splitlines()))  # first mention first, each once
-    out.write_text("".join(line + "\n" for line in lines))
+    write_plan(out, lines)
     raw.unlink()
     log(f"{len(lines)} run(s) to decode, listed in {out}")
     return out
+
+
+def write_plan(path: Path, lines: list[str]) -> None:
+    """Write a plan file whole (workers may be reading it: they see the old plan or the new)."""
+    from .runs import write_atomic
+    write_atomic(path, "".join(line + "\n" for line in lines).encode())
 
 
 def read_plan(plan_file) -> list:
@@ -213,20 +219,37 @@ def _cost(cfg) -> float:
     return per_example * (cfg.limit or 1000) * cfg.max_new_tokens
 
 
-def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
-    """Decode the runs listed in plan_file into runs_dir, the longest first. Several workers
-    (one per GPU: CUDA_VISIBLE_DEVICES) can work through the same plan at once: each run is
-    locked while it is decoded (the lock goes with the process, so a killed worker leaves none
-    behind) and a finished run is skipped. Members stay loaded from one run to the next.
-    Returns {"decoded": [...], "found": [...], "busy": [...]} (run directories)."""
+def _pending(plan_files, runs_dir, seen: set) -> list:
+    """(run dir, config) of the plans' runs not yet in `seen`: the first plan's first, each
+    plan's longest first. The files are read afresh each time, so a plan rewritten meanwhile
+    (a re-plan that adds the tuned settings' runs) is taken up by workers already running."""
+    from .analysis import run_dir
+    todo: dict = {}
+    for plan_file in plan_files:
+        for cfg in sorted(read_plan(plan_file), key=_cost, reverse=True):
+            out = run_dir(runs_dir, cfg)
+            if out not in seen:
+                todo.setdefault(out, cfg)
+    return list(todo.items())
+
+
+def decode_plan(plan_files, runs_dir, progress: bool = False, log=print) -> dict:
+    """Decode the runs listed in one or more plan files into runs_dir: the first plan's runs
+    before the next's, each plan's longest first. Several workers (one per GPU:
+    CUDA_VISIBLE_DEVICES) can work through the same plans at once: each run is locked while it is
+    decoded (the lock goes with the process, so a killed worker leaves none behind) and a
+    finished run is skipped. The plans are read again after every run. Members stay loaded
+    from one run to the next. Returns {"decoded": [...], "found": [...], "busy": [...]}."""
     import fcntl
 
-    from .analysis import finished_run, run_dir
+    from .analysis import finished_run
     from .runs import run
-    configs = sorted(read_plan(plan_file), key=_cost, reverse=True)
-    sessions, report = {}, {"decoded": [], "found": [], "busy": []}
-    for i, cfg in enumerate(configs, 1):
-        out = run_dir(runs_dir, cfg)
+    plan_files = [plan_files] if isinstance(plan_files, (str, Path)) else list(plan_files)
+    sessions, report, seen = {}, {"decoded": [], "found": [], "busy": []}, set()
+    while todo := _pending(plan_files, runs_dir, seen):
+        out, cfg = todo[0]
+        seen.add(out)
+        tag = f"[{len(seen)}/{len(seen) + len(todo) - 1}]"
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out.parent / f".{out.name}.lock", "w") as lock:
             try:
@@ -238,10 +261,10 @@ def decode_plan(plan_file, runs_dir, progress: bool = False, log=print) -> dict:
                 report["found"].append(str(out))
                 continue
             t = time.perf_counter()
-            log(f"[{i}/{len(configs)}] decoding {out} ...")
+            log(f"{tag} decoding {out} ...")
             run(cfg, out, progress=progress, sessions=sessions)
             report["decoded"].append(str(out))
-            log(f"[{i}/{len(configs)}] decoded {out} ({time.perf_counter() - t:.1f} s)")
+            log(f"{tag} decoded {out} ({time.perf_counter() - t:.1f} s)")
     return report
 
 
@@ -262,8 +285,9 @@ def add_parser(subparsers) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--plan", action="store_true",
                       help="decode nothing: list the runs the notebooks need in WORK/plan.jsonl")
-    mode.add_argument("--decode", metavar="PLAN",
-                      help="decode the runs of a plan file into WORK/runs and draw nothing; start one such "
+    mode.add_argument("--decode", metavar="PLAN", nargs="+",
+                      help="decode the runs of one or more plan files (the first's before the next's; each "
+                           "read again after every run) into WORK/runs and draw nothing; start one such "
                            "process per GPU (CUDA_VISIBLE_DEVICES) to share the work")
     p.set_defaults(func=cmd_figures)
 

@@ -122,7 +122,7 @@ def plan_step(work: Path, opts: dict, log=print) -> Path:
     and, for a task whose tune-half runs are all saved, the chosen settings on the report half
     (which the tune step would otherwise decode alone, after every worker has finished)."""
     from .analysis import finished_run, run_dir
-    from .figures import plan
+    from .figures import plan, write_plan
     path = plan(str(write_params(work, opts)), work, only=[NOTEBOOK], log=log)
     lines = path.read_text().splitlines()
     for task in tasks_of(opts):
@@ -130,7 +130,7 @@ def plan_step(work: Path, opts: dict, log=print) -> Path:
             line = json.dumps(cfg.to_dict(), sort_keys=True)
             if line not in lines and finished_run(run_dir(work / "runs", cfg)) is None:
                 lines.append(line)
-    path.write_text("".join(line + "\n" for line in lines))
+    write_plan(path, lines)
     log(f"{len(lines)} run(s) to decode in {path}")
     return path
 
@@ -212,6 +212,14 @@ def plan_progress(plan: Path, runs_dir: Path) -> str:
         samples = path / "samples.jsonl"
         examples += sum(1 for _ in samples.open()) if samples.is_file() else 0
     return f"{time.strftime('%H:%M:%S')} {done} of {len(configs)} runs finished ({examples} examples decoded)"
+
+
+def plan_saved(work) -> bool:
+    """Whether every run of W/plan.jsonl is saved (then a new plan step may add the tuned runs)."""
+    from .analysis import finished_run, run_dir
+    from .figures import read_plan
+    work = Path(work)
+    return all(finished_run(run_dir(work / "runs", c)) is not None for c in read_plan(work / "plan.jsonl"))
 
 
 def all_saved(work: Path, opts: dict, task: str) -> bool:

@@ -8,8 +8,9 @@
 #
 # Everything lands in $W (default /root/work); $W/driver.log says how far it got. Every ensemble
 # has its folder $W/q<N> (plan, tune files, table) whose runs/ is the shared $W/runs, so the
-# members' single runs are decoded once for all ensembles. Each GPU's worker goes through the
-# plans in the order given; then each ensemble is tuned and tabled. Everything resumes from the
+# members' single runs are decoded once for all ensembles. Each GPU's workers go through the
+# plans in the order given, and an ensemble whose plan is done is planned again (its tuned
+# runs); then each ensemble is tuned and tabled. Everything resumes from the
 # run directories: a lease that ends early loses only the runs being decoded.
 #
 # Settings (environment): RESUME a tar archive (gzip or xz) of earlier run directories (paths
@@ -65,20 +66,43 @@ for E in $ENSEMBLES; do
   i=$((i + 1)); D=$W/q$i; DIRS+=("$D"); mkdir -p "$D"; ln -sfn "$W/runs" "$D/runs"; echo "$E" > "$D/members"
   rm -f "$D/.planned"
 done
-# Plans are made one after the other while the workers start on the first (each takes about 25 s
-# of papermill); a worker waits for a plan's .planned mark before it reads that plan.
-( for D in "${DIRS[@]}"; do
-    python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan > "$D/plan.log" 2>&1
-    log "plan $(cat "$D/members") done ($?): $(wc -l < "$D/plan.jsonl") runs"; touch "$D/.planned"
-  done ) &
-worker() {  # $PER_GPU processes on GPU $1, each through every plan in order (each run is locked by one)
-  local n
+# The plans are made at once (each takes about 25 s of papermill) while the members load; the
+# workers start when all are made.
+for D in "${DIRS[@]}"; do
+  ( CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan \
+        > "$D/plan.log" 2>&1
+    log "plan $(cat "$D/members") done ($?): $(wc -l < "$D/plan.jsonl") runs"; touch "$D/.planned" ) &
+done
+PLANS=(); for D in "${DIRS[@]}"; do PLANS+=("$D/plan.jsonl"); done
+# Once every run of an ensemble's plan is saved, it is planned again: that adds the runs of the
+# settings its tune half chose, on the report half, and the workers (which read the plans again
+# after every run, the first ensemble's first) take them up next. Otherwise the tuned runs would
+# wait for the tune step after the last plan, which a lease may not reach.
+replan() {
+  local D left
+  while :; do
+    left=0
+    for D in "${DIRS[@]}"; do
+      [ -e "$D/.final" ] && continue
+      left=1
+      [ -e "$D/.planned" ] || continue
+      python -c "import sys; from adafuse_lab.quality import plan_saved as s; sys.exit(not s(sys.argv[1]))" "$D" || continue
+      CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan \
+          >> "$D/plan.log" 2>&1
+      log "re-plan $(cat "$D/members") ($?): $(wc -l < "$D/plan.jsonl") runs"
+      [ -s "$D/plan.jsonl" ] || touch "$D/.final"
+    done
+    [ $left = 1 ] || return
+    sleep 10
+  done
+}
+replan &
+worker() {  # $PER_GPU processes on GPU $1, each through every plan (each run is locked by one)
+  local n D
   for n in $(seq 1 "$PER_GPU"); do
-    ( for D in "${DIRS[@]}"; do
-        until [ -e "$D/.planned" ]; do sleep 2; done
-        CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "$D/plan.jsonl" --work "$D" \
-            >> "$W/worker$1_$n.log" 2>&1
-      done ) &
+    ( for D in "${DIRS[@]}"; do until [ -e "$D/.planned" ]; do sleep 2; done; done
+      CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "${PLANS[@]}" --work "$W" \
+          >> "$W/worker$1_$n.log" 2>&1 ) &
   done
   wait
   log "worker(s) on GPU $1 done"
@@ -86,7 +110,8 @@ worker() {  # $PER_GPU processes on GPU $1, each through every plan in order (ea
 # GPUs 0 and 1 join after the checks; the others (a 4-GPU host) decode from the start.
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 log "$NGPU GPU(s)"
-for g in $(seq 2 $((NGPU - 1))); do worker $g & done
+PIDS=()
+for g in $(seq 2 $((NGPU - 1))); do worker $g & PIDS+=($!); done
 ( if [ "$SCALING" = 1 ]; then
     CUDA_VISIBLE_DEVICES=0,1 python benchmarks/multi_gpu_check.py --gpus 2 --out "$W/bench/h100x2_scaling_${SCALING_TASK}${SCALING_LIMIT}.json" -- \
         --task "$SCALING_TASK" --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse --limit "$SCALING_LIMIT" --batch-size 64 \
@@ -129,6 +154,9 @@ for g in $(seq 2 $((NGPU - 1))); do worker $g & done
   else
     worker 0 & worker 1 & wait
   fi ) &
+PIDS+=($!)
+wait "${PIDS[@]}"
+for D in "${DIRS[@]}"; do touch "$D/.final"; done  # stops the re-planning
 wait
 for D in "${DIRS[@]}"; do
   python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps tune,table > "$D/tune_table.log" 2>&1

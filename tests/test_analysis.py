@@ -363,6 +363,29 @@ def test_decode_plan_skips_locked_and_finished_runs(tmp_path):
     assert all(A.ensure_run(c, runs, launch=False, log=lambda m: None) is not None for c in cfgs)
 
 
+def test_decode_plan_takes_plans_in_order_and_reads_them_again(tmp_path):
+    # A lease's workers decode several ensembles' plans, the first's before the next's; a re-plan
+    # of the first (the tuned settings' runs, once its tune half is saved) is taken up at once.
+    from adafuse_lab.figures import decode_plan, write_plan
+    kw = dict(limit=1, source="sample", max_new_tokens=4)
+    first = [A.run_config("triviaqa", "tiny:bpe", "single", {}, **kw)]
+    second = [A.run_config("flores_en-de", "tiny:spm", "single", {}, **kw),
+              A.run_config("triviaqa", "tiny:spm", "single", {}, **kw)]
+    added = A.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {"theta": 0.5}, **kw)
+    p1, p2, runs = tmp_path / "p1.jsonl", tmp_path / "p2.jsonl", tmp_path / "runs"
+    line = lambda c: json.dumps(c.to_dict())
+    write_plan(p1, [line(c) for c in first])
+    write_plan(p2, [line(c) for c in second])
+
+    def log(msg):
+        if msg.startswith("[1/") and "decoded" in msg:  # the first run is saved: re-plan the first
+            write_plan(p1, [line(c) for c in first + [added]])
+
+    report = decode_plan([p1, p2], runs, log=log)
+    assert report["decoded"] == [str(A.run_dir(runs, c)) for c in first + [added] + second]
+    assert decode_plan([p1, p2], runs, log=lambda m: None)["found"] == report["decoded"]
+
+
 def test_decode_plan_rejects_a_bad_file(tmp_path):
     from adafuse_lab.figures import decode_plan
     from adafuse_lab.runs import UsageError
