@@ -13,9 +13,10 @@
 # runs); then each ensemble is tuned and tabled. Everything resumes from the
 # run directories: a lease that ends early loses only the runs being decoded.
 #
-# Settings (environment): RESUME a tar archive (gzip or xz) of earlier run directories (paths
-# runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz) unpacked into $W
-# first; SCALING=1 the 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks;
+# Settings (environment): RESUME tar archives (gzip or xz, separated by spaces) of earlier run
+# directories (paths runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz)
+# unpacked into $W first, in order, so a later one's files replace an earlier one's (the traced
+# samples of partly decoded runs in partial_traces.txz, for one); SCALING=1 the 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks;
 # BENCH=1 the speed table's missing rows on GPUs 0 and 1 (see below; BASELINES the methods timed
 # at batch 256); PER_GPU decoding processes
 # per GPU. To stop the workers from another command: pkill -f "[f]igures --decode" (the brackets
@@ -52,7 +53,10 @@ mkdir -p "$W/bench" "$W/runs"
 log() { echo "$(date +%T) $*" >> "$W/driver.log"; }
 log "start: $ENSEMBLES"
 # Python's tarfile reads gzip and xz alike, whatever tar programs the machine has.
-if [ -n "${RESUME:-}" ]; then python -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$RESUME" "$W"; log "resumed from $RESUME: $(ls -d $W/runs/*/* | wc -l) run dirs"; fi
+for A in ${RESUME:-}; do
+  python -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$A" "$W" || exit 1
+  log "resumed from $A: $(ls -d $W/runs/*/* | wc -l) run dirs"
+done
 # The first load of a GGUF member writes its hf/ folder: once here (one process per member, at
 # once), not by several workers at the same time.
 for m in $(echo $ENSEMBLES | tr ', ' '\n\n' | sort -u); do
