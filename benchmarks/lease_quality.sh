@@ -16,8 +16,8 @@
 # Settings (environment): RESUME tar archives (gzip or xz, separated by spaces) of earlier run
 # directories (paths runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz)
 # unpacked into $W first, in order, so a later one's files replace an earlier one's (the traced
-# samples of partly decoded runs in partial_traces.txz, for one); SCALING=1 the 2-GPU check (SCALING_LIMIT questions); AUTO=1 the --device auto checks;
-# BENCH=1 the speed table's missing rows on GPUs 0 and 1 (see below; BASELINES the methods timed
+# samples of partly decoded runs in partial_traces.txz, for one); SCALING=1 the 2-GPU check
+# (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the speed table's missing rows on GPUs 0 and 1 (see below; BASELINES the methods timed
 # at batch 256); PER_GPU decoding processes
 # per GPU. To stop the workers from another command: pkill -f "[f]igures --decode" (the brackets
 # keep pkill off that command).
@@ -70,8 +70,8 @@ for E in $ENSEMBLES; do
   i=$((i + 1)); D=$W/q$i; DIRS+=("$D"); mkdir -p "$D"; ln -sfn "$W/runs" "$D/runs"; echo "$E" > "$D/members"
   rm -f "$D/.planned"
 done
-# The plans are made at once (each takes about 25 s of papermill) while the members load; the
-# workers start when all are made.
+# The plans are made at once (each takes about 25 s of papermill, on the CPU); the workers start
+# when all are made.
 for D in "${DIRS[@]}"; do
   ( CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan \
         > "$D/plan.log" 2>&1
