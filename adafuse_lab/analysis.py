@@ -189,8 +189,6 @@ def top1_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str
     return out
 
 
-
-
 def _mean_winner(cands: Sequence[dict], members: Sequence[int]) -> int:
     """Index of the candidate with the lowest plain mean NLL over `members` (first on ties)."""
     return min(range(len(cands)), key=lambda i: sum(_nll(cands[i], k) for k in members) / len(members))
@@ -227,8 +225,6 @@ def disagreement_table(runs: dict, tasks: Sequence[str], label: str, names: Sequ
                             "margin_a": float(np.median(margin_a)), "margin_b": float(np.median(margin_b)),
                             "won_a": won_a, "won_b": won_b})
     return out
-
-
 
 
 def leave_one_out_table(runs: dict, tasks: Sequence[str], label: str, names: Sequence[str]) -> list[dict]:

@@ -121,14 +121,13 @@ def plan_step(work: Path, opts: dict, log=print) -> Path:
     """W/plan.jsonl: 04's missing report-half runs, then the tune grid's missing tune-half runs,
     and, for a task whose tune-half runs are all saved, the chosen settings on the report half
     (which the tune step would otherwise decode alone, after every worker has finished)."""
-    from .analysis import finished_run, run_dir
     from .figures import plan, write_plan
     path = plan(str(write_params(work, opts)), work, only=[NOTEBOOK], log=log)
     lines = path.read_text().splitlines()
     for task in tasks_of(opts):
         for cfg in tune_runs(work, opts, task)[0]:
             line = json.dumps(cfg.to_dict(), sort_keys=True)
-            if line not in lines and finished_run(run_dir(work / "runs", cfg)) is None:
+            if line not in lines and not saved(work, cfg):
                 lines.append(line)
     write_plan(path, lines)
     log(f"{len(lines)} run(s) to decode in {path}")
@@ -214,19 +213,23 @@ def plan_progress(plan: Path, runs_dir: Path) -> str:
     return f"{time.strftime('%H:%M:%S')} {done} of {len(configs)} runs finished ({examples} examples decoded)"
 
 
+def saved(work: Path, cfg) -> bool:
+    """Whether the run of `cfg` under W/runs is finished."""
+    from .analysis import finished_run, run_dir
+    return finished_run(run_dir(work / "runs", cfg)) is not None
+
+
 def plan_saved(work) -> bool:
     """Whether every run of W/plan.jsonl is saved (then a new plan step may add the tuned runs)."""
-    from .analysis import finished_run, run_dir
     from .figures import read_plan
     work = Path(work)
-    return all(finished_run(run_dir(work / "runs", c)) is not None for c in read_plan(work / "plan.jsonl"))
+    return all(saved(work, c) for c in read_plan(work / "plan.jsonl"))
 
 
 def all_saved(work: Path, opts: dict, task: str) -> bool:
     """Whether every run `tune` needs for this task is saved, the chosen settings' included."""
-    from .analysis import finished_run, run_dir
     configs, chosen_known = tune_runs(work, opts, task)
-    return chosen_known and all(finished_run(run_dir(work / "runs", c)) is not None for c in configs)
+    return chosen_known and all(saved(work, c) for c in configs)
 
 
 def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
