@@ -195,3 +195,27 @@ def test_speed_figures_from_the_committed_results(tmp_path):
     written = mod.main(["--results", str(results), "--out", str(tmp_path)])
     assert sorted(p.name for p in written) == ["scaling.png", "speed_engine_versions.png", "speed_methods.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
+
+
+def test_output_language_counts_finished_runs_only(tmp_path, capsys):
+    """benchmarks/output_language.py: one line per finished run, languages counted per answer."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("output_language", root / "benchmarks" / "output_language.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    answers = ["The weather was very cold and the children stayed at home all day.",
+               "Das Wetter war sehr kalt und die Kinder sind den ganzen Tag zu Hause geblieben.",
+               "Die Regierung hat gestern beschlossen, die neue Brücke nicht zu bauen.", ""]
+    for name, done in (("single-a", True), ("single-b", False)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"method": "single", "models": ["m"], "half": "report"}))
+        (run / "samples.jsonl").write_text("".join(json.dumps({"prediction": a}) + "\n" for a in answers))
+        if done:
+            (run / "results.json").write_text("{}")
+    mod.main([str(tmp_path / "single-a"), str(tmp_path / "single-b")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["single-a\tsingle\tm\treport\tde 2, en 1, none 1"]
