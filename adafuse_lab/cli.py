@@ -68,6 +68,8 @@ def _add_run_options(p, defaults: dict) -> None:
     a("--method", default=defaults.get("method", "adafuse"), help="decoding method (default: %(default)s)")
     a("--limit", type=int, default=defaults.get("limit"), help="first N examples")
     a("--half", choices=["tune", "report"], help="only the first (tune) or second (report) half of the examples")
+    a("--chat", action="store_true", help="give each member the prompt as a user turn of its chat template "
+                                          "(default: the paper's plain text)")
     a("--out", required="out" not in defaults, default=defaults.get("out"), help="run directory")
     a("--source", default=defaults.get("source", "auto"), choices=["auto", "local", "hub", "sample"])
     a("--data-dir", help="local data folder laid out like shared/data")
@@ -95,7 +97,7 @@ def _run_config(args) -> RunConfig:
     return RunConfig(task=args.task, models=args.models, method=args.method, limit=args.limit,
                      source=args.source, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
                      max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode,
-                     half=args.half)
+                     half=args.half, chat=args.chat)
 
 
 def add_run(sub) -> None:

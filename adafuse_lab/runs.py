@@ -57,11 +57,13 @@ class RunConfig:
     dtype: str | None = None        # None: bf16 on CUDA, fp32 on CPU
     decode: dict = field(default_factory=dict)  # other DecodeConfig fields: theta, M, B, criterion, ...
     half: str | None = None         # None: every example; "tune": the first half, "report": the rest
+    chat: bool | None = None        # True: each member reads the prompt through its chat template
 
     def __post_init__(self):
         models = self.models.split(",") if isinstance(self.models, str) else self.models
         object.__setattr__(self, "models", tuple(m.strip() for m in models if m.strip()))
         object.__setattr__(self, "decode", dict(self.decode or {}))
+        object.__setattr__(self, "chat", True if self.chat else None)  # False and None: plain prompts
 
     def to_dict(self) -> dict:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -73,7 +75,7 @@ class RunConfig:
         return d
 
 
-_LATER_FIELDS = ("half",)
+_LATER_FIELDS = ("half", "chat")
 HALVES = ("tune", "report")
 
 
@@ -359,7 +361,7 @@ def _load_members(cfg: RunConfig, sessions: dict | None = None):
         try:
             if key not in sessions:
                 sessions[key] = load_session(spec, device=cfg.device, dtype=_dtype(cfg.dtype))
-            members.append(sessions[key])
+            members.append(sessions[key].as_chat() if cfg.chat else sessions[key])
         # Missing path, hub id not found, bad or corrupt weights, zoo download failed (sha256
         # mismatch, pip error), out of memory: one line (--debug: the traceback).
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as e:

@@ -6,7 +6,7 @@ in-memory test zoo.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,14 +22,25 @@ class ModelSession:
     bos_token_id: int | None = None  # prepended to prompts when the model expects one (Gemma)
     pad_token_id: int = 0          # any valid id; padded positions are always masked
     info: dict = field(default_factory=dict)  # licence, source, sha256, ...
+    chat: bool = False             # prompts go in as one user turn of the tokenizer's chat template
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` with no special tokens added."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode_prompt(self, text: str) -> list[int]:
+        if self.chat:  # the template writes its own BOS where the model wants one (Gemma)
+            return self.encode(self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))
         ids = self.encode(text)
         return [self.bos_token_id] + ids if self.bos_token_id is not None else ids
+
+    def as_chat(self) -> "ModelSession":
+        """This member with chat prompts; the model and tokenizer are shared, not copied. Every
+        member wraps the same prompt text in its own template, then all continue the same answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.name} has no chat template (a base model?); use plain prompts")
+        return replace(self, chat=True)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

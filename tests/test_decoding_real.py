@@ -40,3 +40,16 @@ def test_one_real_member_equals_generate(smollm2, reference, method):
     outs = decode(method, [smollm2], PROMPTS, DecodeConfig(max_new_tokens=MAX_NEW, B=1))
     assert all(reference)  # the model says something
     assert [o.text for o in outs] == reference
+
+
+def test_chat_prompt_on_the_real_member_equals_generate(smollm2):
+    """--chat: the member reads its own template (SmolLM2's adds its default system turn) and one
+    member still reproduces greedy generate on those ids."""
+    chat = smollm2.as_chat()
+    text = chat.decode(chat.encode_prompt(PROMPTS[0]))
+    assert text.startswith("<|im_start|>system\n") and f"<|im_start|>user\n{PROMPTS[0]}<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    reference = [greedy_text(chat, p) for p in PROMPTS]
+    assert all(reference)
+    outs = decode("single", [chat], PROMPTS, DecodeConfig(max_new_tokens=MAX_NEW, B=1))
+    assert [o.text for o in outs] == reference

@@ -254,3 +254,51 @@ def test_sharded_run_under_torchrun(tmp_path):
 def test_shard_rank_out_of_range(tmp_path):
     with pytest.raises(UsageError, match="rank 2"):
         runs.run_sharded(cfg(), tmp_path, 2, 2, progress=False)
+
+
+# ---------------------------------------------------------------- chat prompts
+
+def _with_template(monkeypatch, template):
+    from adafuse_lab import tiny
+    real = tiny.make_tokenizer
+
+    def templated(name):
+        tok = real(name)
+        tok.chat_template = template
+        return tok
+
+    monkeypatch.setattr(tiny, "make_tokenizer", templated)
+
+
+def test_chat_config_is_recorded_only_when_on():
+    assert "chat" not in cfg().to_dict() and "chat" not in cfg(chat=False).to_dict()  # earlier run dirs keep their names
+    assert cfg(chat=True).to_dict()["chat"] is True
+
+
+def test_chat_prompt_is_one_user_turn_of_each_members_template(monkeypatch):
+    from adafuse_lab.tiny import make_tiny
+    _with_template(monkeypatch, "<u>{{ messages[0]['content'] }}</u>{% if add_generation_prompt %}A:{% endif %}")
+    for name in ("tiny:char", "tiny:spm"):  # spm prepends BOS to plain prompts; a template writes its own
+        s = make_tiny(name)
+        assert s.as_chat().encode_prompt("hi") == s.encode("<u>hi</u>A:")
+        assert s.as_chat().model is s.model and not s.chat  # a view: the model is shared, the member unchanged
+
+
+def test_chat_with_identity_template_gives_the_plain_run(monkeypatch, tmp_path):
+    """Members without BOS, a template that returns the text: the chat path must change nothing."""
+    plain = run(cfg(method="adafuse", limit=2, max_new_tokens=8), tmp_path / "plain", progress=False)
+    _with_template(monkeypatch, "{{ messages[0]['content'] }}")
+    chat = run(cfg(method="adafuse", limit=2, max_new_tokens=8, chat=True), tmp_path / "chat", progress=False)
+    assert chat["config"]["chat"] is True
+    assert lines(tmp_path / "chat" / "samples.jsonl") == lines(tmp_path / "plain" / "samples.jsonl")
+    _with_template(monkeypatch, "Q {{ messages[0]['content'] }} A")
+    other = run(cfg(method="adafuse", limit=2, max_new_tokens=8, chat=True), tmp_path / "other", progress=False)
+    assert [json.loads(x)["prediction"] for x in lines(tmp_path / "other" / "samples.jsonl")] != \
+           [json.loads(x)["prediction"] for x in lines(tmp_path / "plain" / "samples.jsonl")]
+    assert plain["metrics"]["n"] == 2
+
+
+def test_chat_refused_for_a_member_without_template(tmp_path):
+    with pytest.raises(UsageError, match=r"could not load model 'tiny:char': tiny:char has no chat template"):
+        run(cfg(chat=True), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
