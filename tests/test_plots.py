@@ -1,7 +1,9 @@
 """adafuse_lab.plots: one style, one colour mapping, stable files, widget-callable functions."""
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import matplotlib
 
@@ -178,15 +180,19 @@ def test_figures_headless_restores_environment(monkeypatch):
     assert plots.HEADLESS_ENV not in os.environ
 
 
-def test_speed_figures_from_the_committed_results(tmp_path):
-    """benchmarks/plot_speed.py reads the committed JSON files (numbers as BENCHMARKS.md quotes them)."""
+def _benchmark_script(name):
+    """A script of benchmarks/ (not a package) as a module."""
     import importlib.util
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("plot_speed", root / "benchmarks" / "plot_speed.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    results = root / "benchmarks" / "results"
+    return mod
+
+
+def test_speed_figures_from_the_committed_results(tmp_path):
+    """benchmarks/plot_speed.py reads the committed JSON files (numbers as BENCHMARKS.md quotes them)."""
+    mod = _benchmark_script("plot_speed")
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     b64 = {m: (r, s) for m, r, s in mod.method_rows(results, mod.METHODS_B64)}
     assert b64["adafuse grouped"] == (2.531, 0.5055) and b64["single"][0] < 1 < b64["unite"][0]
     versions = mod.version_rows(results)
@@ -199,13 +205,7 @@ def test_speed_figures_from_the_committed_results(tmp_path):
 
 def test_output_language_counts_finished_runs_only(tmp_path, capsys):
     """benchmarks/output_language.py: one line per finished run, languages counted per answer."""
-    import importlib.util
-    import json
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("output_language", root / "benchmarks" / "output_language.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark_script("output_language")
     answers = ["The weather was very cold and the children stayed at home all day.",
                "Das Wetter war sehr kalt und die Kinder sind den ganzen Tag zu Hause geblieben.",
                "Die Regierung hat gestern beschlossen, die neue Brücke nicht zu bauen.", ""]
@@ -219,3 +219,18 @@ def test_output_language_counts_finished_runs_only(tmp_path, capsys):
     mod.main([str(tmp_path / "single-a"), str(tmp_path / "single-b")])
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["single-a\tsingle\tm\treport\tde 2, en 1, none 1"]
+
+
+def test_same_samples_counts_equal_records_and_ignores_a_named_trace_field(tmp_path):
+    mod = _benchmark_script("same_samples")
+    member = {"conf": [0.5, 0.25], "words": 1}
+    rec = {"id": "q1", "prediction": "Paris", "trace": [{"members": [member]}]}
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    moved = {**rec, "id": "q2", "trace": [{"members": [{**member, "conf": [0.5, 0.25000001]}]}]}
+    a.write_text(json.dumps(rec) + "\n" + json.dumps({**moved, "trace": rec["trace"]}) + "\n")
+    newer = {**rec, "trace": [{"members": [{**member, "proposed": [0]}]}]}  # a field the older run lacks
+    b.write_text(json.dumps(newer) + "\n" + json.dumps(moved) + "\n" + json.dumps({**rec, "id": "q3"}) + "\n")
+    assert mod.compare(a, b) == {"examples": 2, "same_prediction": 2, "same_trace": 0, "same_record": 0,
+                                 "trace_numbers": 4}
+    assert mod.compare(a, b, ["proposed"]) == {"examples": 2, "same_prediction": 2, "same_trace": 1,
+                                               "same_record": 1, "trace_numbers": 4}
