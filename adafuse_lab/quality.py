@@ -219,11 +219,14 @@ def saved(work: Path, cfg) -> bool:
     return finished_run(run_dir(work / "runs", cfg)) is not None
 
 
-def plan_saved(work) -> bool:
-    """Whether every run of W/plan.jsonl is saved (then a new plan step may add the tuned runs)."""
+def replan_due(work) -> bool:
+    """Whether a new plan step may add runs: every run of W/plan.jsonl is saved, or one of its
+    tune-half runs is (that task's chosen setting may now be known, and its report-half run can
+    start while the rest of the plan decodes)."""
     from .figures import read_plan
     work = Path(work)
-    return all(saved(work, c) for c in read_plan(work / "plan.jsonl"))
+    done = [(c.half, saved(work, c)) for c in read_plan(work / "plan.jsonl")]
+    return all(d for _, d in done) or any(d and half == "tune" for half, d in done)
 
 
 def all_saved(work: Path, opts: dict, task: str) -> bool:

@@ -9,8 +9,8 @@
 # Everything lands in $W (default /root/work); $W/driver.log says how far it got. Every ensemble
 # has its folder $W/q<N> (plan, tune files, table) whose runs/ is the shared $W/runs, so the
 # members' single runs are decoded once for all ensembles. Each GPU's workers go through the
-# plans in the order given, and an ensemble whose plan is done is planned again (its tuned
-# runs); then each ensemble is tuned and tabled. Everything resumes from the
+# plans in the order given, and an ensemble is planned again whenever one of its planned
+# tune-half runs is saved (its tuned runs); then each ensemble is tuned and tabled. Everything resumes from the
 # run directories: a lease that ends early loses only the runs being decoded.
 #
 # Settings (environment): RESUME tar archives (gzip or xz, separated by spaces) of earlier run
@@ -78,10 +78,12 @@ for D in "${DIRS[@]}"; do
     log "plan $(cat "$D/members") done ($?): $(wc -l < "$D/plan.jsonl") runs"; touch "$D/.planned" ) &
 done
 PLANS=(); for D in "${DIRS[@]}"; do PLANS+=("$D/plan.jsonl"); done
-# Once every run of an ensemble's plan is saved, it is planned again: that adds the runs of the
-# settings its tune half chose, on the report half, and the workers (which read the plans again
-# after every run, the first ensemble's first) take them up next. Otherwise the tuned runs would
-# wait for the tune step after the last plan, which a lease may not reach.
+# Once one of an ensemble's planned tune-half runs is saved (or every planned run is), it is
+# planned again: that adds the runs of the settings a complete tune half chose, on the report
+# half, and the workers (which read the plans again after every run, the first ensemble's first)
+# take them up next. Otherwise the tuned runs would wait for the tune step after the last plan,
+# which a lease may not reach. (Lease 8 waited for the whole plan and so decoded none: De→En's
+# tune half was done 13 minutes in, 7 before the end, and its chosen run never started.)
 replan() {
   local D left
   while :; do
@@ -90,7 +92,7 @@ replan() {
       [ -e "$D/.final" ] && continue
       left=1
       [ -e "$D/.planned" ] || continue
-      python -c "import sys; from adafuse_lab.quality import plan_saved as s; sys.exit(not s(sys.argv[1]))" "$D" || continue
+      python -c "import sys; from adafuse_lab.quality import replan_due as s; sys.exit(not s(sys.argv[1]))" "$D" || continue
       CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan \
           >> "$D/plan.log" 2>&1
       log "re-plan $(cat "$D/members") ($?): $(wc -l < "$D/plan.jsonl") runs"

@@ -43,6 +43,7 @@ def test_quality_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert "plan.jsonl: run the plan step first" in fails(ARGS + ["--work", str(work), "--steps", "decode"], capsys)
     assert "unknown step(s) report" in fails(ARGS + ["--work", str(work), "--steps", "plan,report"], capsys)
     assert main(ARGS + ["--work", str(work), "--steps", "plan"]) == 0
+    assert not Q.replan_due(work)  # nothing saved yet
     plan = [json.loads(x) for x in (work / "plan.jsonl").read_text().splitlines()]
     # 04 on the report half: two singles, unite, adafuse; tune: defaults and two grid points on the tune half
     rows = sorted((c["method"], c["half"], ",".join(c["models"]), json.dumps(c["decode"])) for c in plan)
@@ -58,6 +59,14 @@ def test_quality_command_end_to_end(tmp_path, capsys, monkeypatch):
     first = json.loads((work / Q.NOTEBOOK / "summary.json").read_text())
     assert "adafuse (tuned)" not in first["labels"] and first["missing"] == []
     assert " 7 of 7 runs finished (" in Q.plan_progress(work / "plan.jsonl", work / "runs")
+    assert Q.replan_due(work)  # every planned run saved
+    # a saved tune-half run makes a new plan due before the rest is saved; a saved report-half run does not
+    saved_lines = (work / "plan.jsonl").read_text().splitlines()
+    unsaved = json.dumps({**plan[0], "decode": {"theta": 0.5}, "half": "report"})
+    for half, due in (("tune", True), ("report", False)):
+        line = next(x for x in saved_lines if json.loads(x)["half"] == half)
+        (work / "plan.jsonl").write_text(line + "\n" + unsaved + "\n")
+        assert Q.replan_due(work) is due
     # with the tune half saved, a new plan adds the chosen settings on the report half (the
     # choice forced to the last grid point here; the tune step below makes its own)
     with monkeypatch.context() as m:
