@@ -103,12 +103,18 @@ replan() {
   done
 }
 replan &
+all_final() { local D; for D in "${DIRS[@]}"; do [ -e "$D/.final" ] || return 1; done; }
 worker() {  # $PER_GPU processes on GPU $1, each through every plan (each run is locked by one)
   local n D
   for n in $(seq 1 "$PER_GPU"); do
     ( for D in "${DIRS[@]}"; do until [ -e "$D/.planned" ]; do sleep 2; done; done
-      CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "${PLANS[@]}" --work "$W" \
-          >> "$W/worker$1_$n.log" 2>&1 ) &
+      # A decoder stops when no run is left to take; a later re-plan may add some (the tuned
+      # runs), so it starts again until every ensemble's plan is final (empty once re-planned).
+      until all_final; do
+        CUDA_VISIBLE_DEVICES=$1 python -m adafuse_lab figures --decode "${PLANS[@]}" --work "$W" \
+            >> "$W/worker$1_$n.log" 2>&1
+        sleep 15
+      done ) &
   done
   wait
   log "worker(s) on GPU $1 done"
@@ -162,7 +168,7 @@ for g in $(seq 2 $((NGPU - 1))); do worker $g & PIDS+=($!); done
   fi ) &
 PIDS+=($!)
 wait "${PIDS[@]}"
-for D in "${DIRS[@]}"; do touch "$D/.final"; done  # stops the re-planning
+for D in "${DIRS[@]}"; do touch "$D/.final"; done  # already final: the workers stop only then
 wait
 for D in "${DIRS[@]}"; do
   python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps tune,table > "$D/tune_table.log" 2>&1
