@@ -361,7 +361,11 @@ def _load_members(cfg: RunConfig, sessions: dict | None = None):
         try:
             if key not in sessions:
                 sessions[key] = load_session(spec, device=cfg.device, dtype=_dtype(cfg.dtype))
-            members.append(sessions[key].as_chat() if cfg.chat else sessions[key])
+            if cfg.chat:  # the chat view is kept too: the engine's per-member caches follow the object
+                if key + ("chat",) not in sessions:
+                    sessions[key + ("chat",)] = sessions[key].as_chat()
+                key += ("chat",)
+            members.append(sessions[key])
         # Missing path, hub id not found, bad or corrupt weights, zoo download failed (sha256
         # mismatch, pip error), out of memory: one line (--debug: the traceback).
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as e:

@@ -290,6 +290,11 @@ def test_chat_with_identity_template_gives_the_plain_run(monkeypatch, tmp_path):
     _with_template(monkeypatch, "{{ messages[0]['content'] }}")
     chat = run(cfg(method="adafuse", limit=2, max_new_tokens=8, chat=True), tmp_path / "chat", progress=False)
     assert chat["config"]["chat"] is True
+    # one process, two chat runs: the chat views are loaded once (the per-member caches key on them)
+    sessions = {}
+    first = runs._load_members(cfg(chat=True), sessions)
+    assert runs._load_members(cfg(chat=True), sessions) == first and all(m.chat for m in first)
+    assert not any(m.chat for m in runs._load_members(cfg(), sessions))
     assert lines(tmp_path / "chat" / "samples.jsonl") == lines(tmp_path / "plain" / "samples.jsonl")
     _with_template(monkeypatch, "Q {{ messages[0]['content'] }} A")
     other = run(cfg(method="adafuse", limit=2, max_new_tokens=8, chat=True), tmp_path / "other", progress=False)
