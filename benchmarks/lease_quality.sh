@@ -10,8 +10,8 @@
 # has its folder $W/q<N> (plan, tune files, table) whose runs/ is the shared $W/runs, so the
 # members' single runs are decoded once for all ensembles. Each GPU's workers go through the
 # plans in the order given, and an ensemble is planned again whenever one of its planned
-# tune-half runs is saved (its tuned runs); then each ensemble is tuned and tabled. Everything resumes from the
-# run directories: a lease that ends early loses only the runs being decoded.
+# tune-half runs is saved (its tuned runs); then each ensemble is tuned and tabled. Everything
+# resumes from the run directories: a lease that ends early loses only the runs being decoded.
 #
 # Settings (environment): RESUME tar archives (gzip or xz, separated by spaces) of earlier run
 # directories (paths runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz)
@@ -68,14 +68,16 @@ log "members loaded once: $(ls -d ${ADAFUSE_CACHE:-~/.cache/adafuse_lab}/models/
 i=0; DIRS=()
 for E in $ENSEMBLES; do
   i=$((i + 1)); D=$W/q$i; DIRS+=("$D"); mkdir -p "$D"; ln -sfn "$W/runs" "$D/runs"; echo "$E" > "$D/members"
-  rm -f "$D/.planned"
+  rm -f "$D/.planned" "$D/.final"  # marks of an earlier run of the script in this $W
 done
-# The plans are made at once (each takes about 25 s of papermill, on the CPU); the workers start
-# when all are made.
+plan_step() {  # ensemble folder $1: its plan.jsonl, on the CPU (about 25 s of papermill)
+  CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$1/members")" --work "$1" $OPTS --steps plan \
+      >> "$1/plan.log" 2>&1
+}
+# The plans are made at once; the workers start when all are made.
 for D in "${DIRS[@]}"; do
-  ( CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan \
-        > "$D/plan.log" 2>&1
-    log "plan $(cat "$D/members") done ($?): $(wc -l < "$D/plan.jsonl") runs"; touch "$D/.planned" ) &
+  rm -f "$D/plan.log"
+  ( plan_step "$D"; log "plan $(cat "$D/members") done ($?): $(wc -l < "$D/plan.jsonl") runs"; touch "$D/.planned" ) &
 done
 PLANS=(); for D in "${DIRS[@]}"; do PLANS+=("$D/plan.jsonl"); done
 # Once one of an ensemble's planned tune-half runs is saved (or every planned run is), it is
@@ -93,8 +95,7 @@ replan() {
       left=1
       [ -e "$D/.planned" ] || continue
       python -c "import sys; from adafuse_lab.quality import replan_due as s; sys.exit(not s(sys.argv[1]))" "$D" || continue
-      CUDA_VISIBLE_DEVICES= python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps plan \
-          >> "$D/plan.log" 2>&1
+      plan_step "$D"
       log "re-plan $(cat "$D/members") ($?): $(wc -l < "$D/plan.jsonl") runs"
       [ -s "$D/plan.jsonl" ] || touch "$D/.final"
     done
@@ -122,8 +123,7 @@ worker() {  # $PER_GPU processes on GPU $1, each through every plan (each run is
 # GPUs 0 and 1 join after the checks; the others (a 4-GPU host) decode from the start.
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 log "$NGPU GPU(s)"
-PIDS=()
-for g in $(seq 2 $((NGPU - 1))); do worker $g & PIDS+=($!); done
+for g in $(seq 2 $((NGPU - 1))); do worker $g & done
 ( if [ "$SCALING" = 1 ]; then
     CUDA_VISIBLE_DEVICES=0,1 python benchmarks/multi_gpu_check.py --gpus 2 --out "$W/bench/h100x2_scaling_${SCALING_TASK}${SCALING_LIMIT}.json" -- \
         --task "$SCALING_TASK" --models qwen2.5-coder-0.5b,smollm2-135m --method adafuse --limit "$SCALING_LIMIT" --batch-size 64 \
@@ -166,10 +166,7 @@ for g in $(seq 2 $((NGPU - 1))); do worker $g & PIDS+=($!); done
   else
     worker 0 & worker 1 & wait
   fi ) &
-PIDS+=($!)
-wait "${PIDS[@]}"
-for D in "${DIRS[@]}"; do touch "$D/.final"; done  # already final: the workers stop only then
-wait
+wait  # the workers stop once every plan is final, and so does the re-planning
 for D in "${DIRS[@]}"; do
   python -m adafuse_lab quality --models "$(cat "$D/members")" --work "$D" $OPTS --steps tune,table > "$D/tune_table.log" 2>&1
   log "tune and table $(cat "$D/members") done ($?)"

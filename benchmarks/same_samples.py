@@ -13,7 +13,8 @@ import json
 
 
 def _records(path):
-    return {r["id"]: r for r in map(json.loads, open(path, encoding="utf-8"))}
+    with open(path, encoding="utf-8") as f:
+        return {r["id"]: r for r in map(json.loads, f)}
 
 
 def _without(record, keys):
