@@ -83,7 +83,7 @@ def as_number(text: str) -> Decimal | None:
     return Decimal(total + cur)
 
 
-def lenient_match(prediction: str, gold: str, len_slack: int = 1) -> bool:
+def lenient_match(prediction: str, gold: str, len_slack: int = 1, cap: bool = True) -> bool:
     """The paper's lenient QA match, with one extra length cap of ours.
 
     In order:
@@ -100,6 +100,7 @@ def lenient_match(prediction: str, gold: str, len_slack: int = 1) -> bool:
          rule has no cap when the shorter side has 1-2 tokens, so a rambling
          sentence that mentions the one-word gold would count; the cap keeps
          "Paris, France" for "Paris" and rejects "it could be Paris or Rome".
+         `cap=False` scores by the official rule alone.
     Empty (after normalisation) predictions never match.
     """
     pn, gn = as_number(prediction), as_number(gold)
@@ -113,14 +114,14 @@ def lenient_match(prediction: str, gold: str, len_slack: int = 1) -> bool:
     small, big = sorted((p, g), key=len)
     if len(small) >= 3 and len(big) - len(small) > len_slack:
         return False
-    if len(p) > 2 * len(g) + 2:
+    if cap and len(p) > 2 * len(g) + 2:
         return False
     return set(small) <= set(big)
 
 
-def lenient(prediction: str, golds: str | Sequence[str], len_slack: int = 1) -> float:
+def lenient(prediction: str, golds: str | Sequence[str], len_slack: int = 1, cap: bool = True) -> float:
     """`lenient_match` as 0.0/1.0, max over gold answers."""
-    return float(any(lenient_match(prediction, g, len_slack) for g in _golds(golds)))
+    return float(any(lenient_match(prediction, g, len_slack, cap) for g in _golds(golds)))
 
 
 # ------------------------------------------------------------------------ GSM8K

@@ -57,6 +57,15 @@ def test_lenient_match(pred, gold, slack, ok):
     assert M.lenient_match(pred, gold, len_slack=slack) is ok
 
 
+def test_lenient_without_our_cap_is_the_official_rule():
+    # a rambling answer that mentions a short gold counts only without the cap
+    assert M.lenient("it could be Paris or Rome", ["Paris"], cap=False) == 1.0
+    assert M.lenient("it could be Paris or Rome", ["Paris"]) == 0.0
+    # the official length slack still applies when the shorter side has 3+ tokens
+    assert not M.lenient_match("prime minister henry campbell bannerman of britain",
+                               "Henry Campbell Bannerman", 1, cap=False)
+
+
 def test_as_number():
     assert M.as_number("two hundred and five") == 205
     assert M.as_number("$1,000.") == 1000

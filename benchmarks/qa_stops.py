@@ -1,0 +1,61 @@
+"""Do QA answers stop? How often each run hits the token budget, what the lenient score is with
+and without our length cap, and, for AdaFuse, how often a candidate that ends the answer loses
+to the same words going on.
+
+    python benchmarks/qa_stops.py W/runs/triviaqa/* [W/runs/squad/* ...]
+
+One line per run folder (config.json + samples.jsonl): task, method, members, decode settings,
+examples, stops by cause, lenient % (ours, with the 2*gold+2 cap) and lenient % by the official
+rule alone (cap=False), and for AdaFuse runs with traces the number of examples (and rounds)
+where a winner's text begins with the text of a losing candidate that ended the answer.
+"""
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from adafuse_lab import metrics as M
+from adafuse_lab.tasks import get_task
+
+
+def overruled_stops(trace) -> int:
+    """Rounds where an answer-ending candidate lost to its own text plus more words."""
+    n = 0
+    for rnd in trace or ():
+        win = rnd["candidates"][rnd["winner"]]
+        n += any(c["eos"] and not win["eos"] and win["text"].startswith(c["text"])
+                 for c in rnd["candidates"])
+    return n
+
+
+def describe(run: Path) -> str | None:
+    cfg = json.loads((run / "config.json").read_text())
+    task = get_task(cfg["task"])
+    if getattr(task, "kind", None) != "qa" or not (run / "samples.jsonl").is_file():
+        return None
+    recs = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+    if not recs:
+        return None
+    ours = sum(M.lenient(r["answer"], r["references"], task.len_slack) for r in recs)
+    official = sum(M.lenient(r["answer"], r["references"], task.len_slack, cap=False) for r in recs)
+    stops = Counter(r["stats"].get("stopped_by") for r in recs)
+    line = (f"{cfg['task']} {cfg['method']} {','.join(cfg['models'])} {cfg.get('decode') or {}} "
+            f"half={cfg.get('half')} n={len(recs)} stops={dict(stops)} "
+            f"lenient={100 * ours / len(recs):.1f} official={100 * official / len(recs):.1f}")
+    if cfg["method"] == "adafuse" and any(r.get("trace") for r in recs):
+        rounds = [overruled_stops(r.get("trace")) for r in recs]
+        line += f" overruled_stop_examples={sum(x > 0 for x in rounds)} rounds={sum(rounds)}"
+    return line
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    for run in ap.parse_args().runs:
+        line = describe(run)
+        if line:
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
