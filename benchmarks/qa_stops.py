@@ -2,12 +2,13 @@
 and without our length cap, and, for AdaFuse, how often a candidate that ends the answer loses
 to the same words going on.
 
-    python benchmarks/qa_stops.py W/runs/triviaqa/* [W/runs/squad/* ...]
+    python benchmarks/qa_stops.py W/runs/triviaqa/* [W/runs/squad/* ...] [--same-examples]
 
 One line per run folder (config.json + samples.jsonl): task, method, members, decode settings,
 examples, stops by cause, lenient % (ours, with the 2*gold+2 cap) and lenient % by the official
 rule alone (cap=False), and for AdaFuse runs with traces the number of examples (and rounds)
 where a winner's text begins with the text of a losing candidate that ended the answer.
+--same-examples counts only the examples every given run holds (a partial run beside full ones).
 """
 import argparse
 import json
@@ -28,14 +29,17 @@ def overruled_stops(trace) -> int:
     return n
 
 
-def describe(run: Path) -> str | None:
+def load(run: Path):
+    """(config, records) of a QA run folder, or None for another task or an empty run."""
     cfg = json.loads((run / "config.json").read_text())
-    task = get_task(cfg["task"])
-    if getattr(task, "kind", None) != "qa" or not (run / "samples.jsonl").is_file():
+    if getattr(get_task(cfg["task"]), "kind", None) != "qa" or not (run / "samples.jsonl").is_file():
         return None
     recs = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
-    if not recs:
-        return None
+    return (cfg, recs) if recs else None
+
+
+def describe(cfg: dict, recs: list[dict]) -> str:
+    task = get_task(cfg["task"])
     ours = sum(M.lenient(r["answer"], r["references"], task.len_slack) for r in recs)
     official = sum(M.lenient(r["answer"], r["references"], task.len_slack, cap=False) for r in recs)
     stops = Counter(r["stats"].get("stopped_by") for r in recs)
@@ -48,13 +52,18 @@ def describe(run: Path) -> str | None:
     return line
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
-    for run in ap.parse_args().runs:
-        line = describe(run)
-        if line:
-            print(line)
+    ap.add_argument("--same-examples", action="store_true", help="only the examples every run holds")
+    args = ap.parse_args(argv)
+    runs = [x for x in map(load, args.runs) if x]
+    if args.same_examples and runs:
+        common = set.intersection(*({r["id"] for r in recs} for _, recs in runs))
+        runs = [(cfg, [r for r in recs if r["id"] in common]) for cfg, recs in runs]
+    for cfg, recs in runs:
+        if recs:
+            print(describe(cfg, recs))
 
 
 if __name__ == "__main__":

@@ -719,6 +719,30 @@ def test_eos_of_one_member_stops_the_ensemble(tiny, char_eos):
     assert out.text == expected
 
 
+def test_score_eos_off_scores_an_ending_by_its_text(tiny, char_eos, char_words):
+    """score_eos=False: an ending candidate's NLL is that of its text alone (checked in the first
+    round against a fresh member), one text is one candidate, and a member's EOS still stops."""
+    m, expected = char_eos
+    cfg = DecodeConfig(max_new_tokens=40, theta=1.0, score_eos=False)
+    out = decode("adafuse", [m, char_words], PROMPTS[:1], cfg)[0]
+    assert any(c["eos"] for r in out.trace for c in r["candidates"])  # the case is exercised
+    for r in out.trace:
+        texts = [c["text"] for c in r["candidates"]]
+        assert len(set(texts)) == len(texts)
+        assert all(i < len(texts) for mem in r["members"] for i in mem["proposed"])
+    first = out.trace[0]["candidates"]
+    for k, s in enumerate([m, char_words]):
+        fresh = Member(s, PROMPTS[:1], window_tokens=cfg.window_tokens)
+        ref = fresh.score([0] * len(first), [c["text"] for c in first], [False] * len(first)).nll
+        assert [c["nll"][k] for c in first] == pytest.approx(list(ref), rel=1e-4, abs=1e-4)
+    on = decode("adafuse", [m, char_words], PROMPTS[:1], dataclasses.replace(cfg, score_eos=True))[0]
+    ends = [(c["text"], c["nll"]) for c in on.trace[0]["candidates"] if c["eos"]]
+    off = {c["text"]: c["nll"] for c in first}
+    assert all(off[t] != nll for t, nll in ends)  # with EOS scored, the same text scores otherwise
+    if out.stats["stopped_by"] == "eos":
+        assert winners(out)[-1]["eos"]
+
+
 @pytest.mark.parametrize("method", ["adafuse", "sweetspan", "coolfusion"])
 @pytest.mark.parametrize("budget", [5, 17])
 def test_budget(tiny, char_words, method, budget):

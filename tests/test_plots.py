@@ -221,6 +221,30 @@ def test_output_language_counts_finished_runs_only(tmp_path, capsys):
     assert out == ["single-a\tsingle\tm\treport\tde 2, en 1, none 1"]
 
 
+def test_qa_stops_counts_budget_stops_the_cap_and_overruled_endings(tmp_path, capsys):
+    """benchmarks/qa_stops.py: lenient with and without our length cap, stops by cause, and the
+    rounds where an ending candidate lost to its own text going on."""
+    mod = _benchmark_script("qa_stops")
+    ending, going_on = {"text": " Prague.", "eos": True}, {"text": " Prague. The", "eos": False}
+    overruled = [{"candidates": [ending, going_on], "winner": 1}]
+    kept = [{"candidates": [ending, going_on], "winner": 0}]
+    recs = [("q1", "Prague. The capital city of the Czech Republic is Prague.", "budget", overruled),
+            ("q2", "Prague.", "eos", kept), ("q3", "Paris.", "eos", kept)]
+    for name, method, rows in (("ada", "adafuse", recs), ("one", "single", recs[1:])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"task": "triviaqa", "method": method, "models": ["m"]}))
+        (run / "samples.jsonl").write_text("".join(json.dumps(
+            {"id": i, "answer": a, "references": ["Prague"], "stats": {"stopped_by": s},
+             "trace": t if method == "adafuse" else None}) + "\n" for i, a, s, t in rows))
+    mod.main([str(tmp_path / "ada"), str(tmp_path / "one")])
+    ada, one = capsys.readouterr().out.strip().splitlines()
+    assert "n=3 stops={'budget': 1, 'eos': 2}" in ada and "lenient=33.3 official=66.7" in ada
+    assert ada.endswith("overruled_stop_examples=1 rounds=1") and "lenient=50.0 official=50.0" in one
+    mod.main([str(tmp_path / "ada"), str(tmp_path / "one"), "--same-examples"])
+    assert "n=2 " in capsys.readouterr().out.splitlines()[0]
+
+
 def test_same_samples_counts_equal_records_and_ignores_a_named_trace_field(tmp_path):
     mod = _benchmark_script("same_samples")
     member = {"conf": [0.5, 0.25], "words": 1}

@@ -35,6 +35,8 @@ class DecodeConfig:
     weights: tuple[float, ...] | None = None  # per-member weights of the score average
     outlier_filter: bool = False   # drop the highest and lowest score when max/min > outlier_ratio
     outlier_ratio: float = 10.0
+    score_eos: bool = True         # an answer-ending candidate is scored with each member's EOS token;
+                                   # False: by its text alone, EOS only for an empty one (the spec leaves this open)
     compat: bool = False           # official-code gating (B>1: uncertain word 2 ends the span, word 3 branches)
     # baselines
     member: int = 0                # single: which member decodes

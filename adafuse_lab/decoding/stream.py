@@ -251,6 +251,20 @@ def _sliding_window(config) -> tuple[int | None, bool]:
     return None, False
 
 
+def _union(proposals, score_eos: bool = True) -> tuple[list, list]:
+    """Candidates of all members merged by exact text and ending: [(text, eos)] and, for each,
+    the members that proposed it. Scored without EOS, a text proposed both as the answer's end
+    and as going on is one candidate that ends the answer: a member's EOS stops the answer."""
+    seen: dict = {}
+    for k, (texts, eos) in enumerate(proposals):
+        for text, e in zip(texts, eos):
+            seen.setdefault((text, e) if score_eos else text, []).append(k)
+    if score_eos:
+        return list(seen), list(seen.values())
+    ends = {t for texts, eos in proposals for t, e in zip(texts, eos) if e}
+    return [(t, t in ends) for t in seen], list(seen.values())
+
+
 @torch.inference_mode()
 def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
     """AdaFuse (span_words None) or a fixed-span ensemble, with ragged progress across prompts."""
@@ -323,14 +337,11 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
         for p in range(P):
             if done[p] or cands[p] is not None or any(not props[k][p].texts for k in range(K)):
                 continue
-            seen: dict = {}
-            for k in range(K):
-                for text, eos in zip(props[k][p].texts, props[k][p].eos):
-                    seen.setdefault((text, eos), []).append(k)
-            cands[p], owners[p] = list(seen), list(seen.values())
+            cands[p], owners[p] = _union([(pr[p].texts, pr[p].eos) for pr in props], score_cfg.score_eos)
             for ms in members:
                 for c, (text, eos) in enumerate(cands[p]):
-                    new, keep, first = ms.m.retokenize(p, text, eos)
+                    # score_eos off: an ending is scored by its text, and by EOS only where it has no text
+                    new, keep, first = ms.m.retokenize(p, text, eos and (score_cfg.score_eos or not text))
                     n = len(ms.m.ids[p])
                     start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
                     ms.spawn.append(Stream(p, "score", plan=(new, start, first), cand=c, feed=new[start:],
@@ -354,6 +365,8 @@ def stream_rounds(batch, cfg, span_words: int | None, score_cfg):
             text, is_eos = cands[p][w]
             if cfg.trace:
                 index = {c: i for i, c in enumerate(cands[p])}
+                if not score_cfg.score_eos:  # a going-on proposal merged into the ending candidate
+                    index.update({(t, False): i for i, (t, e) in enumerate(cands[p]) if e})
                 batch.traces[p].append({
                     # "proposed": the member's own candidates in its order (the first is its top-1 word)
                     "members": [{"conf": pr[p].conf, "margin": pr[p].margin, "entropy": pr[p].entropy,
