@@ -8,7 +8,9 @@ One line per run folder (config.json + samples.jsonl): task, method, members, de
 examples, stops by cause, lenient % (ours, with the 2*gold+2 cap) and lenient % by the official
 rule alone (cap=False), and for AdaFuse runs with traces the number of examples (and rounds)
 where a winner's text begins with the text of a losing candidate that ended the answer.
---same-examples counts only the examples every given run holds (a partial run beside full ones).
+--same-examples counts only the examples every given run holds (a partial run beside full ones);
+--diff adds the first run's lenient score minus each other run's, paired bootstrap over the
+examples both hold (95% interval, p).
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from adafuse_lab import metrics as M
+from adafuse_lab.analysis import paired_diff
 from adafuse_lab.tasks import get_task
 
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--same-examples", action="store_true", help="only the examples every run holds")
+    ap.add_argument("--diff", action="store_true", help="the first run minus each other run (lenient, paired)")
     args = ap.parse_args(argv)
     runs = [x for x in map(load, args.runs) if x]
     if args.same_examples and runs:
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     for cfg, recs in runs:
         if recs:
             print(describe(cfg, recs))
+    for cfg, recs in runs[1:] if args.diff else ():
+        d = paired_diff(cfg["task"], runs[0][1], recs, "lenient")
+        print(f"first - {cfg['method']} {cfg.get('decode') or {}}: {d['diff']:+.1f} "
+              f"[{d['low']:.1f}, {d['high']:.1f}] p={d['p_value']:.3f} n={d['n']}")
 
 
 if __name__ == "__main__":

@@ -241,8 +241,9 @@ def test_qa_stops_counts_budget_stops_the_cap_and_overruled_endings(tmp_path, ca
     ada, one = capsys.readouterr().out.strip().splitlines()
     assert "n=3 stops={'budget': 1, 'eos': 2}" in ada and "lenient=33.3 official=66.7" in ada
     assert ada.endswith("overruled_stop_examples=1 rounds=1") and "lenient=50.0 official=50.0" in one
-    mod.main([str(tmp_path / "ada"), str(tmp_path / "one"), "--same-examples"])
-    assert "n=2 " in capsys.readouterr().out.splitlines()[0]
+    mod.main([str(tmp_path / "ada"), str(tmp_path / "one"), "--same-examples", "--diff"])
+    out = capsys.readouterr().out.splitlines()
+    assert "n=2 " in out[0] and out[2].startswith("first - single {}: +0.0 [") and out[2].endswith("n=2")
 
 
 def test_same_samples_counts_equal_records_and_ignores_a_named_trace_field(tmp_path):
