@@ -19,6 +19,7 @@ from pathlib import Path
 
 from adafuse_lab import metrics as M
 from adafuse_lab.analysis import paired_diff
+from adafuse_lab.runs import read_samples
 from adafuse_lab.tasks import get_task
 
 
@@ -35,9 +36,9 @@ def overruled_stops(trace) -> int:
 def load(run: Path):
     """(config, records) of a QA run folder, or None for another task or an empty run."""
     cfg = json.loads((run / "config.json").read_text())
-    if getattr(get_task(cfg["task"]), "kind", None) != "qa" or not (run / "samples.jsonl").is_file():
+    if getattr(get_task(cfg["task"]), "kind", None) != "qa":
         return None
-    recs = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+    recs = read_samples(run / "samples.jsonl")  # a run being decoded may end in half a line
     return (cfg, recs) if recs else None
 
 
