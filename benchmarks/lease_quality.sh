@@ -16,7 +16,7 @@
 # Settings (environment): RESUME tar archives (gzip or xz, separated by spaces) of earlier run
 # directories (paths runs/..., as committed in benchmarks/results/quality/runs_without_traces.txz)
 # unpacked into $W first, in order, so a later one's files replace an earlier one's (the traced
-# samples of partly decoded runs in partial_traces.txz, for one); SCALING=1 the 2-GPU check
+# samples of a partly decoded run, packed as docs/GPU.md step 6 says, for one); SCALING=1 the 2-GPU check
 # (SCALING_LIMIT questions); AUTO=1 the --device auto checks; BENCH=1 the speed table's missing
 # rows on GPUs 0 and 1 (see below; BASELINES the methods timed at batch 256); PER_GPU decoding
 # processes per GPU. To stop the workers from another command: pkill -f "[f]igures --decode" (the brackets
