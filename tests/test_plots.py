@@ -246,6 +246,27 @@ def test_qa_stops_counts_budget_stops_the_cap_and_overruled_endings(tmp_path, ca
     assert "n=2 " in out[0] and out[2].startswith("first - single {}: +0.0 [") and out[2].endswith("n=2")
 
 
+def test_paired_runs_scores_each_run_and_the_paired_difference(tmp_path, capsys):
+    """benchmarks/paired_runs.py: paper metric per run, first minus each other run over the shared
+    examples, same predictions counted; runs of different tasks are refused."""
+    mod = _benchmark_script("paired_runs")
+    rows = {"a": [("q1", "4", 1.0), ("q2", "5", 1.0), ("q3", "7", 0.0)],
+            "b": [("q1", "4", 1.0), ("q2", "6", 0.0)]}
+    for name, recs in rows.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"task": "gsm8k", "method": "adafuse", "half": "report"}))
+        (run / "samples.jsonl").write_text("".join(json.dumps(
+            {"id": i, "prediction": p, "metrics": {"exact_match": s}}) + "\n" for i, p, s in recs))
+    mod.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    a, b, diff = capsys.readouterr().out.strip().splitlines()
+    assert "n=3 exact_match=66.7" in a and "n=2 exact_match=50.0" in b
+    assert diff.startswith("first - b: +50.0 [") and diff.endswith("n=2, same prediction 1")
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"task": "nq", "method": "single"}))
+    with pytest.raises(SystemExit, match="different tasks"):
+        mod.main([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
 def test_same_samples_counts_equal_records_and_ignores_a_named_trace_field(tmp_path):
     mod = _benchmark_script("same_samples")
     member = {"conf": [0.5, 0.25], "words": 1}
