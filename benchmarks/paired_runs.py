@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: the runs are of different tasks: {sorted(tasks)}")
     task = tasks.pop()
     keys = metric_keys(task)
-    key = keys["example"] or keys["paper_fallback"]  # spBLEU needs a tokenizer model the paired bootstrap lacks
+    # the bootstraps give no spBLEU (nan), so translation is compared by BLEU, headline_key's fallback
+    key = keys["example"] or keys["paper_fallback"]
     recs = [read_samples(r / "samples.jsonl") for r in args.runs]
     for run, cfg, rs in zip(args.runs, cfgs, recs):
         s = score_ci(task, rs, key)
