@@ -65,8 +65,11 @@ def unite_rounds(batch: Batch, cfg) -> Iterator:
             strings = list(union)
             avg = torch.zeros(len(strings))
             for m, pr in zip(members, probs):
-                ids = [(min(m.eos) if s == EOS else (m.s.encode(s) or [m.s.pad_token_id])[0]) for s in strings]
-                p = pr[r, torch.tensor(ids, device=pr.device)].cpu()
+                # a member's probability of a string: of its first token; of EOS: of any of its EOS ids
+                ids = [(m.s.encode(s) or [m.s.pad_token_id])[0] for s in strings]
+                p = pr[r, torch.tensor(ids, device=pr.device)]
+                p = torch.where(torch.tensor([s == EOS for s in strings], device=pr.device),
+                                pr[r, m.eos_t].sum(), p).cpu()
                 avg += p / p.sum().clamp_min(1e-30)
             chosen.append(strings[int(avg.argmax())] if strings else EOS)
         yield from _commit_strings(batch, chosen)

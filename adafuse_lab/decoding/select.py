@@ -27,7 +27,7 @@ def select_branches(member, cfg, branches: list) -> list:
     emb = member.s.model.get_input_embeddings().weight
     vecs = []
     for b in branches:
-        ids = b.toks or sorted(member.eos)[:1]
+        ids = b.toks or sorted(member.eos)  # an ending: all of the member's EOS ids, as when scored
         vecs.append(emb[torch.tensor(ids, device=emb.device)].float().mean(0))
     vecs = torch.nn.functional.normalize(torch.stack(vecs), dim=-1)
     kept = [0]

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from ..session import ModelSession
 from .attention import engine_attention
+from .scoring import eos_tensor, token_log_probs
 
 # ADAFUSE_BLOCKING_COPIES=1: the copies block as before (to time the difference on one machine)
 BLOCKING_COPIES = os.environ.get("ADAFUSE_BLOCKING_COPIES") == "1"
@@ -99,6 +100,7 @@ class Member:
         self.s = session
         self.window = window_tokens
         self.eos = set(session.eos_token_ids)
+        self.eos_t = eos_tensor(self.eos, session.device)
         self.forwards = 0
         ids = [session.encode_prompt(p) for p in prompts]
         if any(len(x) == 0 for x in ids):
@@ -152,6 +154,7 @@ class Member:
         ws, window_text = self._window(row, ids)
         tail, offsets = self._encode_offsets(window_text + text)
         first = next((k for k, (_, end) in enumerate(offsets) if end > len(window_text)), len(tail))
+        # an ending is fed as one EOS id; scoring reads it as "any EOS id" (scoring.token_log_probs)
         new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
         keep = ws  # ids[:ws] are kept as they are: compare only the window
         for a, b in zip(new[ws:], ids[ws:]):
@@ -250,8 +253,8 @@ class Member:
         if tok:
             as_t = lambda x: on_device(x, dev)
             src_row, src_pos, tok, seg, from_last = map(as_t, (src_row, src_pos, tok, seg, from_last))
-            fed_lp = _log_probs(logits, src_row.clamp_max(logits.shape[0] - 1) * ~from_last, src_pos, tok)
-            last_lp = torch.log_softmax(self.last_logits, -1)[src_row * from_last, tok]
+            fed_lp = _log_probs(logits, src_row.clamp_max(logits.shape[0] - 1) * ~from_last, src_pos, tok, self.eos_t)
+            last_lp = token_log_probs(self.last_logits[src_row * from_last], tok, self.eos_t)
             lp = torch.where(from_last, last_lp, fed_lp)
             nll.index_add_(0, seg, -lp)
             count.index_add_(0, seg, torch.ones_like(lp))
@@ -262,14 +265,13 @@ class Member:
 
 
 def _log_probs(logits: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor,
-               chunk: int = 4096) -> torch.Tensor:
+               eos: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """log_softmax(logits[rows, pos])[tok], normalising only the positions asked for, `chunk`
     positions at a time: rerank at batch 256 scores about 49k tokens, whose float32 rows over a
     152k vocabulary alone took 27.7 GiB and ran an H100 out of memory (lease 5)."""
     out = []
     for s in range(0, len(tok), chunk):
-        picked = logits[rows[s:s + chunk], pos[s:s + chunk]].float()
-        out.append(picked.gather(-1, tok[s:s + chunk, None])[:, 0] - torch.logsumexp(picked, -1))
+        out.append(token_log_probs(logits[rows[s:s + chunk], pos[s:s + chunk]], tok[s:s + chunk], eos))
     return torch.cat(out)
 
 

@@ -29,6 +29,7 @@ from . import attention
 from .criteria import Threshold, confidences
 from .pieces import next_piece
 from .propose import Proposal, _Row, _gate
+from .scoring import token_log_probs
 from .select import combine_scores, pick, select_branches
 from .columns import ColumnCache, Graphs, bucket, eager_forward
 from .state import Member, on_device
@@ -516,10 +517,9 @@ def _nll_all(ms: Streams, cands: list) -> dict[int, list[float]]:
     dev = m.last_logits.device
     as_t = lambda x: on_device(x, dev)
     t = as_t(tok)
-    picked = logits[as_t(src_r), as_t(src_c)].float()
-    lp = picked.gather(-1, t[:, None])[:, 0] - torch.logsumexp(picked, -1)
-    committed = m.last_logits.index_select(0, as_t(prompt)).float()  # logits after the committed text
-    lp_last = committed.gather(-1, t[:, None])[:, 0] - torch.logsumexp(committed, -1)
+    lp = token_log_probs(logits[as_t(src_r), as_t(src_c)], t, m.eos_t)
+    committed = m.last_logits.index_select(0, as_t(prompt))  # logits after the committed text
+    lp_last = token_log_probs(committed, t, m.eos_t)
     lp = torch.where(as_t(use_last), lp_last, lp)
     total = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), -lp)
     count = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), torch.ones_like(lp))
