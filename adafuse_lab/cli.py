@@ -24,6 +24,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
+def _number(text: str):
+    """--M and --B: a whole number, or a fractional one that runs.validate rounds down with a warning."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
 def _parse_value(text: str):
     """--set values: JSON when it parses (0.5, true, null, [1, 2]), else the string."""
     try:
@@ -46,6 +55,8 @@ def add_models(sub) -> None:
 
 def cmd_models(args) -> None:
     from . import zoo
+    from .runs import check_cache
+    check_cache()  # $ADAFUSE_CACHE is a folder
     try:
         if args.action == "list":
             cols = ("name", "params", "quant", "licence", "cached")
@@ -54,7 +65,7 @@ def cmd_models(args) -> None:
             print(zoo.fetch(args.name))
         else:
             print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
-    except ValueError as e:  # the zoo's unknown-name error names the closest models
+    except (ValueError, RuntimeError) as e:  # unknown name (with the closest ones), zoo.FetchError
         raise UsageError(str(e)) from e
 
 
@@ -80,8 +91,8 @@ def _add_run_options(p, defaults: dict) -> None:
                        "(default: cuda if available)")
     a("--dtype", help="bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     a("--theta", type=float, help="AdaFuse confidence threshold in [0, 1]")
-    a("--M", type=int, help="most words committed per round")
-    a("--B", type=int, help="branches when uncertain")
+    a("--M", type=_number, help="most words committed per round")
+    a("--B", type=_number, help="branches when uncertain")
     a("--criterion", help="confidence criterion: margin, entropy or prob")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="any DecodeConfig field (repeatable)")
     a("--no-progress", action="store_true", help="no progress bar")
@@ -190,28 +201,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A module that only an extra installs -> the extra that installs it.
+EXTRAS = {"datasets": "hub", "huggingface_hub": "hub", "papermill": "notebooks", "nbformat": "notebooks",
+          "nbclient": "notebooks", "jupyter_client": "notebooks", "ipykernel": "notebooks", "ipywidgets": "notebooks",
+          "matplotlib": "notebooks", "seaborn": "notebooks", "pandas": "notebooks", "yaml": "notebooks",
+          "accelerate": "all", "langdetect": "analysis"}
+
+# Commands whose work resumes when they are run again after an interruption.
+RESUMABLE = ("run", "demo", "tune", "quality", "figures")
+
+
 def _user_errors() -> tuple:
-    errs = [UsageError, FileNotFoundError, KeyboardInterrupt]
-    try:
-        from .tasks import DataError
-        errs.append(DataError)
-    except ImportError:
-        pass
+    errs = [UsageError]
+    for mod, name in (("adafuse_lab.tasks", "DataError"), ("adafuse_lab.decoding.config", "ConfigError")):
+        try:
+            errs.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):  # a module being rewritten must not hide the error itself
+            pass
     return tuple(errs)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def describe(e: BaseException) -> tuple[str, int]:
+    """(one-line message, exit status) for an error that ended a command: 2 for what the user
+    can fix (bad input, a missing file or package), 1 for anything unexpected (a bug)."""
+    if isinstance(e, _user_errors()):
+        return _one_line(e) or type(e).__name__, 2
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in EXTRAS:
+        mod = e.name.split(".")[0]
+        extra = EXTRAS[mod]
+        return (f"this needs the {mod} package, which the base install leaves out: pip install "
+                f"'adafuse-lab[{extra}]' (from a checkout: pip install -e '.[{extra}]')"), 2
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({_one_line(e)}); save it as UTF-8", 2
+    if isinstance(e, OSError):
+        if e.filename is not None and e.strerror:
+            where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+            return f"{where}: {e.strerror}", 2
+        return _one_line(e) or type(e).__name__, 2
+    return (f"unexpected {type(e).__name__}: {_one_line(e)} (probably a bug: rerun with --debug for the "
+            "traceback and report it)"), 1
+
+
 def main(argv=None) -> int:
-    """Returns 0 on success; user errors print one line and raise SystemExit(2)."""
+    """Returns 0 on success. Any failure prints one line on stderr ("error: ...") and exits
+    with status 2 (bad input, a missing file or package: the line says what to fix), 1 (an
+    unexpected error) or 130 (Ctrl-C). --debug, anywhere on the line, raises instead."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
         args = build_parser().parse_args([a for a in argv if a != "--debug"])
         args.func(args)
-    except _user_errors() as e:
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
         if debug:
             raise
-        msg = ("interrupted (rerun the same command to resume a run)" if isinstance(e, KeyboardInterrupt)
-               else str(e) or type(e).__name__)
+        hint = ("rerun the same command to resume: finished work is kept" if command in RESUMABLE
+                else "nothing was changed")
+        print(f"error: interrupted; {hint}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:
+        if debug:
+            raise
+        msg, code = describe(e)
         print(f"error: {msg}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(code) from None
     return 0

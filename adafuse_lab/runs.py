@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -117,8 +118,45 @@ def _zoo_names() -> list[str]:
     return [m["name"] for m in list_models()]
 
 
+def _is_path_spec(spec: str) -> bool:
+    """Whether a member spec names a local file or folder rather than a zoo name or hub id:
+    it exists, looks like a path (/, ./, ../, ~, a .gguf or a separator beyond owner/name),
+    or its first part is an existing local folder ("models/qwen" when ./models exists)."""
+    if os.path.exists(os.path.expanduser(spec)):
+        return True
+    if spec.startswith(("/", "./", "../", "~", ".\\")) or spec.endswith(".gguf") or spec.count("/") > 1:
+        return True
+    head = spec.split("/", 1)[0]
+    return "/" in spec and bool(head) and os.path.isdir(head)
+
+
+def _check_model_path(spec: str) -> None:
+    """A local member path must exist and hold a model: said before anything is loaded."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UsageError(f"model path {spec!r} does not exist; give an existing folder or .gguf file, a zoo name "
+                         "(see `models list`) or a hub id owner/name")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UsageError(f"model path {spec!r} is a file but not a .gguf; give a .gguf file or a model folder")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise UsageError(f"cannot read model file {spec!r} ({e.strerror})") from e
+        if magic != b"GGUF":
+            raise UsageError(f"{spec!r} is not a GGUF file (it does not start with 'GGUF'): the file is damaged "
+                             "or of another format; download it again")
+        return
+    weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
+    if not ((path / "model.gguf").is_file() or (path / "hf" / "config.json").is_file()
+            or ((path / "config.json").is_file() and weights)):
+        raise UsageError(f"model folder {spec!r} holds no model: expected config.json with *.safetensors weights "
+                         "(a Hugging Face folder) or model.gguf (a staged zoo folder)")
+
+
 def check_model_spec(spec: str) -> None:
-    """Refuse names that are neither zoo, tiny, hub ("owner/name") nor a path."""
+    """Refuse names that are neither zoo, tiny, hub ("owner/name") nor an existing model path."""
     from . import tiny
     tiny_names = [f"tiny:{n}" for n in tiny.NAMES]
     if spec.startswith("tiny:"):
@@ -132,39 +170,199 @@ def check_model_spec(spec: str) -> None:
         except ValueError as e:
             raise UsageError(str(e)) from e
         return check_model_spec(member)
-    if "/" in spec or os.path.exists(spec) or spec.endswith(".gguf"):
-        return  # hub id or local path: load_session reports what is wrong with it
+    if _is_path_spec(spec):
+        return _check_model_path(spec)
+    if "/" in spec:
+        return  # a hub id: load_session reports what is wrong with it
     zoo = _zoo_names()
     if spec not in zoo:
         raise UsageError(f"unknown model {spec!r}{closest(spec, zoo + tiny_names)}; "
-                         "hub models are named owner/name")
+                         "hub models are named owner/name, local ones by an existing path")
+    check_cache()
+
+
+def check_cache() -> None:
+    """$ADAFUSE_CACHE (the zoo's cache) must be a folder we can write, or not exist yet."""
+    from . import zoo
+    try:
+        zoo.check_cache()
+    except zoo.FetchError as e:
+        raise UsageError(str(e)) from e
+
+
+# DecodeConfig fields whose fractional values are rounded down with a warning (item 6 of issue 22):
+# M and B count words and branches; 2.5 means "at most 2" to anyone who wrote it.
+_FLOORED = ("M", "B")
+_WARNED: set = set()
+
+
+def warn(msg: str) -> None:
+    """One warning line on stderr, once per process for the same message."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(f"warning: {msg}", file=sys.stderr)
+
+
+def _finite(v) -> bool:
+    import math
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(kw: dict, n_members: int) -> dict:
+    """Each decode value has its field's type (a whole number for int fields, a finite number for
+    float ones, true/false for flags, a list of n_members numbers for weights); returns kw with
+    whole floats as ints and fractional M and B rounded down (with a warning)."""
+    from .decoding import DecodeConfig
+    import math
+    types = {f.name: str(f.type) for f in dataclasses.fields(DecodeConfig)}
+    out = {}
+    for k, v in kw.items():
+        t = types.get(k)
+        if t is None:
+            out[k] = v  # DecodeConfig names it and the closest fields
+            continue
+        base, optional = t.split("|")[0].strip(), "None" in t
+        shown = json.dumps(v) if not isinstance(v, str) else repr(v)
+        if v is None:
+            if not optional:
+                raise UsageError(f"{k} needs a value, got null")
+        elif base == "bool":
+            if not isinstance(v, bool):
+                raise UsageError(f"{k} must be true or false, got {shown}")
+        elif base == "int":
+            if not _finite(v):
+                raise UsageError(f"{k} must be a whole number, got {shown}")
+            if v != int(v):
+                if k not in _FLOORED:
+                    raise UsageError(f"{k} must be a whole number, got {shown}")
+                warn(f"{k}={v} is not a whole number: using {k}={math.floor(v)}")
+                v = math.floor(v)
+            v = int(v)
+        elif base == "float":
+            if not _finite(v):
+                raise UsageError(f"{k} must be a finite number, got {shown}")
+        elif base == "str":
+            if not isinstance(v, str):
+                raise UsageError(f"{k} must be a string, got {shown}")
+        elif base.startswith("tuple"):  # weights
+            if not isinstance(v, (list, tuple)) or not all(_finite(w) for w in v):
+                raise UsageError(f"{k} must be a list of numbers, one per member, e.g. {k}='[0.6, 0.4]'; got {shown}")
+            if len(v) != n_members:
+                raise UsageError(f"{k} has {len(v)} value(s) for {n_members} member(s); give one per member")
+        out[k] = v
+    return out
 
 
 def decode_config(cfg: RunConfig):
-    """The DecodeConfig for `cfg`; DecodeConfig itself checks names and ranges."""
+    """The DecodeConfig for `cfg`: value types and the member count checked here, names and ranges
+    by DecodeConfig itself."""
     from .decoding import DecodeConfig
     fields = {f.name for f in dataclasses.fields(DecodeConfig)}
     kw = dict(cfg.decode)
     for k in kw:
+        if not isinstance(k, str) or not k:
+            raise UsageError(f"decode option names must be non-empty strings, got {k!r}")
         if k in {f.name for f in dataclasses.fields(RunConfig)}:
             raise UsageError(f"decode option {k!r} is a run option: set it with --{k.replace('_', '-')}")
+    kw = _check_types(kw, len(cfg.models))
     kw.update({k: getattr(cfg, k) for k in _RUN_LEVEL if k in fields})
     try:
-        return DecodeConfig.from_dict(kw)
+        dcfg = DecodeConfig.from_dict(kw)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
+    n = len(cfg.models)
+    if not 0 <= dcfg.member < n:
+        raise UsageError(f"member={dcfg.member} does not exist: {n} member(s) given, so member is 0..{n - 1}")
+    return dcfg
+
+
+def _warn_degenerate(cfg: RunConfig, dcfg) -> None:
+    """Ensembles that run but are probably not what was meant: warned, not refused."""
+    if cfg.method == "single":
+        return
+    if len(cfg.models) == 1:
+        warn(f"{cfg.method} with one member ({cfg.models[0]}) is not an ensemble; give two or more --models")
+    twice = sorted({m for m in cfg.models if cfg.models.count(m) > 1})
+    if twice:
+        warn(f"member {', '.join(twice)} is given more than once: its scores count once per mention")
+    if dcfg.weights is not None:
+        if all(w == 0 for w in dcfg.weights):
+            warn("every weight is 0: no candidate gets a finite score, so the first proposal always wins")
+        elif any(w < 0 for w in dcfg.weights):
+            warn(f"negative weight(s) in {list(dcfg.weights)}: those members' NLLs favour the candidates "
+                 "they find unlikely")
+
+
+def check_device(device) -> None:
+    """cpu, cuda, cuda:N (an existing GPU), mps or auto (several GPUs, needs accelerate)."""
+    if device is None:
+        return
+    import torch
+    if device == "auto":
+        if importlib.util.find_spec("accelerate") is None:
+            raise UsageError("--device auto needs accelerate: pip install accelerate (or the 'all' extra)")
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}"
+                             f"{'' if torch.version.cuda else ', a CPU-only build'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        return
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return
+    raise UsageError(f"--device {device}: not available here; use cpu, cuda, cuda:N or auto")
+
+
+def check_data(cfg: RunConfig, task) -> None:
+    """An explicit data folder (--data-dir, else $ADAFUSE_DATA) is used or refused, never skipped for
+    another source; --source hub needs the hub extra."""
+    given = cfg.data_dir if cfg.data_dir is not None else os.environ.get("ADAFUSE_DATA") or None
+    flag = "--data-dir" if cfg.data_dir is not None else "$ADAFUSE_DATA"
+    if cfg.data_dir is not None and cfg.source in ("sample", "hub"):
+        raise UsageError(f"--data-dir is not read with --source {cfg.source}; drop one of them "
+                         "(--source local or auto reads the folder)")
+    if cfg.source == "hub" and importlib.util.find_spec("datasets") is None:
+        raise UsageError("--source hub needs the datasets package: pip install 'adafuse-lab[hub]'")
+    if given is None or cfg.source not in ("auto", "local"):
+        return
+    if str(given).strip() == "":
+        raise UsageError(f"{flag} is empty; give a data folder")
+    d = Path(given).expanduser()
+    if not d.exists():
+        raise UsageError(f"{flag} {d} does not exist; give the folder that holds <task>/dev.jsonl "
+                         "(e.g. ../shared/data)")
+    if not d.is_dir():
+        raise UsageError(f"{flag} {d} is a file; give the folder that holds <task>/dev.jsonl")
+    f = d / task.name / "dev.jsonl"
+    if not f.is_file():
+        have = sorted(p.name for p in d.iterdir() if (p / "dev.jsonl").is_file())
+        raise UsageError(f"{flag} {d} has no {task.name}/dev.jsonl"
+                         + (f" (it has {', '.join(have)})" if have else " (it holds no task folders)"))
+    if not os.access(f, os.R_OK):
+        raise UsageError(f"{f} is not readable; fix its permissions")
 
 
 def validate(cfg: RunConfig):
-    """Check everything that can be checked before touching disk or loading models.
+    """Check everything that can be checked before touching disk or loading models: options,
+    members, device, dtype, data folder and every decode value.
 
     Returns (task, DecodeConfig)."""
     if not cfg.models:
-        raise UsageError("no models given")
+        raise UsageError("no models given; e.g. --models tiny:bpe,tiny:spm")
     for k in ("limit", "batch_size", "max_new_tokens"):
         v = getattr(cfg, k)
-        if v is not None and (not isinstance(v, int) or v < 1):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UsageError(f"{k} must be an integer >= 1, got {v!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2 ** 32:
+        raise UsageError(f"seed must be an integer in 0..{2 ** 32 - 1}, got {cfg.seed!r}")
     if cfg.half is not None and cfg.half not in HALVES:
         raise UsageError(f"half must be tune or report, got {cfg.half!r}{closest(str(cfg.half), HALVES)}")
     if cfg.source not in ("auto", "local", "hub", "sample"):
@@ -176,17 +374,25 @@ def validate(cfg: RunConfig):
     for spec in cfg.models:
         check_model_spec(spec)
     _dtype(cfg.dtype)
-    return task, decode_config(cfg)
+    check_device(cfg.device)
+    check_data(cfg, task)
+    dcfg = decode_config(cfg)
+    _warn_degenerate(cfg, dcfg)
+    return task, dcfg
+
+
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
+          "float32": "float32", "fp32": "float32", "float": "float32"}
 
 
 def _dtype(name):
     if name is None:
         return None
     import torch
-    dt = getattr(torch, str(name).replace("bf16", "bfloat16").replace("fp32", "float32").replace("fp16", "float16"), None)
-    if not isinstance(dt, torch.dtype):
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in DTYPES:
         raise UsageError(f"unknown dtype {name!r}{closest(str(name), ['bfloat16', 'float16', 'float32'])}")
-    return dt
+    return getattr(torch, DTYPES[key])
 
 
 # ---------------------------------------------------------------- file helpers
@@ -257,6 +463,111 @@ def read_samples(path: Path) -> list[dict]:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+LOCK = ".lock"  # flock'ed while a process writes the run; the kernel drops the lock when the process dies
+# What a run directory may hold: ours, written by run() (and run_sharded: shards/).
+_OURS = (CONFIG, SAMPLES, RESULTS, LOCK, "shards")
+
+
+def _ours(name: str) -> bool:
+    return name in _OURS or (name.endswith(".tmp") and name[:-4] in _OURS)
+
+
+def _junk(name: str) -> bool:
+    """Files a file browser or Jupyter drops into any folder it shows."""
+    return name in (".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints") or name.startswith(("._", ".nfs"))
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether path is a config.json that run() wrote (a RunConfig), not someone else's."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and {"task", "models", "method"} <= set(d)
+
+
+def _writable_parent(path: Path, flag: str) -> None:
+    """The nearest existing folder above path is a folder we may write (so path can be created)."""
+    node = path.parent
+    while not node.exists() and node != node.parent:
+        node = node.parent
+    if not node.is_dir():
+        raise UsageError(f"{flag} {path}: {node} is a file, so no folder can be made under it; choose another {flag}")
+    if not os.access(node, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot create it, {node} is not writable; choose another {flag}")
+
+
+def check_out(out_dir, cfg: RunConfig | None = None, flag: str = "--out") -> Path:
+    """The run directory may be written: a new folder, an empty one, or one of our runs with the
+    same config (resume). A file, an empty path, a folder holding files we did not write or a run
+    of another config are refused, before anything is loaded. Returns the path."""
+    if out_dir is None or str(out_dir).strip() == "":
+        raise UsageError(f"{flag} is empty; give the run directory to write, e.g. {flag} runs/my_run")
+    out = Path(out_dir).expanduser()
+    if not out.exists():
+        if out.is_symlink():
+            raise UsageError(f"{flag} {out} is a broken symbolic link; remove it or choose another {flag}")
+        _writable_parent(out, flag)
+        return out
+    if not out.is_dir():
+        raise UsageError(f"{flag} {out} is a file, not a folder; choose a folder path")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {out} is not writable; choose another {flag}")
+    names = sorted(p.name for p in out.iterdir())
+    if (out / CONFIG).exists() and not (out / CONFIG).is_file():
+        raise UsageError(f"{flag} {out} holds a folder {CONFIG}; it is not a run directory: choose another {flag}")
+    if (out / CONFIG).is_file() and not _is_run_config(out / CONFIG):
+        try:
+            json.loads((out / CONFIG).read_text(encoding="utf-8"))
+            what = "is not a run config (written by another tool?)"
+        except (OSError, ValueError):
+            what = "does not read as JSON"
+        raise UsageError(f"{out / CONFIG} {what}; adafuse_lab writes only into new, empty or its own run "
+                         f"directories: choose another {flag}")
+    foreign = [n for n in names if not _ours(n) and not _junk(n)]
+    if not (out / CONFIG).is_file():  # samples.jsonl or results.json without our config.json: not ours
+        foreign = [n for n in names if n not in (LOCK, "shards") and not n.endswith(".tmp") and not _junk(n)]
+    if foreign:
+        raise UsageError(f"{flag} {out} holds files adafuse_lab did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty {flag}")
+    if cfg is not None:
+        _claim_dir(out, cfg, write=False)
+    return out
+
+
+class _Lock:
+    """An exclusive flock on OUT/.lock while a process writes the run: a second process is
+    refused. The kernel drops the lock when the process dies, so a killed run leaves only an
+    unlocked file; a finished one removes it (after checking it is still the file it locked)."""
+
+    def __init__(self, out: Path):
+        import fcntl
+        self.path = out / LOCK
+        while True:
+            f = open(self.path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise UsageError(f"another process is writing {out}; wait for it to finish (then rerun the same "
+                                 "command: it resumes) or choose another --out") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not removed by a process that finished meanwhile
+                self.f = f
+                return
+            f.close()
+
+    def release(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)  # still holding the lock: nobody else has it
+        except OSError:
+            pass
+        self.f.close()  # closing drops the flock
 
 
 def _claim_dir(out: Path, cfg: RunConfig, write: bool = True) -> None:
@@ -454,20 +765,32 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
     `sessions`: a dict in which loaded members are kept for later runs (see _load_members).
 
     Returns the content of results.json."""
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     task, dcfg = validate(cfg)
-    out = Path(out_dir)
+    out = check_out(out_dir, cfg)
     # Nothing is written before the data and the models have loaded: a bad data file
-    # or model leaves no run directory behind, and an existing one as it was.
-    _claim_dir(out, cfg, write=False)
-    seed_everything(cfg.seed)
+    # or model leaves no run directory behind, and an existing one as it was. An existing
+    # run directory is locked first, so that two processes never write the same run.
+    locks = [_Lock(out)] if out.is_dir() else []
+    try:
+        return _run(cfg, task, dcfg, out, locks, t_start, progress, shard, sessions)
+    finally:
+        for lock in locks:
+            lock.release()
 
+
+def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, progress: bool, shard,
+         sessions) -> dict:
+    from tqdm.auto import tqdm
+
+    seed_everything(cfg.seed)
     try:
         loaded = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
     except RuntimeError as e:  # the hub was asked for and did not answer
         raise UsageError(str(e)) from e
+    if cfg.source == "auto" and (shard is None or shard[0] == 0):  # say which source auto chose
+        print(f"data: {cfg.task} from {getattr(loaded, 'source', '?')} ({getattr(loaded, 'location', '?')}), "
+              "chosen by --source auto", file=sys.stderr)
     examples = select_half(loaded, cfg.half)
     if not examples:
         raise UsageError(f"the {cfg.half!r} half of {len(loaded)} example(s) is empty; raise --limit")
@@ -503,6 +826,9 @@ def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] |
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _disk_error(e, out) from e
+    if not locks:
+        locks.append(_Lock(out))  # released by run()
+    check_out(out, cfg)  # again, under the lock: another process may have started this run meanwhile
     _claim_dir(out, cfg)
     if samples.exists():  # compact: finished records in example order, partial lines dropped
         write_atomic(samples, b"".join(_line(done[i]) for i in ids if i in done))
@@ -647,21 +973,89 @@ def _append(f, path: Path, line: bytes) -> None:
         raise _disk_error(e, path) from e
 
 
+def _read_json_file(path: Path, what: str):
+    """A JSON file of a run directory, or one line naming the file and what is wrong with it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not the run's {what}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}): the run's {what} is damaged") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON ({e}): the run's {what} is damaged") from None
+
+
+def read_samples_strict(path: Path) -> list[dict]:
+    """Every record of samples.jsonl, or one line naming the file and the line that is damaged
+    (eval must not re-score a run with records silently dropped)."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not the run's records") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror})") from None
+    lines = data.split(b"\n")
+    if lines[-1].strip():
+        raise UsageError(f"{path}:{len(lines)}: the last record is cut off (the run was interrupted while "
+                         "writing it): rerun the run's command to resume and finish it")
+    out, seen = [], set()
+    for n, raw in enumerate(lines[:-1], start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path}:{n}: not UTF-8 text (byte {e.start}): the record is damaged") from None
+        except ValueError as e:
+            raise UsageError(f"{path}:{n}: not a JSON record ({e}): the record is damaged") from None
+        missing = [k for k in ("id", "prediction", "references") if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise UsageError(f"{path}:{n}: the record has no {', '.join(missing)}: it was not written by a run")
+        if not isinstance(rec["prediction"], (str, type(None))) or not isinstance(rec["references"], list):
+            raise UsageError(f"{path}:{n}: 'prediction' must be a string and 'references' a list")
+        if rec["id"] in seen:
+            raise UsageError(f"{path}:{n}: example {rec['id']!r} is recorded twice")
+        seen.add(rec["id"])
+        out.append(rec)
+    return out
+
+
 def evaluate_dir(out_dir) -> dict:
     """Re-score every prediction in out_dir/samples.jsonl and aggregate.
 
     Returns {"metrics", "n_examples", "results_metrics", "matches_results"}; the last
-    two compare with results.json when it exists."""
+    two compare with results.json when it exists. A damaged file is named with its line."""
     from .tasks import Example
 
-    out = Path(out_dir)
+    if str(out_dir).strip() == "":
+        raise UsageError("eval needs a run directory, got an empty path")
+    out = Path(out_dir).expanduser()
+    if not out.exists():
+        raise UsageError(f"{out} is not a run directory (it does not exist)")
+    if not out.is_dir():
+        raise UsageError(f"{out} is not a run directory (it is a file); give the folder that holds {CONFIG}")
     if not (out / CONFIG).exists():
         raise UsageError(f"{out} is not a run directory (no {CONFIG})")
-    cfg = json.loads((out / CONFIG).read_text())
+    cfg = _read_json_file(out / CONFIG, "config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("task"), str):
+        raise UsageError(f"{out / CONFIG} is not a run config (no task): not a run directory of adafuse_lab")
     task = _get_task(cfg["task"])
-    records = read_samples(out / SAMPLES)
+    if not (out / SAMPLES).exists():
+        raise UsageError(f"{out} has no {SAMPLES}: the run has not finished an example yet")
+    records = read_samples_strict(out / SAMPLES)
     if not records:
         raise UsageError(f"{out / SAMPLES} has no finished examples")
+    old_results = _read_json_file(out / RESULTS, "results") if (out / RESULTS).exists() else None
+    if old_results is not None and not isinstance(old_results, dict):
+        raise UsageError(f"{out / RESULTS} is not a results file (a JSON object): it is damaged")
+    n_old = (old_results or {}).get("n_examples")
+    if isinstance(n_old, int) and n_old != len(records):
+        raise UsageError(f"{out / SAMPLES} holds {len(records)} records but {RESULTS} counts {n_old}: records "
+                         "were lost or added after the run; rerun the run's command to rebuild them")
     rescored = []
     for rec in records:
         ex = Example(id=rec["id"], question=rec.get("question"), references=rec["references"],
@@ -669,8 +1063,6 @@ def evaluate_dir(out_dir) -> dict:
         scores = dict(task.score(ex, rec["prediction"]))
         rescored.append({**rec, "answer": scores.pop("answer", None), "metrics": scores})
     metrics = json.loads(json.dumps(task.aggregate(rescored), default=_json_default))
-    old = None
-    if (out / RESULTS).exists():
-        old = json.loads((out / RESULTS).read_text()).get("metrics")
+    old = None if old_results is None else old_results.get("metrics")
     return {"metrics": metrics, "n_examples": len(records), "results_metrics": old,
             "matches_results": None if old is None else old == metrics}

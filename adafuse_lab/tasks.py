@@ -248,14 +248,22 @@ class Task:
 
     def _read_jsonl(self, path: Path) -> list[Example]:
         def rows():
-            with path.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue  # blank lines (e.g. a trailing one) carry no example
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: invalid JSON ({e.msg}, column {e.colno})") from None
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+            for n, raw in enumerate(data.splitlines(keepends=True), start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line); "
+                                    "save the file as UTF-8") from None
+                if not line.strip():
+                    continue  # blank lines (e.g. a trailing one) carry no example
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: invalid JSON ({e.msg}, column {e.colno})") from None
         return self._examples(rows(), str(path))
 
     def _find_local(self, data_dir, split: str) -> Path | None:
@@ -290,10 +298,15 @@ class Task:
                 source, location = "local", str(folder / f"{split}.jsonl")
                 examples = self._read_jsonl(folder / f"{split}.jsonl")
                 if (folder / "prompt.txt").is_file():
-                    prompt_txt = (folder / "prompt.txt").read_text(encoding="utf-8")
+                    try:
+                        prompt_txt = (folder / "prompt.txt").read_text(encoding="utf-8")
+                    except UnicodeDecodeError as e:
+                        raise DataError(f"{folder / 'prompt.txt'}: not UTF-8 text (byte {e.start}); "
+                                        "save the file as UTF-8") from None
                 else:
                     log.warning("%s: no prompt.txt in %s, using the embedded paper prompt", self.name, folder)
-            elif source == "local":
+            elif source == "local" or data_dir is not None or os.environ.get("ADAFUSE_DATA"):
+                # an explicit folder (data_dir, $ADAFUSE_DATA) is used or refused, never skipped
                 looked = ", ".join(str(d / self.name / f"{split}.jsonl") for d in data_dirs(data_dir))
                 raise FileNotFoundError(f"{self.name}: no local data; looked for {looked}")
         if examples is None and source in ("auto", "hub"):

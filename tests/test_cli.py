@@ -77,11 +77,27 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["run", *TINY, "--method", "adafus", "--out", str(tmp_path / "o"), "--debug"])
 
 
-def test_keyboard_interrupt_is_one_line(monkeypatch, capsys):
-    def interrupted(args):
+def interrupted_exit(argv, capsys) -> str:
+    """Run main, expect exit 130 and one line on stderr; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_keyboard_interrupt_exits_130_and_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kw):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "cmd_eval", interrupted)
-    assert fails(["eval", "x"], capsys).startswith("error: interrupted")
+    assert interrupted_exit(["eval", "x"], capsys) == "error: interrupted; nothing was changed\n"
+    from adafuse_lab import runs
+    monkeypatch.setattr(runs, "_decode_iter", interrupted)
+    err = interrupted_exit(["run", *TINY, "--out", str(tmp_path / "o")], capsys)
+    assert err == "error: interrupted; rerun the same command to resume: finished work is kept\n"
+    with pytest.raises(KeyboardInterrupt):  # --debug: the traceback
+        main(["run", *TINY, "--out", str(tmp_path / "o"), "--debug"])
 
 
 def test_process_exit_code_and_stderr(tmp_path):
@@ -106,6 +122,7 @@ def test_models_subcommands_use_the_zoo(monkeypatch, capsys):
     zoo = types.ModuleType("adafuse_lab.zoo")
     zoo.list_models = lambda: [{"name": "smollm2-135m", "params": "135M", "cached": False}]
     zoo.fetch = lambda name: f"/cache/{name}"
+    zoo.check_cache = lambda: None
     def model_info(name):
         if name != "smollm2-135m":
             raise ValueError(f"unknown model {name!r}. Did you mean smollm2-135m?")

@@ -245,8 +245,12 @@ def test_auto_falls_back_to_samples(tmp_path, monkeypatch):
         raise ConnectionError("hub unreachable")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    ex = get_task("nq").load(data_dir=tmp_path)
+    monkeypatch.setattr(T, "data_dirs", lambda data_dir=None: [tmp_path])  # no local folder found
+    ex = get_task("nq").load()
     assert ex.source == "sample" and len(ex) == 8
+    # a folder given explicitly is used or refused, never skipped for the hub or the samples
+    with pytest.raises(FileNotFoundError, match="no local data"):
+        get_task("nq").load(data_dir=tmp_path)
     with pytest.raises(RuntimeError, match="hub unreachable"):
         get_task("nq").load("hub")
 
@@ -255,7 +259,8 @@ def test_auto_skips_hub_when_offline(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("hub called while offline"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert get_task("squad").load(data_dir=tmp_path).source == "sample"
+    monkeypatch.setattr(T, "data_dirs", lambda data_dir=None: [tmp_path])  # no local folder found
+    assert get_task("squad").load().source == "sample"
 
 
 FAKE_HUB = {
@@ -290,7 +295,7 @@ def fake_hub(monkeypatch):
     return calls
 
 
-def test_hub_mapping(fake_hub, tmp_path):
+def test_hub_mapping(fake_hub, tmp_path, monkeypatch):
     g = get_task("gsm8k").load("hub", split="test")
     assert g.source == "hub" and g.location == "openai/gsm8k[test]"
     assert [e.references for e in g] == [["5"], ["1000"]] and g[1].meta["solution"].endswith("#### 1,000")
@@ -311,7 +316,8 @@ def test_hub_mapping(fake_hub, tmp_path):
     assert fl.prompt_txt == (T.SAMPLES_DIR / "flores_en-de" / "prompt.txt").read_text(encoding="utf-8")
 
     # auto uses the hub when no local folder has the task
-    assert get_task("nq").load(data_dir=tmp_path, split="test").source == "hub"
+    monkeypatch.setattr(T, "data_dirs", lambda data_dir=None: [tmp_path])
+    assert get_task("nq").load(split="test").source == "hub"
     assert ("openai/gsm8k", "main", "test") in fake_hub
 
 
