@@ -20,8 +20,10 @@ In a notebook, `release(*sessions)` frees a member's memory before loading other
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import shutil
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +77,9 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
     elif path.is_dir():
         model, tok = _load_hf(path, dtype, trust_remote_code)
         info.update(source="local", loaded_from=str(path))
+    elif _looks_local(spec):  # a path that is not there: say so, not "repo id must be ..."
+        raise FileNotFoundError(f"model path {spec!r} does not exist" if not path.exists() else
+                                f"{spec!r} is neither a model folder nor a .gguf file")
     elif "/" not in spec:
         zoo.get(spec)  # raises, listing the valid names and close matches
     else:
@@ -190,18 +195,36 @@ def _load_hf(src, dtype, trust_remote_code=False, tokenizer_src=None):
     return model, tok
 
 
+def _looks_local(spec: str) -> bool:
+    from .runs import _is_path_spec
+    return _is_path_spec(spec)
+
+
+# What reading a damaged GGUF raises, by where the damage is (header, metadata, tensor table, data).
+_GGUF_READ_ERRORS = (ValueError, IndexError, EOFError, KeyError, TypeError, OverflowError, struct.error,
+                     UnicodeDecodeError, AssertionError, OSError)
+
+
 def _load_gguf(path: Path, tokenizer_dir: Path | None):
     """Dequantised (fp32) model and tokenizer from a GGUF file. A saved tokenizer
     folder wins over the one transformers builds from the GGUF: that build is slow
     (~30 s for 150k+ vocabularies) and, for Gemma-3, wrong in transformers 5.17
     (no <bos>, "Hello" -> "▁H el lo"); 5.23 gets it right."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError("loading a GGUF file needs the gguf package, a base dependency of adafuse-lab: "
+                          "pip install 'gguf>=0.10'")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CorruptWeights(f"{path}: not a GGUF file (it does not start with 'GGUF', {path.stat().st_size} "
+                             "bytes): the file is damaged or of another format; download it again")
     try:  # both read the whole file (the GGUF reader maps every tensor)
         tok = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else \
             AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (ValueError, IndexError, EOFError) as e:  # what a truncated file raises while reading tensors
-        raise CorruptWeights(f"{path}: the GGUF weights do not read ({e}): the file may be truncated or "
-                             "damaged; download it again") from e
+    except _GGUF_READ_ERRORS as e:  # a truncated or damaged file, whatever its size
+        raise CorruptWeights(f"{path}: the GGUF weights do not read ({type(e).__name__}: {e}): the file may be "
+                             "truncated or damaged; download it again") from e
     # Plain dequantised weights from here on: without the GGUF quantizer and its
     # config the model behaves (and saves) like any HF checkpoint.
     model.hf_quantizer = None
@@ -224,8 +247,15 @@ def _load_staged(d: Path, dtype: torch.dtype):
         p.data = p.data.to(torch.bfloat16)
     tmp = None
     try:
-        if tok_dir is None:
-            tok.save_pretrained(d / "tokenizer")
+        if tok_dir is None:  # private folder, then rename: two processes never write into one tokenizer/
+            tmp_tok = Path(tempfile.mkdtemp(prefix="tokenizer.partial-", dir=d))
+            try:
+                tok.save_pretrained(tmp_tok)
+                tmp_tok.rename(d / "tokenizer")
+            except OSError:
+                shutil.rmtree(tmp_tok, ignore_errors=True)
+                if _tokenizer_dir(d) is None:
+                    raise
         # Write to a private folder, then rename: a half-written cache is never
         # picked up, and two processes caching at once do not clash.
         tmp = Path(tempfile.mkdtemp(prefix="hf.partial-", dir=d))
