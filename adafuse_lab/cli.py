@@ -139,11 +139,20 @@ def add_demo(sub) -> None:
 def cmd_demo(args) -> None:
     from .runs import run, read_samples
     from pathlib import Path
-    run(_run_config(args), args.out, progress=not args.no_progress)
+    res = run(_run_config(args), args.out, progress=not args.no_progress)
+    records = read_samples(Path(args.out) / "samples.jsonl")
     rows = [(r.get("question") or "", r["answer"] if r.get("answer") is not None else r["prediction"],
-             _correct(r.get("metrics") or {}))
-            for r in read_samples(Path(args.out) / "samples.jsonl")]
-    print(_table(["question", "prediction", "correct"], rows))
+             " | ".join(map(str, (r.get("references") or [])[:3])), _correct(r.get("metrics") or {}))
+            for r in records]
+    print(_table(["question", "prediction", "gold", "correct"], rows))
+    if res is not None:
+        dc = res.get("decode_config") or {}
+        print("\nscore: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in (res.get("metrics") or {}).items()))
+        print(f"settings: {res['method']} with {', '.join(res['models'])} on {res['task']} "
+              f"({(res.get('data') or {}).get('source', args.source)}); theta {dc.get('theta')}, M {dc.get('M')}, "
+              f"B {dc.get('B')}, criterion {dc.get('criterion')}, max_new_tokens {dc.get('max_new_tokens')}, "
+              f"device {res.get('device')}")
     print(f"\nfull records: {args.out}/samples.jsonl, metrics: {args.out}/results.json")
 
 
