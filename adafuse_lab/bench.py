@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -29,7 +30,7 @@ class CallCounter:
     """Counts forward calls of a model (one per batched step, whatever the batch size)."""
 
     def __init__(self, model):
-        from .decoding import columns
+        from .decoding.runtime import graphs as columns
         self.calls, self.key, self.columns = 0, id(model), columns
         self.start = (columns.REPLAYS[self.key], columns.CAPTURES[self.key])
         self.handle = model.register_forward_pre_hook(self._hook)
@@ -46,6 +47,43 @@ class CallCounter:
 
     def close(self):
         self.handle.remove()
+
+
+def copy_bandwidth(device) -> float | None:
+    """Bytes per second that a large device-to-device copy reads (and writes): the rate at which a
+    decode step can at best stream its weights and KV cache."""
+    if torch.device(device).type != "cuda":
+        return None
+    x = torch.empty(1024**3, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    torch.cuda.synchronize(device)
+    rate = x.numel() / ((time.perf_counter() - t) / 10)
+    del x, y
+    return rate
+
+
+def decode_floor(session, prompts: list[str], batch_size: int, steps: int, bandwidth: float) -> dict:
+    """The hardware floor of greedy decoding with one member: every step reads all weights and
+    the batch's KV cache once, at the copy bandwidth; `steps` steps per batch (the budget)."""
+    cfg = session.model.config
+    weights = sum(p.numel() * p.element_size() for p in session.model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * session.model.dtype.itemsize
+    total, first_step = 0.0, None
+    for start in range(0, len(prompts), batch_size):
+        lengths = [len(session.encode_prompt(p)) for p in prompts[start:start + batch_size]]
+        kv_mid = per_token * (sum(lengths) + len(lengths) * steps / 2)  # mean KV read over the steps
+        step = (weights + kv_mid) / bandwidth
+        first_step = first_step or step
+        total += steps * step
+    return {"weight_MB": round(weights / 1e6), "kv_bytes_per_token": per_token, "bandwidth_GBps": round(bandwidth / 1e9),
+            "floor_ms_per_step": round(first_step * 1e3, 3), "floor_s": round(total, 3)}
 
 
 def _measure(fn, device):
@@ -117,6 +155,11 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
     if "generate" in result:  # forward calls against the member's own generate on the same batch
         gen = [g["forward_calls"] for g in result["generate"].values()]
         out["forward_calls_vs_generate"] = [round(n / g, 3) for n, g in zip(r["forward_calls"], gen)]
+    if result.get("floor"):  # the method against the floor of greedy decoding with every member
+        floor = sum(f["floor_s"] for f in result["floor"].values())
+        out["ratio_to_summed_floor"] = round(wall / floor, 3)
+        steps = -(-len(prompts) // cfg.batch_size) * cfg.max_new_tokens
+        out["ms_per_budget_step"] = round(wall / steps * 1e3, 3)
     for key in [k for k in ("generate", "generate_no_cudnn") if k in result]:
         walls = [g["wall_s"] for g in result[key].values()]
         out[f"ratio_to_summed_{key}"] = round(wall / sum(walls), 3)
@@ -126,14 +169,43 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
     return out
 
 
+def check_args(args, specs: list[str], methods: list[str]) -> dict:
+    """Refuse bad options (as `run` does) before anything loads; returns the --set values."""
+    from .cli import _parse_value
+    from .runs import RunConfig, UsageError, validate
+    if not methods:
+        raise UsageError("--method is empty; give a method, or several comma-separated")
+    extra = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        extra[key.strip()] = _parse_value(value)
+    for m in methods:
+        validate(RunConfig(task=args.task, models=tuple(specs), method=m, limit=args.limit, source=args.source,
+                           data_dir=args.data_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                           device=args.device, decode=extra))
+    if args.out is not None:
+        if str(args.out).strip() == "":
+            raise UsageError("--out is empty; give a JSON file to write")
+        out = Path(args.out).expanduser()
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder; give a JSON file path")
+        node = out.parent
+        while not node.exists() and node != node.parent:
+            node = node.parent
+        if not node.is_dir() or not os.access(node, os.W_OK):
+            raise UsageError(f"--out {out}: cannot write there ({node} is not a writable folder)")
+    return extra
+
+
 def benchmark(args) -> dict:
     from .decoding import DecodeConfig
     from .models import load_session
     from .tasks import get_task
-    from .decoding import attention
-    attention.mode = args.attention or attention.mode
-    specs = [m for m in args.models.split(",") if m]
-    methods = [m for m in args.method.split(",") if m]
+    specs = [m.strip() for m in args.models.split(",") if m.strip()]
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    check_args(args, specs, methods)  # every option, before a model is loaded
     sessions = [load_session(m, device=args.device) for m in specs]
     device = sessions[0].device
     task = get_task(args.task)
@@ -142,7 +214,7 @@ def benchmark(args) -> dict:
     extra = {k: json.loads(v) if v[:1] in "0123456789[{tfn-" else v
              for k, v in (s.split("=", 1) for s in args.set)}
     cfg = DecodeConfig.from_dict({"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                                  "trace": True, **extra})
+                                  "trace": True, **({"attention": args.attention} if args.attention else {}), **extra})
     stop = task.stop_fn if args.task_stops else None
     # warm-up: CUDA context, kernels, allocator
     for s in sessions:
@@ -156,15 +228,21 @@ def benchmark(args) -> dict:
               "dtype": str(sessions[0].dtype), "torch": torch.__version__,
               "transformers": __import__("transformers").__version__,
               "task": args.task, "n_prompts": len(prompts), "batch_size": args.batch_size,
-              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(), "attention": attention.mode,
+              "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(),
               "members": {s.name: s.info for s in sessions}, "generate": {}, "method": {}}
+    from .decoding.attention import get_backend
+    result["attention"] = get_backend(cfg.attention, device).name
+    bandwidth = copy_bandwidth(device)
+    if bandwidth:
+        result["floor"] = {s.name: decode_floor(s, prompts, args.batch_size, args.max_new_tokens, bandwidth)
+                           for s in sessions}
+        print(f"floor: {result['floor']}", flush=True)
     # generate as it runs by default, and (CUDA) with the attention kernels the engine uses
     variants = {"generate": contextlib.nullcontext}
     if device.type == "cuda":
         from torch.nn.attention import sdpa_kernel
-
-        from .decoding.attention import ATTENTION_KERNELS
-        variants["generate_no_cudnn"] = lambda: sdpa_kernel(ATTENTION_KERNELS)
+        kernels_of_engine = get_backend(cfg.attention, device).kernels
+        variants["generate_no_cudnn"] = lambda: sdpa_kernel(kernels_of_engine)
     for key, kernels in variants.items() if not args.profile_only else []:
         result[key] = {}
         for s in sessions:
@@ -239,10 +317,8 @@ def add_parser(sub) -> None:
     a("--device")
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
-    a("--attention", default=None, choices=["sdpa", "grouped", "additive", "cascade"],
-      help="the engine's attention: sdpa, grouped (GQA without copies of the keys and values), "
-           "additive (masks made additive once per forward) or cascade (the prompts without a mask); "
-           "decoding/attention.py (default: $ADAFUSE_ATTENTION, else sdpa)")
+    a("--attention", default=None, choices=["auto", "sdpa_gqa", "reference"],
+      help="the engine's attention backend (decoding/attention; default: auto)")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
     a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")
     a("--profile-only", action="store_true", help="skip the timed runs, only profile")

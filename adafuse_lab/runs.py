@@ -537,6 +537,50 @@ def check_out(out_dir, cfg: RunConfig | None = None, flag: str = "--out") -> Pat
     return out
 
 
+def check_folder(path, flag: str) -> Path:
+    """An output folder that may already hold files (figures --out, --work): not an empty path,
+    not a file, and writable (or creatable). Returns the path."""
+    if path is None or str(path).strip() == "":
+        raise UsageError(f"{flag} is empty; give a folder")
+    p = Path(path).expanduser()
+    if not p.exists():
+        _writable_parent(p, flag)
+    elif not p.is_dir():
+        raise UsageError(f"{flag} {p} is a file, not a folder; choose a folder path")
+    elif not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {p} is not writable; choose another {flag}")
+    return p
+
+
+# What a work folder (tune --out, quality --work) holds once we have written into it.
+_WORK_OURS = ("runs", "logs", "plan", "plan.jsonl", "plan.raw.jsonl", "quality_params.json", "figures",
+              "04_full_benchmark", "04_full_benchmark.ipynb")
+
+
+def check_work_dir(path, flag: str) -> Path:
+    """A work folder (tune --out, quality --work) may be written: a new or empty folder, or one
+    that holds our output (runs/, tune_<task>.json, plan.jsonl, ...). An empty path, a file, or a
+    folder of someone else's files is refused, before anything runs. Returns the path."""
+    if path is None or str(path).strip() == "":
+        raise UsageError(f"{flag} is empty; give the folder to write, e.g. {flag} runs/tune")
+    p = Path(path).expanduser()
+    if not p.exists():
+        _writable_parent(p, flag)
+        return p
+    if not p.is_dir():
+        raise UsageError(f"{flag} {p} is a file, not a folder; choose a folder path")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {p} is not writable; choose another {flag}")
+    names = sorted(n.name for n in p.iterdir() if not _junk(n.name))
+    ours = [n for n in names if n in _WORK_OURS or (n.startswith("tune_") and n.endswith(".json"))]
+    if names and not ours:
+        raise UsageError(f"{flag} {p} holds files adafuse_lab did not write ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty {flag}")
+    if (p / "runs").exists() and not (p / "runs").is_dir():
+        raise UsageError(f"{flag} {p}: {p / 'runs'} is a file, but runs are written there; move it away")
+    return p
+
+
 class _Lock:
     """An exclusive flock on OUT/.lock while a process writes the run: a second process is
     refused. The kernel drops the lock when the process dies, so a killed run leaves only an
@@ -636,10 +680,10 @@ def versions() -> dict:
             "adafuse_lab": __version__}
 
 
-def attention_mode() -> str:
-    """The engine's attention path ($ADAFUSE_ATTENTION, or bench --attention): sdpa, grouped, additive or cascade."""
-    from .decoding import attention
-    return attention.mode
+def attention_mode(dcfg) -> str:
+    """The attention backend the engine's forwards ran on (decoding/attention)."""
+    from .decoding.attention import get_backend
+    return get_backend(dcfg.attention, None).name
 
 
 def git_commit() -> str | None:
@@ -871,7 +915,7 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         "versions": versions(), "git_commit": git_commit(),
         "device": device_name(members[0].device) if members else (old or {}).get("device"),
         # not in config.json, so that run directories keep their names whichever path decoded them
-        "attention": attention_mode(),
+        "attention": attention_mode(dcfg),
         "timings": {"wall_s": round(time.perf_counter() - t_start, 3), "load_s": round(load_s, 3),
                     "decode_s": round(decode_s, 3), "n_decoded": len(per_example),
                     "n_resumed": len(records) - len(per_example),
@@ -1066,3 +1110,92 @@ def evaluate_dir(out_dir) -> dict:
     old = None if old_results is None else old_results.get("metrics")
     return {"metrics": metrics, "n_examples": len(records), "results_metrics": old,
             "matches_results": None if old is None else old == metrics}
+
+
+# ---------------------------------------------------------------- saved runs, found by their config
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    results: dict
+    records: list = field(repr=False, default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+
+def canonical_decode(decode: dict | None) -> dict:
+    """decode options minus those equal to DecodeConfig's defaults, sorted: the same run
+    asked for in two notebooks gets the same directory."""
+    from .decoding import DecodeConfig
+    defaults = DecodeConfig().to_dict()
+    out = {}
+    for k, v in sorted((decode or {}).items()):
+        if isinstance(v, list):
+            v = tuple(v)
+        if k in defaults and defaults[k] == v:
+            continue
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def run_config(task: str, models: str | list, method: str = "adafuse", decode: dict | None = None,
+               **run_kw):
+    """A runs.RunConfig with canonical decode options."""
+    return RunConfig(task=task, models=models, method=method, decode=canonical_decode(decode), **run_kw)
+
+
+def run_dir(runs_dir, cfg) -> Path:
+    """runs_dir/<task>/<method>[_<option><value>...]-<hash of the config>."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in IGNORED_KEYS}
+    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    opts = "".join(f"_{k}{v}" for k, v in sorted(cfg.decode.items()) if not isinstance(v, (list, dict)))
+    slug = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in f"{cfg.method}{opts}")[:60]
+    return Path(runs_dir) / cfg.task / f"{slug}-{h}"
+
+
+def load_run(path) -> Run | None:
+    """A finished run directory (config.json, results.json, samples.jsonl), or None."""
+    path = Path(path)
+    if not (path / RESULTS).exists() or not (path / CONFIG).exists():
+        return None
+    results = json.loads((path / RESULTS).read_text())
+    return Run(path, json.loads((path / CONFIG).read_text()), results, read_samples(path / SAMPLES))
+
+
+def finished_run(path) -> Run | None:
+    """The run directory at path if it holds every example of its run, else None."""
+    have = load_run(path)
+    return have if have is not None and have.results.get("n_examples") == len(have.records) else None
+
+
+def ensure_run(cfg, runs_dir, launch: bool = True, progress: bool = False, log=print,
+               sessions: dict | None = None) -> Run | None:
+    """The saved run for `cfg` under runs_dir; decode it first when missing and `launch`.
+    Returns None for a missing run that may not be launched. sessions: loaded members kept
+    from one run to the next (see run())."""
+    path = run_dir(runs_dir, cfg)
+    have = finished_run(path)
+    if have is not None:
+        log(f"found     {path}")
+        return have
+    if not launch:
+        log(f"missing   {path} (launch=False)")
+        return None
+    t = time.perf_counter()
+    run(cfg, path, progress=progress, sessions=sessions)
+    log(f"decoded   {path} ({time.perf_counter() - t:.1f} s)")
+    return load_run(path)
+
+
+def find_runs(runs_dir) -> list[Run]:
+    """Every finished run directory under runs_dir (any depth), sorted by path."""
+    out = []
+    for p in sorted(Path(runs_dir).rglob(RESULTS)):
+        r = load_run(p.parent)
+        if r is not None:
+            out.append(r)
+    return out

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from adafuse_lab.decoding import ConfigError, DecodeConfig, decode
-from adafuse_lab.decoding import baselines
 from adafuse_lab.decoding.criteria import Threshold
-from adafuse_lab.decoding.engine import Batch, make_stop
-from adafuse_lab.decoding.propose import _gate, _Row
+from adafuse_lab.decoding.methods import Batch, make_stop
+from adafuse_lab.decoding.methods import tokens as token_methods
+from adafuse_lab.decoding.methods.proposal import _gate, _Row
+from adafuse_lab.decoding.runtime import Member, Runtime
 from adafuse_lab.decoding.select import combine_scores, pick, select_branches
-from adafuse_lab.decoding.state import Member
 from adafuse_lab.decoding.words import has_content, split_words
+from adafuse_lab.decoding.attention import get_backend
 from adafuse_lab.models import load_session
 
 PROMPTS = [
@@ -194,6 +195,11 @@ def test_multibyte_character_split_over_byte_tokens(tiny):
 
 # ---- 2. cached scoring equals one plain forward ------------------------------------
 
+def runtime(session, prompts, window_tokens=8, **cfg):
+    """A member's runtime for `prompts` (what the engine decodes on)."""
+    return Runtime(session, prompts, DecodeConfig(window_tokens=window_tokens, **cfg), get_backend("auto", "cpu"))
+
+
 def full_nll(session, ids, first):
     """Mean NLL of ids[first:] from one uncached forward of the whole sequence."""
     with torch.inference_mode():
@@ -218,18 +224,19 @@ SCORE_CASES = [  # (prefix, candidate, eos)
 def test_score_equals_full_forward(tiny, name):
     s = tiny[name]
     prefixes = [p for p, _, _ in SCORE_CASES]
-    m = Member(s, prefixes, window_tokens=4)
+    rt = runtime(s, prefixes, window_tokens=4)
+    m = rt.m
     rows = list(range(len(SCORE_CASES))) + [0, 2]       # two candidates for some rows
     texts = [c for _, c, _ in SCORE_CASES] + [" Paris", "0 apples"]
     eos = [e for _, _, e in SCORE_CASES] + [False, False]
-    scored = m.score(rows, texts, eos)
+    nll = rt.score_texts(rows, texts, eos)
     merged = 0
     for i, (r, t, e) in enumerate(zip(rows, texts, eos)):
         new, keep, first = m.retokenize(r, t, e)
         assert new == s.encode_prompt(prefixes[r] + t) + ([min(s.eos_token_ids)] if e else [])  # fed as one EOS id
         merged += keep < len(m.ids[r])
         ref, _ = full_nll(s, new, first)
-        assert scored.nll[i] == pytest.approx(ref, rel=1e-4, abs=1e-4), (prefixes[r], t)
+        assert nll[i] == pytest.approx(ref, rel=1e-4, abs=1e-4), (prefixes[r], t)
     if name != "char":
         assert merged >= 2  # the boundary re-tokenization path was exercised
 
@@ -239,18 +246,20 @@ def test_score_after_commits_equals_full_forward(tiny, name):
     """Commit candidates one by one (the cache grows incrementally, with holes where the
     boundary was re-tokenized) and score more on top: still one plain forward's values."""
     s = tiny[name]
-    m = Member(s, ["Answer:", "Question: Who wrote the play?\nAnswer:"], window_tokens=4)
+    rt = runtime(s, ["Answer:", "Question: Who wrote the play?\nAnswer:"], window_tokens=4)
+    m = rt.m
     steps = [(" It is 1", "\nSo the"), ("2 apples", " answer "), (" and ", "is 7"), ("the", "2.\n")]
     for k, pair in enumerate(steps):
         rows = [0, 1, 0, 1]
         texts = list(pair) + [" more", "\n"]
-        scored = m.score(rows, texts, [False] * 4)
+        nll = rt.score_texts(rows, texts, [False] * 4)
         for i, (r, t) in enumerate(zip(rows, texts)):
             new, _, first = m.retokenize(r, t, False)
             ref, _ = full_nll(s, new, first)
-            assert scored.nll[i] == pytest.approx(ref, rel=1e-4, abs=1e-4), (k, r, t)
+            assert nll[i] == pytest.approx(ref, rel=1e-4, abs=1e-4), (k, r, t)
         expected = [m.retokenize(r, t, False)[0] for r, t in enumerate(pair)]
-        scored.commit([0, 1])
+        for r in range(2):
+            rt.commit(r, 0)
         for r in range(2):
             assert m.ids[r] == expected[r]
             _, last = full_nll(s, m.ids[r], 1)
@@ -286,11 +295,11 @@ def test_stream_scores_equal_full_forward(tiny, pair, slack, monkeypatch):
     (a 4-D mask); every score in the trace is still one plain forward's mean NLL, also
     for sliding-window members whose window the prompts outgrow, and when the fixed-width
     cache has so little slack that it compacts and widens often."""
-    from adafuse_lab.decoding import stream
-    monkeypatch.setattr(stream.Streams, "slack", slack)
+    from adafuse_lab.decoding.runtime import kv
+    monkeypatch.setattr(Runtime, "slack", slack)
     compactions = []
-    real = stream.Streams.compact
-    monkeypatch.setattr(stream.Streams, "compact", lambda self, need: (compactions.append(need), real(self, need)))
+    real = kv.KVCache.compact
+    monkeypatch.setattr(kv.KVCache, "compact", lambda self, need, live: (compactions.append(need), real(self, need, live))[1])
     a, b = pair.split("+")
     members = [tiny[a], tiny[b] if b in tiny else sliding(tiny[a], b)]
     cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16)
@@ -525,34 +534,34 @@ def token_round(tiny, fn, cfg):
     """One step of a token-level method from hand-set next-token distributions:
     tiny:char: q .6, y .4; tiny:bpe: " the" .6, y .4. Averaged, y (.4) beats q and " the" (.3)."""
     prompts = ["Answer:"]
-    members = [Member(tiny["char"], prompts), Member(tiny["bpe"], prompts)]
-    set_probs(members[0], 0, {"q": 0.6, "y": 0.4})
-    set_probs(members[1], 0, {" the": 0.6, "y": 0.4})
     cfg = dataclasses.replace(cfg, max_new_tokens=1)
-    outs = list(fn(Batch([0], members, cfg, make_stop(None)), cfg))
+    members = [runtime(tiny["char"], prompts, max_new_tokens=1), runtime(tiny["bpe"], prompts, max_new_tokens=1)]
+    set_probs(members[0].m, 0, {"q": 0.6, "y": 0.4})
+    set_probs(members[1].m, 0, {" the": 0.6, "y": 0.4})
+    outs = list(fn(members, Batch([0], cfg, make_stop(None), 2), cfg))
     assert [i for i, _ in outs] == [0]
     return outs[0][1].text
 
 
 def test_unite_picks_highest_average_probability(tiny):
-    assert token_round(tiny, baselines.unite_rounds, cfg_()) == "y"
+    assert token_round(tiny, token_methods.unite_rounds, cfg_()) == "y"
 
 
 def test_unite_scores_a_missing_string_by_its_own_first_token(tiny):
     """tiny:char has no " the" token: it scores " the" by its first token " "."""
     prompts = ["Answer:"]
-    members = [Member(tiny["char"], prompts), Member(tiny["bpe"], prompts)]
-    set_probs(members[0], 0, {"q": 0.5, " ": 0.5})
-    set_probs(members[1], 0, {" the": 0.55, "q": 0.45})
     cfg = cfg_(max_new_tokens=1)
-    (_, out), = list(baselines.unite_rounds(Batch([0], members, cfg, make_stop(None)), cfg))
+    members = [runtime(tiny["char"], prompts, max_new_tokens=1), runtime(tiny["bpe"], prompts, max_new_tokens=1)]
+    set_probs(members[0].m, 0, {"q": 0.5, " ": 0.5})
+    set_probs(members[1].m, 0, {" the": 0.55, "q": 0.45})
+    (_, out), = list(token_methods.unite_rounds(members, Batch([0], cfg, make_stop(None), 2), cfg))
     assert out.text == " the"  # char: q, " ", " the" 1/3 each after renormalising; bpe: " the" .55 > q .45
 
 
 def test_gac_union_vocabulary_and_threshold(tiny):
-    assert token_round(tiny, baselines.gac_rounds, cfg_()) == "y"                    # .4 + .4 > .6
-    assert token_round(tiny, baselines.gac_rounds, cfg_(gac_threshold=0.7)) == "y"   # member 0 unsure: ensemble
-    assert token_round(tiny, baselines.gac_rounds, cfg_(gac_threshold=0.5)) == "q"   # member 0 sure: its own token
+    assert token_round(tiny, token_methods.gac_rounds, cfg_()) == "y"                    # .4 + .4 > .6
+    assert token_round(tiny, token_methods.gac_rounds, cfg_(gac_threshold=0.7)) == "y"   # member 0 unsure: ensemble
+    assert token_round(tiny, token_methods.gac_rounds, cfg_(gac_threshold=0.5)) == "q"   # member 0 sure: its own token
 
 
 def test_rerank_picks_lowest_mean_nll(tiny):
@@ -648,11 +657,12 @@ def test_gate_fixed_spans(B, confident, word, expected):
 
 def committed_tokens(session, prompt, out):
     """The answer's token count after each round, replaying the engine's commits of the winners."""
-    m = Member(session, [prompt])
+    rt = runtime(session, [prompt])
     counts = []
     for w in winners(out):
-        m.score([0], [w["text"]], [w["eos"]], inplace=True).commit([0])
-        counts.append(m.answer_tokens(0))
+        rt.score_texts([0], [w["text"]], [w["eos"]])
+        rt.commit(0, 0)
+        counts.append(rt.m.answer_tokens(0))
     return counts
 
 
@@ -735,8 +745,8 @@ def test_score_eos_off_scores_an_ending_by_its_text(tiny, char_eos, char_words):
         assert all(i < len(texts) for mem in r["members"] for i in mem["proposed"])
     first = out.trace[0]["candidates"]
     for k, s in enumerate([m, char_words]):
-        fresh = Member(s, PROMPTS[:1], window_tokens=cfg.window_tokens)
-        ref = fresh.score([0] * len(first), [c["text"] for c in first], [False] * len(first)).nll
+        fresh = runtime(s, PROMPTS[:1], window_tokens=cfg.window_tokens)
+        ref = fresh.score_texts([0] * len(first), [c["text"] for c in first], [False] * len(first))
         assert [c["nll"][k] for c in first] == pytest.approx(list(ref), rel=1e-4, abs=1e-4)
     on = decode("adafuse", [m, char_words], PROMPTS[:1], dataclasses.replace(cfg, score_eos=True))[0]
     ends = [(c["text"], c["nll"]) for c in on.trace[0]["candidates"] if c["eos"]]
@@ -846,19 +856,9 @@ def test_every_forward_runs_without_autograd(method):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU"))])
 def test_on_device_keeps_values_and_dtypes(device):
-    from adafuse_lab.decoding.state import on_device
+    from adafuse_lab.decoding.runtime import on_device
     ids = on_device([[1, 2], [3, 4]], device)
     assert ids.dtype == torch.long and ids.device.type == device and ids.tolist() == [[1, 2], [3, 4]]
     assert on_device([True, False], device).dtype == torch.bool
     assert on_device([5, 6], device, torch.int32).dtype == torch.int32
     assert on_device([], device, torch.long).shape == (0,)
-
-
-def test_log_probs_in_chunks_equal_one_pass():
-    from adafuse_lab.decoding.state import _log_probs
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.bfloat16)
-    rows, pos, tok = (torch.randint(0, n, (10,), generator=g) for n in (3, 5, 11))
-    full = torch.log_softmax(logits.float(), -1)[rows, pos, tok]
-    for chunk in (1, 3, 4096):
-        assert torch.allclose(_log_probs(logits, rows, pos, tok, torch.tensor([]).long(), chunk=chunk), full, atol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adafuse_lab.decoding import DecodeConfig, decode
-from adafuse_lab.decoding.propose import _Row
+from adafuse_lab.decoding.methods.proposal import _Row
 from adafuse_lab.decoding.select import select_branches
 from adafuse_lab.models import load_session
 

@@ -1,4 +1,4 @@
-"""Cross-tokenizer alignment on arbitrary text: Member.retokenize (decoding/state.py).
+"""Cross-tokenizer alignment on arbitrary text: Member.retokenize (decoding/runtime/member.py).
 
 Every round of the engine appends text that another member proposed to this
 member's committed tokens. Whatever the text (CJK without spaces, emoji, digits,
@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
-from adafuse_lab.decoding.state import Member
+from adafuse_lab.decoding.runtime import Member
 from adafuse_lab.tiny import NAMES, make_tiny
 
 torch.set_num_threads(1)

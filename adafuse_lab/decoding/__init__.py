@@ -1,19 +1,23 @@
-"""The decoding engine: AdaFuse and its baselines on one shared member state.
+"""The decoding engine: AdaFuse and its baselines on one runtime.
 
     outputs = decode("adafuse", [session_a, session_b], prompts, DecodeConfig(theta=0.7), stop)
+
+Three layers: methods/ (the round logic of each method), runtime/ (each member's streams,
+forward plans, KV cache and CUDA graphs), attention/ (how the fed tokens attend over the
+token tree). decode_iter is the whole loop: per batch, one runtime per member, then the
+method's rounds.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from typing import Iterator, Sequence
 
 import torch
 
+from .attention import get_backend
 from .config import ConfigError, DecodeConfig
-from .engine import Batch, DecodeOutput, greedy_rounds, make_stop
-from .state import Member
-from .stream import stream_rounds
+from .methods import ROUNDS, Batch, DecodeOutput, make_stop
+from .runtime import Runtime
 
 METHODS = ("single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank")
 
@@ -31,25 +35,6 @@ def check_method(method: str, n_members: int, cfg: DecodeConfig) -> None:
         raise ConfigError(f"member {cfg.member} does not exist: {n_members} member(s) given")
 
 
-def _rounds(method: str, batch: Batch, cfg: DecodeConfig):
-    from . import baselines
-    if method == "single":
-        return greedy_rounds(batch, 0)
-    if method == "adafuse":
-        return stream_rounds(batch, cfg, cfg.span_words, cfg)
-    if method == "sweetspan":  # fixed spans, one greedy span per member, outlier scores filtered
-        c = dataclasses.replace(cfg, B=1, outlier_filter=True)
-        return stream_rounds(batch, c, cfg.sweetspan_words, c)
-    if method == "coolfusion":  # one word per member per round, lowest mean perplexity wins
-        c = dataclasses.replace(cfg, B=1, combine="ppl")
-        return stream_rounds(batch, c, 1, c)
-    if method == "unite":
-        return baselines.unite_rounds(batch, cfg)
-    if method == "gac":
-        return baselines.gac_rounds(batch, cfg)
-    return baselines.rerank_rounds(batch, cfg)
-
-
 @torch.inference_mode()  # no autograd graph: it would keep every step's cache alive
 def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,
                 stop=None) -> Iterator[tuple[int, DecodeOutput]]:
@@ -63,9 +48,10 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
     stop_fn = make_stop(stop)
     for start in range(0, len(prompts), cfg.batch_size):
         idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
-        state = [Member(s, [prompts[i] for i in idx], cfg.window_tokens) for s in sessions]
-        batch = Batch(idx, state, cfg, stop_fn)
-        for i, out in _rounds(method, batch, cfg):
+        runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device))
+                    for s in sessions]
+        batch = Batch(idx, cfg, stop_fn, len(sessions))
+        for i, out in ROUNDS[method](runtimes, batch, cfg):
             out.stats["method"] = method
             out.stats["members"] = [s.name for s in sessions]
             yield i, out

@@ -8,6 +8,7 @@ CRITERIA = ("margin", "entropy", "prob")
 THRESHOLDS = ("fixed", "dynamic")
 BRANCH_SELECT = ("topk", "distinct", "semantic")
 COMBINE = ("mean", "ppl")
+ATTENTION = ("auto", "sdpa_gqa", "reference")
 
 
 class ConfigError(ValueError):
@@ -47,7 +48,8 @@ class DecodeConfig:
     word_token_cap: int = 24       # a word longer than this many tokens (CJK, URLs) ends here
     window_tokens: int = 8         # tokens re-tokenized at the boundary when text is appended
     trace: bool = True             # record the per-round trace
-    cuda_graphs: bool = True       # streaming methods on CUDA: capture each forward shape once, then replay it
+    cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
+    attention: str = "auto"        # attention backend: auto (sdpa_gqa) | sdpa_gqa | reference (decoding/attention)
 
     def __post_init__(self):
         def need(ok, msg):
@@ -67,6 +69,7 @@ class DecodeConfig:
         need(self.dyn_window >= 1 and self.branch_pool >= 1 and self.unite_k >= 1, "dyn_window, branch_pool and unite_k must be >= 1")
         need(self.outlier_ratio > 1.0, f"outlier_ratio must be > 1, got {self.outlier_ratio}")
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
+        need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
 
     @classmethod

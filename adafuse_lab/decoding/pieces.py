@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .propose import _extend
+import os
 
 _CHECK = "Hello world, 12 + 30 = 42.\n\nQuestion: Who wrote it?\tAnswer:  Twain's (1876) book."
 
@@ -42,3 +42,11 @@ def next_piece(member, row: int, text: str, word: str, toks: list[int], t: int) 
         if "\ufffd" not in piece:
             return piece, text, word
     return _extend(text, word, member.text_after(row, toks + [t]))
+
+
+def _extend(text: str, word: str, full: str) -> tuple[str, str, str]:
+    """A token took the decoded text from `text` to `full`: (its piece, text and word cut back to
+    what it left unchanged). Usually full = text + piece, but a token that completes a multi-byte
+    character turns the "\ufffd" its first bytes decoded to into that character."""
+    n = len(os.path.commonprefix([text, full]))
+    return full[n:], text[:n], word[:max(0, len(word) - (len(text) - n))]

@@ -1,15 +1,8 @@
-"""Pieces of a member's proposal for one round (method.md §1, step 1): the proposal
-record, the per-row decoding state, the gate that decides commit / branch / stop at a
-word start, and one batched decode step. The round loop itself is stream.py.
-"""
+"""A member's proposal for one round (method.md §1, step 1): the proposal record, the
+look-ahead and branch state, and the gate that decides commit / branch / stop at a word start."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-
-import torch
-
-from .state import Member
 
 
 @dataclass
@@ -54,24 +47,3 @@ def _gate(cfg, confident: bool, word_index: int, fixed: bool) -> str:
         if word_index >= 2:
             return "branch"
     return "commit" if confident else "branch"
-
-
-def _extend(text: str, word: str, full: str) -> tuple[str, str, str]:
-    """A token took the decoded text from `text` to `full`: (its piece, text and word cut back to
-    what it left unchanged). Usually full = text + piece, but a token that completes a multi-byte
-    character turns the "\ufffd" its first bytes decoded to into that character."""
-    n = len(os.path.commonprefix([text, full]))
-    return full[n:], text[:n], word[:max(0, len(word) - (len(text) - n))]
-
-
-def step(member: Member, feed: dict[int, int], rows: int) -> torch.Tensor:
-    """One batched forward of one token per row (a pad, masked, for rows with nothing to feed)."""
-    dev = member.s.device
-    ids = torch.full((rows, 1), member.s.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((rows, 1), dtype=torch.long)
-    for p, t in feed.items():
-        ids[p, 0], mask[p, 0] = t, 1
-    member.forwards += 1
-    return member.kv.forward(member.s.model, ids.to(dev), mask.to(dev))[:, -1]
-
-

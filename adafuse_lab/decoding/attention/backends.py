@@ -1,0 +1,135 @@
+"""The backend interface, the two SDPA backends, and their registration with transformers."""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+NAME = "adafuse"  # the attention implementation name the engine's forwards run under
+
+
+@dataclass
+class StepMeta:
+    """What one forward's tokens may read, as tensors on the member's device.
+
+    Columns (rows x width): `committed` (part of the row's committed text), `pos` (the
+    position id the column was fed with), `owner` (the stream that wrote an uncommitted
+    column; -1 none). Queries (rows x T, the fed tokens at columns front .. front+T-1):
+    `q_pos`, `q_owner`, `q_parent` (a second stream whose columns it reads: a branch reads
+    the look-ahead it branched from), `q_limit` (committed columns at positions >= this are
+    hidden: a scored candidate re-tokenizes the committed tail)."""
+    committed: torch.Tensor
+    pos: torch.Tensor
+    owner: torch.Tensor
+    front: int
+    q_pos: torch.Tensor
+    q_owner: torch.Tensor
+    q_parent: torch.Tensor
+    q_limit: torch.Tensor
+    window: int | None = None   # sliding window in positions (None: none)
+    mixed: bool = False         # only some layers slide: the model takes one mask per layer type
+
+
+def tree_mask(meta: StepMeta) -> torch.Tensor:
+    """rows x T x width booleans: a token reads the visible committed columns, the columns of
+    its own stream (and its parent's) up to itself, and always itself (a pad too: a row of
+    only -inf would be NaN)."""
+    R, T = meta.q_pos.shape
+    width = meta.committed.shape[1]
+    col = torch.arange(width, device=meta.pos.device)
+    q_col = meta.front + torch.arange(T, device=meta.pos.device)
+    owner = meta.owner[:, None, :]
+    mask = meta.committed[:, None, :] & (meta.pos[:, None, :] < meta.q_limit[:, :, None])
+    mine = (owner == meta.q_owner[:, :, None]) | (owner == meta.q_parent[:, :, None])
+    mask |= mine & (col[None, None, :] <= q_col[None, :, None])
+    mask |= col[None, None, :] == q_col[None, :, None]
+    return mask
+
+
+class AttentionBackend:
+    """plan() once per forward, attend() per layer."""
+    name = "base"
+    kernels: list = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def plan(self, meta: StepMeta):
+        """The attention mask handed to the model: 4-D booleans, or one per layer type."""
+        mask = tree_mask(meta)
+        if meta.window is None:
+            return mask[:, None]
+        near = mask & (meta.pos[:, None, :] > meta.q_pos[:, :, None] - meta.window)
+        if meta.mixed:
+            return {"full_attention": mask[:, None], "sliding_attention": near[:, None]}
+        return near[:, None]
+
+    def attend(self, module, q, k, v, mask, scaling):
+        raise NotImplementedError
+
+
+class Reference(AttentionBackend):
+    name = "reference"
+    kernels = [SDPBackend.MATH]
+
+    def attend(self, module, q, k, v, mask, scaling):
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+
+
+class SdpaGqa(AttentionBackend):
+    name = "sdpa_gqa"
+
+    def attend(self, module, q, k, v, mask, scaling):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+
+BACKENDS = {b.name: b for b in (Reference(), SdpaGqa())}
+_active: list[AttentionBackend] = []
+
+
+def get_backend(name: str, device) -> AttentionBackend:
+    """A backend by name; "auto": sdpa_gqa (measured fastest on CUDA, and right on CPU too)."""
+    return BACKENDS["sdpa_gqa" if name == "auto" else name]
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention-function signature; transformers' SDPA for what the backends
+    do not model (attention sinks, position bias: no member of ours has them)."""
+    if attention_mask is None or attention_mask.ndim != 4 or kwargs.get("s_aux") is not None \
+            or kwargs.get("position_bias") is not None or not _active:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    out = _active[-1].attend(module, query, key, value, attention_mask, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(NAME, _attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # a mask the model builds itself: as SDPA's
+
+
+@contextlib.contextmanager
+def use_backend(model, backend: AttentionBackend):
+    """The forwards inside run their attention through `backend` (HF's own generate outside
+    keeps the model's attention)."""
+    config = model.config
+    swap = config._attn_implementation in ("sdpa", "eager")
+    if swap:
+        _register()
+        saved, config._attn_implementation = config._attn_implementation, NAME
+    _active.append(backend)
+    try:
+        with sdpa_kernel(backend.kernels):
+            yield
+    finally:
+        _active.pop()
+        if swap:
+            config._attn_implementation = saved

@@ -1,0 +1,234 @@
+"""AdaFuse rounds (and the fixed-span ensembles SweetSpan and Cool-Fusion), with ragged progress.
+
+Each prompt follows the rounds of method.md §1 on its own: every member proposes (look-ahead
+words while confident, B branch words where not), the union of the candidates is scored by
+every member, the best one is committed. Each step, every member feeds all its live streams
+of all prompts in one forward, so a prompt never waits for another's round to end.
+"""
+from __future__ import annotations
+
+import math
+
+from ..criteria import Threshold
+from ..pieces import next_piece
+from ..select import combine_scores, pick, select_branches
+from ..words import split_words, starts_new_word
+from .batch import Batch
+from .proposal import Proposal, _gate, _Row
+
+
+def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None):
+    """AdaFuse (span_words None) or a fixed span of `span_words` words per round."""
+    K, P = len(runtimes), len(batch.idx)
+    fixed, max_words = span_words is not None, span_words or cfg.M
+    pool = cfg.B if cfg.branch_select == "topk" else cfg.B * cfg.branch_pool
+    thresholds = [Threshold(cfg) for _ in runtimes]
+    props = [[Proposal([], []) for _ in range(P)] for _ in runtimes]
+    fwd_round = [[0] * P for _ in runtimes]
+    cands: list = [None] * P          # union of candidates while a prompt is being scored
+    owners: list = [None] * P
+    words_so_far = [0] * P
+    for rt in runtimes:
+        for s in rt.main.values():
+            s.st = _Row()
+
+    def budget(rt, p):
+        return max(1, cfg.max_new_tokens - rt.m.answer_tokens(p))
+
+    while live := batch.live():
+        # 1. every main (look-ahead) and branch stream decides what it feeds next
+        for k, rt in enumerate(runtimes):
+            for s in rt.rows:
+                s.feed = []
+            deciding = [s for s in rt.rows if s.kind != "score" and not s.dead and cands[s.p] is None
+                        and not batch.done[s.p] and not s.st.done]
+            if deciding:
+                host, top_ids, top_lp = rt.peek(deciding, pool, cfg.criterion)
+                for s, h, ids, lps in zip(deciding, host, top_ids, top_lp):
+                    if s.kind == "main":
+                        _lookahead(rt, s, cfg, ids, lps, h, thresholds[k], props[k][s.p], words_so_far[s.p],
+                                   budget(rt, s.p), max_words, fixed)
+                    else:
+                        _branch_step(rt, s, cfg, ids[0], lps[0], budget(rt, s.p))
+        # 2. proposals that are complete: a stopped look-ahead whose branches are all done
+        for k, rt in enumerate(runtimes):
+            groups = rt.groups()
+            for p in live:
+                main = rt.main[p]
+                if cands[p] is not None or props[k][p].texts or not main.st.done:
+                    continue
+                branches = [s for s in groups.get(p, ()) if s.kind == "branch"]
+                if all(b.st.done for b in branches):
+                    _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg)
+                    for b in branches:
+                        b.dead = True
+        # 3. prompts whose proposals are all in: the union, scored by every member
+        for p in live:
+            if cands[p] is None and all(pr[p].texts for pr in props):
+                cands[p], owners[p] = _union([(pr[p].texts, pr[p].eos) for pr in props], cfg.score_eos)
+                for rt in runtimes:
+                    for c, (text, eos) in enumerate(cands[p]):
+                        # score_eos off: an ending is scored by its text, and by EOS only where it has no text
+                        rt.score_stream(p, c, text, eos and (cfg.score_eos or not text))
+        # 4. one forward per member over all its streams
+        for k, rt in enumerate(runtimes):
+            rt.restructure()
+            rt.forward()
+            for p in {s.p for s in rt.rows if s.feed}:
+                fwd_round[k][p] += 1
+        # 5. score the candidates, pick winners, commit them
+        scoring = {p: len(cands[p]) for p in live if cands[p] is not None}
+        nll = [rt.candidate_nll(scoring) for rt in runtimes]
+        finished = []
+        for p in scoring:
+            scores = [x[p] for x in nll]
+            combined = combine_scores(scores, cfg)
+            w = pick(combined)
+            text, is_eos = cands[p][w]
+            if cfg.trace:
+                batch.traces[p].append(_trace(props, p, cands[p], owners[p], scores, combined, w, fwd_round, cfg))
+            for k, rt in enumerate(runtimes):
+                batch.add_forwards(k, p, fwd_round[k][p])
+                rt.commit(p, w, _Row)
+                props[k][p], fwd_round[k][p] = Proposal([], []), 0
+            cands[p] = owners[p] = None
+            if batch.append(p, text, is_eos, runtimes[0].m.answer_tokens(p)):
+                finished.append(p)
+            words_so_far[p] = len(split_words(batch.answers[p]))
+        for rt in runtimes:
+            for p in finished:
+                rt.end_prompt(p)
+            rt.restructure()
+            rt.drop_prompts(finished)
+        for p in finished:
+            yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
+
+
+def _trace(props, p, cands, owners, nll, combined, w, fwd_round, cfg) -> dict:
+    """The round's record: each member's confidences and proposals, the candidates and their scores."""
+    index = {c: i for i, c in enumerate(cands)}
+    if not cfg.score_eos:  # a going-on proposal merged into the ending candidate
+        index.update({(t, False): i for i, (t, e) in enumerate(cands) if e})
+    return {
+        # "proposed": the member's own candidates in its order (the first is its top-1 word)
+        "members": [{"conf": pr[p].conf, "margin": pr[p].margin, "entropy": pr[p].entropy,
+                     "theta": pr[p].theta, "words": pr[p].words, "branched": pr[p].branched,
+                     "tokens": pr[p].tokens, "forwards": fwd_round[k][p],
+                     "proposed": [index[c] for c in zip(pr[p].texts, pr[p].eos)]}
+                    for k, pr in enumerate(props)],
+        "candidates": [{"text": t, "eos": e, "from": owners[c], "nll": [_finite(x[c]) for x in nll],
+                        "score": _finite(combined[c])} for c, (t, e) in enumerate(cands)],
+        "winner": w,
+    }
+
+
+def _finite(x):
+    return x if math.isfinite(x) else None
+
+
+def _union(proposals, score_eos: bool = True) -> tuple[list, list]:
+    """Candidates of all members merged by exact text and ending: [(text, eos)] and, for each,
+    the members that proposed it. Scored without EOS, a text proposed both as the answer's end
+    and as going on is one candidate that ends the answer: a member's EOS stops the answer."""
+    seen: dict = {}
+    for k, (texts, eos) in enumerate(proposals):
+        for text, e in zip(texts, eos):
+            seen.setdefault((text, e) if score_eos else text, []).append(k)
+    if score_eos:
+        return list(seen), list(seen.values())
+    ends = {t for texts, eos in proposals for t, e in zip(texts, eos) if e}
+    return [(t, t in ends) for t in seen], list(seen.values())
+
+
+def _lookahead(rt, s, cfg, top_ids, top_lp, host, threshold, prop, words_before, budget, max_words, fixed) -> None:
+    """One look-ahead decision of a main stream: commit the word, branch, or stop."""
+    m, st, p = rt.m, s.st, s.p
+    t = top_ids[0]
+    is_eos = t in m.eos
+    piece, head, word = ("", st.text, st.word) if is_eos else next_piece(m, p, st.text, st.word, st.toks, t)
+    new_word = not st.toks or is_eos or st.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece)
+    if new_word:
+        if st.toks:
+            st.words += 1
+        if st.words >= max_words or len(st.toks) >= budget:
+            st.done = True
+            return
+        c, margin, ent = host
+        theta = threshold(p, words_before + st.words)
+        threshold.observe(p, c)
+        prop.conf.append(c), prop.margin.append(margin), prop.entropy.append(ent), prop.theta.append(theta)
+        action = _gate(cfg, c >= theta, st.words, fixed)
+        if action != "commit":
+            st.done = True
+            if action == "branch":
+                _branch_out(rt, s, top_ids, top_lp, max_words if fixed else st.words + 1)
+            return
+        if is_eos:
+            st.done = st.eos = True
+            return
+        st.word, st.word_tokens = piece, 1
+    else:
+        if len(st.toks) >= budget:
+            st.done = True
+            return
+        st.word = word + piece
+        st.word_tokens += 1
+    st.toks.append(t)
+    st.text = head + piece
+    s.feed = [t]
+
+
+def _branch_out(rt, s, top_ids, top_lp, target: int) -> None:
+    """A branch stream per top first token, reading the look-ahead it branches from."""
+    m, st, p = rt.m, s.st, s.p
+    st.branch = (top_ids, top_lp)
+    for rank, (bt, blp) in enumerate(zip(top_ids, top_lp)):
+        b = _Row(toks=[bt], words=st.words, lp=blp, target=target, base=list(st.toks), base_text=st.text, rank=rank)
+        if bt in m.eos:  # nothing to decode: no stream needed
+            b.done = b.eos = True
+            b.toks = []
+            st.ready.append(b)
+            continue
+        b.text = b.word = next_piece(m, p, st.text, "", st.toks, bt)[0]
+        b.word_tokens = 1
+        rt.new_stream(p, "branch", st=b, feed=[bt], n=s.n, parent=s.uid)
+
+
+def _branch_step(rt, s, cfg, t: int, lp: float, budget: int) -> None:
+    """One greedy step of a branch stream, which ends where its word ends."""
+    m, b, p = rt.m, s.st, s.p
+    if t in m.eos:
+        b.words += 1
+        b.done = b.eos = True
+        return
+    piece, head, word = next_piece(m, p, b.base_text + b.text, b.word, b.base + b.toks, t)
+    head = head[len(b.base_text):]
+    if b.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece):
+        b.words += 1
+        if b.words >= b.target:
+            b.done = True
+            return
+        b.word, b.word_tokens = piece, 1
+    else:
+        b.word = word + piece
+        b.word_tokens += 1
+    if len(b.base) + len(b.toks) >= budget:
+        b.done = True
+        return
+    b.toks.append(t)
+    b.text = head + piece
+    b.lp += lp
+    s.feed = [t]
+
+
+def _finish_proposal(rt, prop: Proposal, st: _Row, branches: list, cfg) -> None:
+    prop.words = st.words
+    prop.tokens = len(st.toks) + sum(len(b.toks) for b in branches)
+    if st.branch is not None:
+        prop.branched = True
+        for b in select_branches(rt.m, cfg, sorted(branches, key=lambda b: b.rank)):
+            prop.texts.append(st.text + b.text)
+            prop.eos.append(b.eos)
+    else:
+        prop.texts.append(st.text)
+        prop.eos.append(st.eos)

@@ -1,0 +1,94 @@
+"""Answer-level methods: one member's greedy answer (single), and rerank of every member's."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..pieces import next_piece
+from ..select import combine_scores, pick
+from .batch import Batch
+
+
+@dataclass
+class Answer:
+    toks: list = field(default_factory=list)
+    text: str = ""
+    stopped_by: str | None = None
+
+
+def greedy_answers(runtimes: list, batch: Batch) -> list[list[Answer]]:
+    """Every member writes a greedy answer to every prompt as one look-ahead stream (nothing
+    committed), one token per step, until EOS, a stop string or the budget."""
+    P = len(batch.idx)
+    answers = [[Answer() for _ in range(P)] for _ in runtimes]
+    for k, rt in enumerate(runtimes):
+        for p in range(P):
+            rt.main[p].st = answers[k][p]
+    while True:
+        fed = False
+        for k, rt in enumerate(runtimes):
+            live = [rt.main[p] for p in range(P) if answers[k][p].stopped_by is None]
+            for s in rt.rows:
+                s.feed = []
+            for s, t in zip(live, rt.argmax(live) if live else []):
+                _greedy_step(rt, s, t, batch)
+            if rt.forward() is not None:
+                fed = True
+                for s in live:
+                    if s.feed:
+                        batch.add_forwards(k, s.p, 1)
+        if not fed:
+            return answers
+
+
+def _greedy_step(rt, s, t: int, batch: Batch) -> None:
+    a, m = s.st, rt.m
+    if t in m.eos:
+        a.stopped_by = "eos"
+        return
+    piece, head, _ = next_piece(m, s.p, a.text, "", a.toks, t)
+    a.toks.append(t)
+    a.text = head + piece
+    if batch.stop(a.text) is not None:
+        a.stopped_by = "stop"
+    elif len(a.toks) >= batch.cfg.max_new_tokens:
+        a.stopped_by = "budget"
+    else:
+        s.feed = [t]
+
+
+def single_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
+    """Plain greedy decoding of one member (the single-model baseline)."""
+    answers = greedy_answers(runtimes, batch)[0]
+    for p, a in enumerate(answers):
+        batch.answers[p] = a.text
+        batch.append(p, "", a.stopped_by == "eos", len(a.toks))
+        batch.stats[p]["rounds"] = len(a.toks)
+        yield batch.output(p, [len(a.toks)])
+
+
+def rerank_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
+    """Sample-level rerank: each member writes a whole greedy answer; every member scores
+    every answer (mean NLL given the prompt); the lowest average wins."""
+    answers = greedy_answers(runtimes, batch)
+    P = len(batch.idx)
+    uniq = [list(dict.fromkeys(a[p].text for a in answers)) for p in range(P)]
+    for rt in runtimes:
+        for p in range(P):
+            for c, text in enumerate(uniq[p]):
+                rt.score_stream(p, c, text, False)  # the answer text itself, however it stopped
+        rt.restructure()
+        rt.forward()
+    nll = [rt.candidate_nll({p: len(uniq[p]) for p in range(P)}) for rt in runtimes]
+    for p in range(P):
+        scores = [x[p] for x in nll]
+        combined = combine_scores(scores, cfg)
+        w = pick(combined)
+        batch.answers[p] = uniq[p][w]
+        st = batch.stats[p]
+        st["candidates"] = [{"text": t, "nll": [x[i] for x in scores], "score": combined[i]}
+                            for i, t in enumerate(uniq[p])]
+        st["winner"], st["stopped_by"] = w, "rerank"
+        for k in range(len(runtimes)):
+            batch.add_forwards(k, p, 1)
+        yield batch.output(p, [len(a[p].toks) for a in answers])

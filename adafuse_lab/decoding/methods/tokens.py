@@ -1,0 +1,117 @@
+"""Token-level ensembles (UniTE, GaC): each step chooses one token *string* per prompt and
+appends that text to every member, each re-tokenizing it at the boundary (a score stream
+that is committed as soon as it is fed: the same forward gives the next logits)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterator
+
+import torch
+
+from ..pieces import piece_table
+from .batch import Batch
+
+EOS = "\x00<eos>"  # the union's name for "end of text", whatever each member's EOS ids are
+
+
+def _text_of(session, token: int) -> str | None:
+    if token in session.eos_token_ids:
+        return EOS
+    table = piece_table(session)
+    t = table[token] if table is not None else session.decode([token])
+    return None if (not t or "\ufffd" in t) else t   # partial UTF-8 bytes have no string of their own
+
+
+def _commit_strings(runtimes: list, batch: Batch, chosen: dict[int, str]) -> Iterator:
+    """Finish the prompts that chose EOS; append every other prompt's string to every member."""
+    for p, c in chosen.items():
+        if c == EOS:
+            batch.append(p, "", True, runtimes[0].m.answer_tokens(p))
+    going = {p: c for p, c in chosen.items() if c != EOS}
+    for k, rt in enumerate(runtimes):
+        for p, text in going.items():
+            rt.score_stream(p, 0, text, False)
+        rt.restructure()
+        rt.forward()
+        for p in going:
+            rt.commit(p, 0)
+            batch.add_forwards(k, p, 1)
+    for p, text in going.items():
+        batch.append(p, text, False, runtimes[0].m.answer_tokens(p))
+    yield from _finish(runtimes, batch, list(chosen))
+
+
+def _finish(runtimes, batch: Batch, rows: list[int]) -> Iterator:
+    ended = [p for p in rows if batch.done[p]]
+    for rt in runtimes:
+        for p in ended:
+            rt.end_prompt(p)
+        rt.restructure()
+        rt.drop_prompts(ended)
+    for p in ended:
+        yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
+
+
+def unite_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
+    """UniTE: union of each member's top-k token strings; a member scores a string it did not
+    propose by its own first token of that string (an ending: by all of its EOS ids);
+    per-member softmax over the union, average, argmax."""
+    while live := batch.live():
+        probs = [torch.softmax(rt.m.last_logits.float(), -1) for rt in runtimes]
+        tops = [p.topk(min(cfg.unite_k, p.shape[-1]), -1).indices.tolist() for p in probs]
+        chosen = {}
+        for p in live:
+            union: dict[str, None] = {}
+            for rt, top in zip(runtimes, tops):
+                for t in top[p]:
+                    s = _text_of(rt.m.s, t)
+                    if s is not None:
+                        union.setdefault(s)
+            strings = list(union)
+            avg = torch.zeros(len(strings))
+            for rt, pr in zip(runtimes, probs):
+                ids = [(rt.m.s.encode(s) or [rt.m.s.pad_token_id])[0] for s in strings]
+                x = pr[p, torch.tensor(ids, device=pr.device)]
+                x = torch.where(torch.tensor([s == EOS for s in strings], device=pr.device),
+                                pr[p, rt.m.eos_t].sum(), x).cpu()
+                avg += x / x.sum().clamp_min(1e-30)
+            chosen[p] = strings[int(avg.argmax())] if strings else EOS
+        yield from _commit_strings(runtimes, batch, chosen)
+
+
+@lru_cache(maxsize=4)
+def _union_vocab(sessions: tuple) -> tuple[list[str], list[torch.Tensor]]:
+    """Union of the members' vocabularies by exact token string, and each member's map into it."""
+    index: dict[str, int] = {}
+    maps = []
+    for s in sessions:
+        ids = []
+        for t in range(s.vocab_size):
+            text = _text_of(s, t)
+            ids.append(-1 if text is None else index.setdefault(text, len(index)))
+        maps.append(torch.tensor(ids, device=s.device))
+    return list(index), maps
+
+
+def gac_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
+    """GaC: every member's full next-token distribution mapped onto the union vocabulary by
+    token string and averaged (all EOS ids land on one string); with gac_threshold, only
+    when the first member is unsure."""
+    strings, maps = _union_vocab(tuple(rt.m.s for rt in runtimes))
+    dev = runtimes[0].m.s.device
+    while live := batch.live():
+        total = torch.zeros(len(batch.idx), len(strings), device=dev)
+        for rt, mp in zip(runtimes, maps):
+            pr = torch.softmax(rt.m.last_logits.float(), -1).to(dev)
+            ok = mp >= 0
+            total.index_add_(1, mp.to(dev)[ok], pr[:, ok.to(pr.device)])
+        best = total.argmax(-1).tolist()
+        chosen = {p: strings[best[p]] for p in live}
+        if cfg.gac_threshold is not None:
+            conf, own = torch.softmax(runtimes[0].m.last_logits.float(), -1).max(-1)
+            conf, own = conf.tolist(), own.tolist()
+            for p in live:
+                s = _text_of(runtimes[0].m.s, own[p])
+                if conf[p] >= cfg.gac_threshold and s is not None:
+                    chosen[p] = s
+        yield from _commit_strings(runtimes, batch, chosen)

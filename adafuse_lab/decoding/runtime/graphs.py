@@ -1,0 +1,100 @@
+"""A member's forward as CUDA graphs, one per bucket of fed tokens per row.
+
+With the cache's shapes fixed, a forward of T tokens per row is captured once and replayed,
+so the HF model's host-side cost per forward (about 30 ms for a 24-layer member,
+BENCHMARKS.md) becomes one replay.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import use_backend
+
+# Forward passes that bypass the model's hooks, by id(model): replays of captured graphs, and
+# captures (which call the model twice without a step of their own: warm-up and recording).
+# bench.py counts a member's forward passes as hook calls - 2 * captures + replays.
+REPLAYS: Counter = Counter()
+CAPTURES: Counter = Counter()
+
+
+def bucket(t: int) -> int:
+    """Fed tokens per row, rounded up to a power of two: few shapes, few graphs."""
+    return 1 << max(0, t - 1).bit_length()
+
+
+def eager_forward(model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
+    cache.cols = cols
+    with use_backend(model, backend):
+        return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                     use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict          # static input tensors (the mask may be a dict of them)
+    logits: torch.Tensor  # static output
+
+
+class Graphs:
+    """Valid while the cache keeps its buffers: clear() after the rows or the width change."""
+
+    def __init__(self, device=None):
+        with torch.cuda.device(device):
+            self.pool = torch.cuda.graph_pool_handle()
+        self.captured: dict[int, _Captured] = {}
+        self.failed: str | None = None  # why capture was given up (the forward then runs eagerly)
+
+    def clear(self) -> None:
+        self.captured = {}
+
+    def __call__(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
+        if self.failed is None:
+            # captures belong to the current device: make it the member's (rank 1 of a sharded run)
+            with torch.cuda.device(ids.device):
+                try:
+                    return self._replay(model, backend, cache, ids, pos, attn, cols)
+                except RuntimeError as e:  # something in the model cannot be captured
+                    self.failed, self.captured = f"{type(e).__name__}: {e}", {}
+                    warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
+                    torch.cuda.synchronize()
+        return eager_forward(model, backend, cache, ids, pos, attn, cols)
+
+    def _replay(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
+        c = self.captured.get(ids.shape[1])
+        if c is None:
+            c = self.captured[ids.shape[1]] = self._capture(model, backend, cache, ids, pos, attn, cols)
+        _copy_into(c.inputs, {"ids": ids, "pos": pos, "attn": attn, "cols": cols})
+        c.graph.replay()
+        REPLAYS[id(model)] += 1
+        return c.logits
+
+    def _capture(self, model, backend, cache, ids, pos, attn, cols) -> _Captured:
+        inputs = {"ids": ids.clone(), "pos": pos.clone(), "attn": _clone(attn), "cols": cols.clone()}
+        run = lambda: eager_forward(model, backend, cache, inputs["ids"], inputs["pos"], inputs["attn"], inputs["cols"])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (lazy handles, workspaces)
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = run()
+        CAPTURES[id(model)] += 1
+        return _Captured(graph, inputs, logits)
+
+
+def _clone(x):
+    return {k: v.clone() for k, v in x.items()} if isinstance(x, dict) else x.clone()
+
+
+def _copy_into(static, new) -> None:
+    if isinstance(static, dict):
+        for k in static:
+            static[k].copy_(new[k])
+    else:
+        static.copy_(new)

@@ -1,0 +1,123 @@
+"""The KV cache every method decodes on: fixed-width buffers and what each column holds.
+
+HF's DynamicCache grows by concatenation, so every step has new shapes and nothing can be
+captured as a CUDA graph. Here each layer's keys and values live in buffers with a fixed
+number of columns per row (one row per prompt); a forward writes its T new tokens at the
+columns the runtime chose. Beside the buffers, per column: committed or not, its position
+id, and the stream that wrote it. Columns nobody reads any more (re-tokenized tails, dead
+branches, losing candidates) are reclaimed by compaction, which keeps the columns' order.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+NOBODY = -1  # owner of a committed or free column
+
+
+class ColumnCache(DynamicCache):
+    """Keys and values in fixed-width buffers (rows x heads x width x dim) per layer."""
+
+    def __init__(self, source: DynamicCache, width: int):
+        super().__init__()
+        self.k = [_widen(layer.keys, width) for layer in source.layers]
+        self.v = [_widen(layer.values, width) for layer in source.layers]
+        self.cols: torch.Tensor | None = None  # where the next forward writes, one column per fed position
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.k[layer_idx], self.v[layer_idx]
+        cols = self.cols.to(k.device)  # no-op unless the member's layers span GPUs (device "auto")
+        k.index_copy_(2, cols, key_states.to(k.dtype))
+        v.index_copy_(2, cols, value_states.to(v.dtype))
+        return k, v
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        return self.width
+
+    @property
+    def width(self) -> int:
+        return self.k[0].shape[2] if self.k else 0
+
+    def gather_columns(self, order: torch.Tensor) -> None:
+        """Row r's column j becomes its column order[r, j], in place (graphs keep their buffers)."""
+        for buf in self.k + self.v:
+            idx = order.to(buf.device)[:, None, :, None].expand(-1, buf.shape[1], -1, buf.shape[3])
+            buf[:, :, : order.shape[1]] = buf.gather(2, idx)
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        self.k = [b.index_select(0, rows.to(b.device)) for b in self.k]
+        self.v = [b.index_select(0, rows.to(b.device)) for b in self.v]
+
+    def grow(self, width: int) -> None:
+        self.k = [_widen(b, width) for b in self.k]
+        self.v = [_widen(b, width) for b in self.v]
+
+
+def _widen(buf: torch.Tensor, width: int) -> torch.Tensor:
+    out = buf.new_zeros(buf.shape[0], buf.shape[1], width, buf.shape[3])
+    out[:, :, : buf.shape[2]] = buf
+    return out
+
+
+class KVCache:
+    """The column cache of one member and its per-column state; `front`: columns from here on are free."""
+
+    def __init__(self, prefill: DynamicCache, committed: torch.Tensor, pos: torch.Tensor, extra: int):
+        self.cache = ColumnCache(prefill, committed.shape[1] + extra)
+        self.front = committed.shape[1]
+        self.committed = _pad_cols(committed.bool(), extra)
+        self.pos = _pad_cols(pos, extra)
+        self.owner = torch.full_like(self.pos, NOBODY, dtype=torch.int32)
+
+    @property
+    def width(self) -> int:
+        return self.cache.width
+
+    @property
+    def rows(self) -> int:
+        return self.committed.shape[0]
+
+    def reserve(self, n: int, live_owners: list[int]) -> int:
+        """First of n free columns in every row (compacting, widening when needed)."""
+        if self.front + n > self.width:
+            self.compact(n, live_owners)
+        return self.front
+
+    def compact(self, need: int, live_owners: list[int]) -> bool:
+        """Squeeze out the columns nobody reads (committed or owned by a live stream), order kept,
+        so that `need` free columns follow. True when the buffers were replaced (graphs invalid)."""
+        live = torch.tensor(live_owners, dtype=torch.int32, device=self.owner.device)
+        read = self.committed | torch.isin(self.owner, live)
+        width = int(read.sum(1).max()) if read.numel() else 0
+        order = torch.sort((~read).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        self.cache.gather_columns(order)
+        for name, free in (("committed", False), ("pos", 0), ("owner", NOBODY)):
+            old = getattr(self, name)
+            new = torch.full_like(old, free)
+            new[:, :width] = old.gather(1, order)
+            setattr(self, name, new)
+        self.front = width
+        if width + need <= self.width:
+            return False
+        grow = max(need, 256)  # rare: more live columns than planned
+        self.cache.grow(self.width + grow)
+        self.committed, self.pos = _pad_cols(self.committed, grow), _pad_cols(self.pos, grow)
+        self.owner = _pad_cols(self.owner, grow, NOBODY)
+        return True
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.committed, self.pos, self.owner = (x.index_select(0, rows) for x in (self.committed, self.pos, self.owner))
+
+    def commit_stream(self, row: int, owner: int, hide_from: int | None = None) -> None:
+        """The columns `owner` wrote in `row` become committed text; committed columns at
+        positions >= hide_from stop being (they were re-tokenized)."""
+        if hide_from is not None:
+            self.committed[row] &= self.pos[row] < hide_from
+        mine = self.owner[row] == owner
+        self.committed[row] |= mine
+        self.owner[row].masked_fill_(mine, NOBODY)
+
+
+def _pad_cols(x: torch.Tensor, n: int, value=0) -> torch.Tensor:
+    return torch.cat([x, torch.full((x.shape[0], n), value, dtype=x.dtype, device=x.device)], 1)

@@ -1,0 +1,146 @@
+"""A member's committed text for the prompts of one batch: token ids per prompt, the logits
+after them, the prefill, and re-tokenization at the boundary when text is appended.
+
+Text is the unit all members share; each member keeps its own tokens of it. Appending text
+re-tokenizes a window of the last few committed tokens together with the new text, so the
+boundary is what it would be in the committed text (leading space included).
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ...session import ModelSession
+from ..scoring import eos_tensor
+from .kv import KVCache
+
+
+def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host data (lists of numbers) as a tensor on `device`, without waiting for the work queued there.
+
+    torch.tensor(data, device="cuda") copies from pageable memory, which first waits for every
+    kernel already queued, the member's last forward included (the GPU profile put 8.2 of 14.1 s
+    there; BENCHMARKS.md). Staged in pinned memory and copied without blocking, the copy is queued
+    behind that work instead."""
+    t = torch.tensor(data, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class Member:
+    """A session plus its committed text for the prompts of one batch, and its KV cache."""
+
+    def __init__(self, session: ModelSession, prompts: list[str], window_tokens: int = 8, extra_columns: int = 0):
+        self.s = session
+        self.window = window_tokens
+        self.eos = set(session.eos_token_ids)
+        self.eos_t = eos_tensor(self.eos, session.device)
+        self.forwards = 0
+        ids = [session.encode_prompt(p) for p in prompts]
+        if any(len(x) == 0 for x in ids):
+            raise ValueError(f"{session.name}: an empty prompt has no tokens to condition on")
+        self.ids = ids                              # committed token ids per prompt
+        self.prompt_len = [len(x) for x in ids]
+        self._windows: dict[int, tuple] = {}        # prompt -> cached re-tokenization window
+        self.kv, self.last_logits = self._prefill(ids, extra_columns)  # logits after the committed text
+
+    @torch.inference_mode()
+    def _prefill(self, ids: list[list[int]], extra: int) -> tuple[KVCache, torch.Tensor]:
+        """One forward over the left-padded prompts (every prompt's last token in the last column),
+        through the model's own attention; then the cache becomes fixed-width columns."""
+        s, dev = self.s, self.s.device
+        width = max(len(x) for x in ids)
+        tok = torch.full((len(ids), width), s.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(tok)
+        for i, x in enumerate(ids):
+            tok[i, width - len(x):] = torch.tensor(x)
+            mask[i, width - len(x):] = 1
+        tok, mask = tok.to(dev), mask.to(dev)
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        out = s.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                      use_cache=True, logits_to_keep=1)
+        self.forwards += 1
+        logits = out.logits[:, -1].to(dev).float()
+        return KVCache(cache, mask, pos, extra), logits
+
+    def text_after(self, row: int, new: list[int]) -> str:
+        """Text of `new` tokens as they read after row's committed ids (keeps leading spaces)."""
+        return self.text_after_ids(self.ids[row], new)
+
+    def answer_tokens(self, row: int) -> int:
+        return len(self.ids[row]) - self.prompt_len[row]
+
+    def retokenize(self, row: int, text: str, eos: bool) -> tuple[list[int], int, int]:
+        """Committed ids of `row` with `text` appended, tokenized as the joined text would be.
+
+        Only a window of the last few committed tokens is re-tokenized together with
+        `text`, so the boundary is what it would be in the committed text (leading
+        space included; "\n" + "\n" may merge). Returns (new_ids, keep, first_scored):
+        new_ids[:keep] equal the committed ids, new_ids[first_scored:] carry `text` (and EOS).
+        """
+        ids = self.ids[row]
+        ws, window_text = self._window(row, ids)
+        tail, offsets = self._encode_offsets(window_text + text)
+        first = next((k for k, (_, end) in enumerate(offsets) if end > len(window_text)), len(tail))
+        # an ending is fed as one EOS id; scoring reads it as "any EOS id" (scoring.token_log_probs)
+        new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
+        keep = ws  # ids[:ws] are kept as they are: compare only the window
+        for a, b in zip(new[ws:], ids[ws:]):
+            if a != b:
+                break
+            keep += 1
+        return new, keep, ws + first
+
+    def _window(self, row: int, ids: list[int]) -> tuple[int, str]:
+        """Start and text of the re-tokenized window; the same for every candidate of a round."""
+        key = (id(ids), len(ids))
+        hit = self._windows.get(row)
+        if hit is None or hit[0] != key:
+            ws = self._window_start(ids)
+            hit = (key, ws, self.text_after_ids(ids[:ws], ids[ws:]))
+            self._windows[row] = hit
+        return hit[1], hit[2]
+
+    def _encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character offsets, straight from the Rust tokenizer when there is one."""
+        backend = getattr(self.s.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            enc = backend.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets
+        enc = self.s.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+
+    def _starts_char(self, ids: list[int]) -> bool:
+        """Do `ids` (ending where a character ends) begin where a character begins?
+
+        A character spread over several tokens (byte fallback, byte-level BPE: CJK,
+        emoji, "é") decodes to U+FFFD when cut: byte fallback even turns the whole run
+        of byte tokens into U+FFFD. (A literal U+FFFD in the text reads as a cut: the
+        caller then just looks one token further.)"""
+        return not self.s.decode(ids).startswith("\ufffd")
+
+    def _window_start(self, ids: list[int]) -> int:
+        """`window` tokens back (never the first token), moved to a character boundary.
+
+        A UTF-8 character is at most 4 bytes, so a boundary is at most 3 tokens back;
+        failing that (the first character is split, or U+FFFD), the next one forward.
+        The end of the committed ids is always a boundary."""
+        start = max(1, len(ids) - self.window)
+        for ws in [*range(start, max(0, start - 4), -1), *range(start + 1, len(ids))]:
+            if self._starts_char(ids[ws:]):
+                return ws
+        return len(ids)
+
+    def text_after_ids(self, before: list[int], after: list[int]) -> str:
+        """Text of `after` as it reads following `before` (keeps its leading space)."""
+        a = max(0, len(before) - 4)
+        for _ in range(3):  # start the anchor on a character boundary too
+            if a == 0 or self._starts_char(before[a:]):
+                break
+            a -= 1
+        anchor = before[a:]
+        head = self.s.decode(anchor)
+        full = self.s.decode(anchor + after)
+        return full[len(head):] if full.startswith(head) else self.s.decode(after)

@@ -1,0 +1,269 @@
+"""The runtime of one member: its streams, one forward plan per step, and the results.
+
+A stream is a sequence of uncommitted tokens hanging off a prompt's committed text:
+
+  main    this round's look-ahead (or a whole greedy answer)
+  branch  the look-ahead up to its branch point, plus one alternative word
+  score   a candidate text appended to the committed text (minus a re-tokenized tail)
+
+All streams of a prompt live in that prompt's cache row as a token tree: each step, every
+stream with tokens to feed gets its columns in the row, and the attention backend lets each
+token read the visible committed columns, its own stream's columns (and its parent's) and
+nothing else. So a branch or a candidate never copies the prefix, and the prefix is read
+once per row, however many streams hang off it. A score stream that wins becomes committed
+text and the prompt's next main stream: no extra pass to commit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...session import spans_devices
+from ..attention import AttentionBackend, StepMeta
+from ..criteria import confidences
+from ..scoring import token_log_probs
+from .graphs import Graphs, bucket, eager_forward
+from .member import Member, on_device
+
+NO_STREAM = -2   # a query's parent when it has none
+PAD = -3         # the owner of a pad column: nobody reads it
+NO_LIMIT = 1 << 40
+
+
+@dataclass
+class Stream:
+    p: int                      # prompt row in the batch
+    kind: str                   # main | branch | score
+    uid: int                    # owner id of the columns it writes
+    st: object = None           # the method's state of a main or branch stream
+    feed: list = field(default_factory=list)  # tokens to feed in this step
+    parent: int = NO_STREAM     # a stream whose columns it also reads (a branch: its look-ahead)
+    n: int = 0                  # position id of the next token it feeds
+    plan: tuple | None = None   # score: (new_ids, start, first_scored)
+    cand: int = -1              # score: candidate index within the prompt's union
+    limit: int = NO_LIMIT       # committed columns at positions >= limit are hidden (score streams)
+    dead: bool = False
+    slot: int = 0               # index in Runtime.rows and Runtime.last
+    off: int = 0                # where its feed sits in its prompt's row in this step
+
+
+class Runtime:
+    """One member's streams for a batch of prompts, over its Member (committed text, KV cache)."""
+
+    slack = 320  # free columns beyond the answer's budget: live streams and a few steps' feeds
+
+    @torch.inference_mode()
+    def __init__(self, session, prompts: list[str], cfg, backend: AttentionBackend):
+        self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + self.slack)
+        self.backend = backend
+        P = len(prompts)
+        # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
+        # and cross-device copies are not worth it for members that big.
+        use = cfg.cuda_graphs and session.device.type == "cuda" and not spans_devices(session.model)
+        self.graphs = Graphs(session.device) if use else None  # rows stay fixed while graphs live
+        self._uid = 0
+        self.rows: list[Stream] = []
+        self.spawn: list[Stream] = []
+        self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
+        self.restructure()
+        self.last = m.last_logits.clone()      # newest logits of every stream, by slot
+        self.logits = None                     # logits of the last forward (rows x T x V)
+        self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
+        self.window, self.mixed = _sliding_window(session.model.config)
+
+    # ---- streams -------------------------------------------------------------
+    def new_stream(self, p: int, kind: str, **kw) -> Stream:
+        self._uid += 1
+        s = Stream(p, kind, self._uid, **kw)
+        self.spawn.append(s)
+        return s
+
+    def score_stream(self, p: int, cand: int, text: str, eos: bool) -> Stream:
+        """A stream that feeds `text` (and an EOS id) after prompt p's committed text."""
+        new, keep, first = self.m.retokenize(p, text, eos)
+        n = len(self.m.ids[p])
+        start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
+        return self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start, limit=start)
+
+    @torch.inference_mode()
+    def restructure(self) -> None:
+        """Drop dead streams and add the spawned ones (no cache copies: they share the row)."""
+        if not self.spawn and not any(s.dead for s in self.rows):
+            return
+        keep = [s.slot for s in self.rows if not s.dead]
+        if self.rows:
+            last = self.last.index_select(0, on_device(keep, self.last.device, torch.long))
+            self.last = torch.cat([last, last.new_empty((len(self.spawn), last.shape[1]))])
+        self.rows = [s for s in self.rows if not s.dead] + self.spawn
+        for i, s in enumerate(self.rows):
+            s.slot = i
+        self.spawn = []
+
+    def groups(self) -> dict[int, list[Stream]]:
+        """Live streams (spawned ones included) by prompt."""
+        out: dict[int, list[Stream]] = {}
+        for s in self.rows + self.spawn:
+            if not s.dead:
+                out.setdefault(s.p, []).append(s)
+        return out
+
+    def end_prompt(self, p: int) -> None:
+        for s in self.rows + self.spawn:
+            if s.p == p:
+                s.dead = True
+
+    def drop_prompts(self, finished: list[int]) -> None:
+        """Remove the cache rows of finished prompts (not with graphs: they need fixed shapes;
+        a finished prompt's row is then fed pads)."""
+        if not finished or self.graphs is not None:
+            return
+        alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
+        self.m.kv.keep_rows(on_device([r for r, _ in alive], self.m.s.device, torch.long))
+        self.crow = [None] * len(self.crow)
+        for new, (_, p) in enumerate(alive):
+            self.crow[p] = new
+
+    # ---- one forward -----------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self) -> torch.Tensor | None:
+        """Feed every stream's tokens in one forward; returns its logits (rows x T x V), or
+        None when nothing was fed. The plan (ids, positions, and what each token reads) is a
+        few lists per stream on the host and tensor operations on the device."""
+        self.logits = None
+        feeding = [s for s in self.rows if s.feed and not s.dead]
+        if not feeding:
+            return None
+        m, kv = self.m, self.m.kv
+        used = [0] * kv.rows
+        for s in feeding:
+            r = self.crow[s.p]
+            s.off, used[r] = used[r], used[r] + len(s.feed)
+        T = bucket(max(used))
+        width = kv.width
+        F = kv.reserve(T, [s.uid for s in self.rows if not s.dead])
+        if self.graphs is not None and kv.width != width:
+            self.graphs.clear()
+        entries = [(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
+                   for s in feeding for j, t in enumerate(s.feed)]
+        dev = m.s.device
+        e = on_device(entries, dev, torch.long).T
+        r, q = e[0], e[1]
+        grid = lambda fill: torch.full((kv.rows, T), fill, dtype=torch.long, device=dev)
+        ids, pos, owner, parent, limit = grid(m.s.pad_token_id), grid(0), grid(PAD), grid(NO_STREAM), grid(0)
+        for x, v in ((ids, e[2]), (pos, e[3]), (owner, e[4]), (parent, e[5]), (limit, e[6])):
+            x[r, q] = v
+        kv.pos[:, F:F + T] = pos
+        kv.owner[:, F:F + T] = owner.to(kv.owner.dtype)
+        meta = StepMeta(kv.committed, kv.pos, kv.owner, F, pos, owner.to(kv.owner.dtype), parent.to(kv.owner.dtype),
+                        limit, self.window, self.mixed)
+        attn = self.backend.plan(meta)
+        cols = torch.arange(F, F + T, device=dev)
+        logits = (self.graphs or eager_forward)(m.s.model, self.backend, kv.cache, ids, pos, attn, cols)
+        m.forwards += 1
+        rows = on_device([self.crow[s.p] for s in feeding], dev)
+        ends = on_device([s.off + len(s.feed) - 1 for s in feeding], dev)
+        slots = on_device([s.slot for s in feeding], dev)
+        self.last[slots] = logits[rows, ends].float()
+        for s in feeding:
+            s.n += len(s.feed)
+        kv.front = F + T
+        self.logits = logits
+        return logits
+
+    # ---- reading the results ---------------------------------------------------
+    def peek(self, streams: list[Stream], pool: int, criterion: str):
+        """For each stream's newest logits: (criterion, margin, entropy) and the top `pool`
+        token ids and log-probabilities, as host lists."""
+        logits = self.last.index_select(0, on_device([s.slot for s in streams], self.last.device, torch.long))
+        conf = confidences(logits)
+        top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
+        host = torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).tolist()
+        return host, top_ids.tolist(), top_lp.tolist()
+
+    def argmax(self, streams: list[Stream]) -> list[int]:
+        logits = self.last.index_select(0, on_device([s.slot for s in streams], self.last.device, torch.long))
+        return logits.argmax(-1).tolist()
+
+    def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
+        """Mean token NLL of every candidate scored in the last forward, by prompt, in one gather
+        (n_cands: prompt -> number of candidates; a candidate with no scored token is NaN)."""
+        m = self.m
+        src_r, src_c, tok, seg, use_last, prompt = [], [], [], [], [], []
+        slots: dict[tuple[int, int], int] = {}
+        for s in self.rows:
+            if s.kind != "score" or s.dead or s.p not in n_cands:
+                continue
+            slot = slots.setdefault((s.p, s.cand), len(slots))
+            new, start, first = s.plan
+            for j in range(first, len(new)):
+                prev = j - 1 - start
+                use_last.append(prev < 0)
+                src_r.append(self.crow[s.p])
+                src_c.append(s.off + max(prev, 0))
+                tok.append(new[j])
+                seg.append(slot)
+                prompt.append(s.p)
+        out = {p: [float("nan")] * n for p, n in n_cands.items()}
+        if not tok:
+            return out
+        dev = m.last_logits.device
+        as_t = lambda x: on_device(x, dev)
+        t = as_t(tok)
+        lp = token_log_probs(self.logits[as_t(src_r), as_t(src_c)], t, m.eos_t)
+        committed = m.last_logits.index_select(0, as_t(prompt))  # logits after the committed text
+        lp = torch.where(as_t(use_last), token_log_probs(committed, t, m.eos_t), lp)
+        total = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), -lp)
+        count = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), torch.ones_like(lp))
+        means = (total / count.clamp_min(1)).tolist()
+        for (p, c), slot in slots.items():
+            out[p][c] = means[slot]
+        return out
+
+    @torch.inference_mode()
+    def score_texts(self, rows: list[int], texts: list[str], eos: list[bool]) -> list[float]:
+        """Mean token NLL of each text appended to its prompt's committed text, in one forward
+        (the score streams stay: commit one of them per prompt with commit(p, i), i counting
+        that prompt's texts in order)."""
+        count: dict[int, int] = {}
+        keys = []
+        for p, text, e in zip(rows, texts, eos):
+            keys.append((p, count.get(p, 0)))
+            self.score_stream(p, count.get(p, 0), text, e)
+            count[p] = count.get(p, 0) + 1
+        for s in self.rows:
+            s.feed = s.feed if s.kind == "score" else []
+        self.restructure()
+        self.forward()
+        nll = self.candidate_nll(count)
+        return [nll[p][c] for p, c in keys]
+
+    # ---- committing --------------------------------------------------------------
+    @torch.inference_mode()
+    def commit(self, p: int, cand: int, make_state=lambda: None) -> None:
+        """Candidate `cand`'s score stream becomes prompt p's committed text and main stream;
+        p's other streams die."""
+        m = self.m
+        for s in self.groups().get(p, ()):
+            if s.kind != "score" or s.cand != cand:
+                s.dead = True
+                continue
+            new, start, _ = s.plan
+            m.kv.commit_stream(self.crow[p], s.uid, hide_from=start)
+            m.ids[p] = new
+            m.last_logits[p] = self.last[s.slot]
+            s.kind, s.st, s.plan, s.cand, s.limit = "main", make_state(), None, -1, NO_LIMIT
+            self.main[p] = s
+
+
+def _sliding_window(config) -> tuple[int | None, bool]:
+    """(window, mixed): the sliding window the model's layers use, and whether only some do
+    (then the model takes one mask per layer type). A custom 4-D mask replaces the model's
+    own masks, so the window has to be in it, counted in positions."""
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is not None:
+        return (window, True) if window and "sliding_attention" in types else (None, False)
+    if window and getattr(config, "use_sliding_window", True):  # e.g. Mistral: every layer
+        return window, False
+    return None, False
