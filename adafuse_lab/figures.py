@@ -58,12 +58,34 @@ def load_params(spec: str, nb_dir: Path) -> dict:
         else:
             names = sorted({p.stem for p in (nb_dir / "params").glob("*.*")})
             raise UsageError(f"no parameter file {spec!r}; choose one of {', '.join(names) or 'none'} or give a path")
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-        data = yaml.safe_load(text) or {}
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise UsageError(f"--params {path} is a folder; give a YAML or JSON file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the parameter file {path} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (byte {e.start}); save the parameter file as UTF-8") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text) or {}
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    except Exception as e:  # yaml.YAMLError
+        if type(e).__module__.split(".")[0] != "yaml":
+            raise
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping with the sections common and notebooks, "
+                         f"got a {type(data).__name__}")
+    bad = [k for k in ("common", "notebooks") if not isinstance(data.get(k) or {}, dict)]
+    bad += [f"notebooks.{k}" for k, v in (data.get("notebooks") or {}).items()
+            if isinstance(data.get("notebooks"), dict) and not isinstance(v or {}, dict)]
+    if bad:
+        raise UsageError(f"{path}: section(s) {', '.join(bad)} must map parameter names to values")
     unknown = set(data) - {"common", "notebooks"}
     if unknown:
         raise UsageError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; use common and notebooks")
@@ -136,6 +158,8 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
     runs_dir = work_dir / "runs"
     if plan_file:  # the runs are the real ones; what the notebooks write goes aside
         work_dir, fig_dir = work_dir / "plan", work_dir / "plan" / "figures"
+    for nb in notebooks(nb_dir, only):  # every notebook's parameters are checked before the first one runs
+        parameters_for(nb, pfile, {"runs_dir": runs_dir, "out_dir": work_dir / nb.stem, "fig_dir": fig_dir})
     work_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     env = {PLAN_ENV: Path(plan_file).resolve()} if plan_file else {}
@@ -293,7 +317,16 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_figures(args) -> dict:
+    from .runs import UsageError, check_folder
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    if args.only is not None and not only:
+        raise UsageError("--only is empty; give notebook prefixes such as 00,02")
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0, got {args.retries}")
+    if args.cell_timeout is not None and not args.cell_timeout > 0:
+        raise UsageError(f"--cell-timeout must be a number of seconds > 0, got {args.cell_timeout}")
+    check_folder(args.out, "--out")
+    check_folder(args.work, "--work")
     if args.plan:
         return {"plan": str(plan(args.params, args.work, only, args.notebooks, args.kernel))}
     if args.decode:

@@ -96,6 +96,10 @@ def check(opts: dict) -> None:
         kws = {task: run_kw(opts, task) for task in tasks_of(opts)}
     except (KeyError, ValueError) as e:
         raise UsageError(str(e).strip("'\"")) from e
+    unknown = sorted(set(opts.get("limits") or {}) - set(kws))
+    if unknown:
+        raise UsageError(f"--limits names {', '.join(unknown)}, not among the tasks of this table "
+                         f"({', '.join(kws)}); fix the name or add it to --tasks")
     for task, kw in kws.items():
         for cfg in tune_configs(task, opts["models"], opts["grid"], **kw):
             validate(cfg)
@@ -138,8 +142,11 @@ def workers(gpus: str | None) -> list[str | None]:
     """One slot per GPU: "0,1" or "2" name them (as CUDA_VISIBLE_DEVICES would); default every
     visible GPU, or one CPU slot (None) when there is none."""
     import torch
-    if gpus:
-        return [g.strip() for g in gpus.split(",") if g.strip()]
+    if gpus is not None:
+        named = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not named or not all(g.isdigit() for g in named):
+            raise UsageError(f"--gpus expects GPU numbers such as 0,1, got {gpus!r}")
+        return named
     visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     count = torch.cuda.device_count()
     return (visible[:count] if visible else [str(i) for i in range(count)]) or [None]
@@ -317,10 +324,19 @@ def cmd_quality(args) -> dict:
             "grid": parse_grid(args.grid or ["theta=0.5,0.7,0.9"]),
             "methods": [m.strip() for m in args.methods.split(",")] if args.methods else None,
             "saved_only": args.saved_only}
+    if args.n_boot < 1:
+        raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
     check(opts)
+    from .runs import check_work_dir
+    check_work_dir(args.work, "--work")
+    slots = workers(args.gpus)
+    if args.gpus is not None:
+        import torch
+        if torch.cuda.device_count() == 0:
+            raise UsageError(f"--gpus {args.gpus}: no CUDA GPU is visible on this machine; leave --gpus out to "
+                             "decode on the CPU")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    slots = workers(args.gpus)
     report: dict = {}
     if "plan" in steps:
         report["plan"] = str(plan_step(work, opts))

@@ -143,9 +143,15 @@ def add_parser(sub) -> None:
 
 
 def cmd_tune(args) -> dict:
+    from .runs import check_work_dir, validate
     grid = parse_grid(args.grid)
     if not grid:
         raise UsageError("give at least one --grid KEY=V1,V2,...")
-    return tune(args.task, args.models, grid, args.out, n_boot=args.n_boot, limit=args.limit, source=args.source,
-                data_dir=args.data_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                device=args.device, dtype=args.dtype)
+    if args.n_boot < 1:
+        raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
+    run_kw = dict(limit=args.limit, source=args.source, data_dir=args.data_dir, batch_size=args.batch_size,
+                  max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype)
+    for cfg in tune_configs(args.task, args.models, grid, **run_kw):  # every grid point, before any run
+        validate(cfg)
+    check_work_dir(args.out, "--out")
+    return tune(args.task, args.models, grid, args.out, n_boot=args.n_boot, **run_kw)

@@ -112,7 +112,7 @@ def test_demo_prints_a_table(tmp_path, capsys):
     assert main(["demo", "--models", "tiny:char,tiny:bpe", "--out", str(out), "--limit", "2",
                  "--max-new-tokens", "6", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].split() == ["question", "prediction", "correct"]
+    assert text.splitlines()[0].split() == ["question", "prediction", "gold", "correct"]
     assert "Which planet" in text  # first embedded TriviaQA question
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == "adafuse" and cfg["source"] == "sample"

@@ -1,0 +1,451 @@
+"""Issue 22: every mistake a user can make is one line on stderr and exit status 2, and
+nothing of theirs is created, changed or removed.
+
+One table of bad inputs across run, demo, eval, models, tune, figures, quality and bench.
+Each case runs the command line in-process in a sandbox folder (the current directory, the
+model cache and the data all live there) and asserts: exit status 2, exactly one line on
+stderr that starts with "error: " and names the cause, no traceback, and the same files with
+the same sha256 (and the same folders) before and after. Tiny members only, nothing downloaded.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from adafuse_lab import runs
+from adafuse_lab.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "adafuse_lab" / "samples" / "triviaqa"
+NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of CUDA on a machine without it")
+
+GOOD_ROWS = [{"question": f"What is {i} + {i}?", "answer": [str(2 * i)]} for i in range(4)]
+
+
+# ---------------------------------------------------------------- the sandbox
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """A finished tiny run, copied into every sandbox as S/run."""
+    d = tmp_path_factory.mktemp("good") / "run"
+    assert main(RUN(out=str(d))) == 0
+    return d
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch, good_run, capsys):
+    s = tmp_path / "S"
+    s.mkdir()
+    shutil.copytree(good_run, s / "run")
+    write_data(s / "data", GOOD_ROWS)
+    (s / "afile.txt").write_text("a file, not a folder\n")
+    (s / "emptydir").mkdir()
+    (s / "foreign").mkdir()  # someone else's results, with names like ours
+    (s / "foreign" / "samples.jsonl").write_text('{"id": 1, "theirs": true}\n')
+    (s / "foreign" / "results.json").write_text('{"accuracy": 0.93}\n')
+    (s / "notes").mkdir()
+    (s / "notes" / "notes.txt").write_text("my notes\n")
+    (s / "hfmodel").mkdir()  # a Hugging Face folder: its config.json is not a run config
+    (s / "hfmodel" / "config.json").write_text('{"model_type": "llama"}\n')
+    monkeypatch.chdir(s)
+    monkeypatch.setenv("ADAFUSE_CACHE", str(s / "cache"))  # not there yet: must stay so
+    monkeypatch.delenv("ADAFUSE_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(runs, "_WARNED", set())
+    capsys.readouterr()
+    return s
+
+
+def write_data(d: Path, rows, task="triviaqa", prompt: bytes | None = None) -> Path:
+    (d / task).mkdir(parents=True, exist_ok=True)
+    (d / task / "prompt.txt").write_bytes(prompt if prompt is not None else (SAMPLES / "prompt.txt").read_bytes())
+    data = b"".join(r if isinstance(r, bytes) else (json.dumps(r) + "\n").encode() for r in rows)
+    (d / task / "dev.jsonl").write_bytes(data)
+    return d / task / "dev.jsonl"
+
+
+def tree(root: Path) -> dict:
+    """Every file (sha256) and folder under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = "dir"
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------- argv builders ("{S}" is the sandbox)
+
+def _argv(command, base: dict, extra, over) -> list[str]:
+    opts = dict(base)
+    for k, v in over.items():
+        key = "--" + k.replace("_", "-")
+        if v is None:
+            opts.pop(key, None)
+        else:
+            opts[key] = v
+    argv = list(command)
+    for k, v in opts.items():
+        argv += [k, v]
+    return argv + list(extra)
+
+
+def RUN(*extra, **over):
+    base = {"--task": "triviaqa", "--models": "tiny:bpe,tiny:spm", "--source": "sample", "--limit": "2",
+            "--max-new-tokens": "4", "--out": "{S}/new"}
+    return _argv(["run"], base, ("--no-progress",) + extra, over)
+
+
+def TUNE(*extra, **over):
+    base = {"--task": "triviaqa", "--models": "tiny:bpe,tiny:spm", "--source": "sample", "--limit": "4",
+            "--max-new-tokens": "4", "--grid": "theta=0.5,0.9", "--out": "{S}/tune"}
+    return _argv(["tune"], base, extra, over)
+
+
+def QUALITY(*extra, **over):
+    base = {"--models": "tiny:bpe,tiny:spm", "--tasks": "triviaqa", "--source": "sample", "--limit": "4",
+            "--max-new-tokens": "4", "--work": "{S}/q"}
+    return _argv(["quality"], base, extra, over)
+
+
+def FIGURES(*extra, **over):
+    base = {"--params": "smoke", "--out": "{S}/figs", "--work": "{S}/nbwork"}
+    return _argv(["figures"], base, extra, over)
+
+
+def BENCH(*extra, **over):
+    base = {"--models": "tiny:bpe,tiny:spm", "--task": "triviaqa", "--source": "sample", "--limit": "2",
+            "--batch-size": "2", "--max-new-tokens": "4", "--device": "cpu", "--out": "{S}/bench.json"}
+    return _argv(["bench"], base, extra, over)
+
+
+# ---------------------------------------------------------------- setups (run in the sandbox, before the snapshot)
+
+def put(rel: str, data: bytes | str):
+    def setup(s: Path, monkeypatch):
+        p = s / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return setup
+
+
+def data_with(*rows, prompt: bytes | None = None):
+    def setup(s: Path, monkeypatch):
+        write_data(s / "data", [GOOD_ROWS[0], *rows], prompt=prompt)
+    return setup
+
+
+def env(name: str, value: str):
+    def setup(s: Path, monkeypatch):
+        monkeypatch.setenv(name, value.replace("{S}", str(s)))
+    return setup
+
+
+def edit_run(fn):
+    """Change S/run (a finished run) before the command runs."""
+    def setup(s: Path, monkeypatch):
+        fn(s / "run")
+    return setup
+
+
+def drop_last_record(d: Path):
+    lines = (d / "samples.jsonl").read_bytes().splitlines(keepends=True)
+    (d / "samples.jsonl").write_bytes(b"".join(lines[:-1]))
+
+
+def cut_last_record(d: Path):
+    data = (d / "samples.jsonl").read_bytes()
+    (d / "samples.jsonl").write_bytes(data[:-30])
+
+
+def damage_first_record(d: Path):
+    lines = (d / "samples.jsonl").read_bytes().splitlines(keepends=True)
+    (d / "samples.jsonl").write_bytes(b'{"id": "triviaqa-0000", "predic\n' + b"".join(lines[1:]))
+
+
+def strip_prediction(d: Path):
+    recs = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+    recs[1].pop("prediction")
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+_held = []
+
+
+def locked_run(s: Path, monkeypatch):
+    """Another process holds S/run: an flock on S/run/.lock from another open file."""
+    f = open(s / "run" / ".lock", "a")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held.append(f)
+
+
+def params_for_first_notebook(values: dict):
+    return put("p.json", json.dumps({"notebooks": {NOTEBOOKS[0]: values}}))
+
+
+# ---------------------------------------------------------------- the table: (id, argv, setup, needle)
+
+CASES = [
+    # ---- run: the task, the method, the members
+    ("run-unknown-task", RUN(task="trivia"), None, "'triviaqa'"),
+    ("run-unknown-method", RUN("--method", "adafus"), None, "did you mean 'adafuse'"),
+    ("run-no-models", RUN(models=""), None, "no models given"),
+    ("run-only-commas", RUN(models=",,"), None, "no models given"),
+    ("run-unknown-tiny", RUN(models="tiny:xyz,tiny:bpe"), None, "unknown tiny model 'tiny:xyz'"),
+    ("run-zoo-typo", RUN(models="smollm2,tiny:bpe"), None, "smollm2-135m"),
+    ("run-missing-relative-path", RUN(models="./nope,tiny:bpe"), None, "model path './nope' does not exist"),
+    ("run-missing-absolute-path", RUN(models="{S}/models/nope,tiny:bpe"), None, "does not exist"),
+    ("run-missing-path-under-local-folder", RUN(models="emptydir/model,tiny:bpe"), None, "does not exist"),
+    ("run-missing-gguf", RUN(models="missing.gguf,tiny:bpe"), None, "does not exist"),
+    ("run-folder-without-model", RUN(models="{S}/emptydir,tiny:bpe"), None, "holds no model"),
+    ("run-file-not-gguf", RUN(models="{S}/afile.txt,tiny:bpe"), None, "is a file but not a .gguf"),
+    ("run-empty-gguf", RUN(models="{S}/m.gguf,tiny:bpe"), put("m.gguf", b""), "is not a GGUF file"),
+    ("run-not-a-gguf", RUN(models="{S}/m.gguf,tiny:bpe"), put("m.gguf", b"PK\x03\x04" + b"\0" * 100),
+     "is not a GGUF file"),
+    ("run-gguf-cut-in-header", RUN(models="{S}/m.gguf,tiny:bpe"), put("m.gguf", b"GGUF\x03\0\0\0\x07"),
+     "the GGUF weights do not read"),
+    ("run-gguf-damaged-metadata", RUN(models="{S}/m.gguf,tiny:bpe"),
+     put("m.gguf", b"GGUF\x03\0\0\0" + b"\x01\0\0\0\0\0\0\0" + b"\x01\0\0\0\0\0\0\0" + b"\xff" * 64),
+     "the GGUF weights do not read"),
+    ("run-zoo-cache-is-a-file", RUN(models="smollm2-135m,tiny:bpe"),
+     put("cachefile", "x"), None),  # env set below
+    ("run-chat-without-template", RUN("--chat"), None, "has no chat template"),
+    # ---- run: numbers
+    ("run-limit-0", RUN(limit="0"), None, "limit must be an integer >= 1"),
+    ("run-limit-negative", RUN(limit="-3"), None, "limit must be an integer >= 1"),
+    ("run-limit-not-a-number", RUN(limit="x"), None, "invalid int value"),
+    ("run-batch-size-0", RUN("--batch-size", "0"), None, "batch_size must be an integer >= 1"),
+    ("run-max-new-tokens-0", RUN(max_new_tokens="0"), None, "max_new_tokens must be an integer >= 1"),
+    ("run-seed-negative", RUN("--seed", "-1"), None, "seed must be an integer in 0..4294967295"),
+    ("run-seed-too-large", RUN("--seed", str(2 ** 32)), None, "seed must be an integer in 0..4294967295"),
+    ("run-theta-above-1", RUN("--theta", "1.5"), None, "theta must be in [0, 1]"),
+    ("run-theta-nan", RUN("--theta", "nan"), None, "theta must be a finite number"),
+    ("run-M-0", RUN("--M", "0"), None, "M must be >= 1"),
+    ("run-B-negative", RUN("--B", "-1"), None, "B must be >= 1"),
+    ("run-M-not-a-number", RUN("--M", "x"), None, "invalid number"),
+    ("run-criterion-unknown", RUN("--criterion", "margn"), None, "criterion must be one of"),
+    # ---- run: --set
+    ("set-unknown-key", RUN("--set", "thetta=0.5"), None, "did you mean theta"),
+    ("set-no-equals", RUN("--set", "theta"), None, "--set expects KEY=VALUE"),
+    ("set-no-key", RUN("--set", "=3"), None, "--set expects KEY=VALUE"),
+    ("set-theta-text", RUN("--set", "theta=abc"), None, "theta must be a finite number, got 'abc'"),
+    ("set-M-bool", RUN("--set", "M=true"), None, "M must be a whole number, got true"),
+    ("set-M-null", RUN("--set", "M=null"), None, "M needs a value"),
+    ("set-span-words-fraction", RUN("--set", "span_words=2.5"), None, "span_words must be a whole number"),
+    ("set-flag-not-bool", RUN("--set", "compat=yes"), None, "compat must be true or false"),
+    ("set-criterion-number", RUN("--set", "criterion=3"), None, "criterion must be a string"),
+    ("set-weights-length", RUN("--set", "weights=[1]"), None, "weights has 1 value(s) for 2 member(s)"),
+    ("set-weights-text", RUN("--set", "weights=abc"), None, "weights must be a list of numbers"),
+    ("set-weights-mixed", RUN("--set", 'weights=[1, "a"]'), None, "weights must be a list of numbers"),
+    ("set-weights-nan", RUN("--set", "weights=[1, NaN]"), None, "weights must be a list of numbers"),
+    ("set-member-out-of-range", RUN("--method", "single", "--set", "member=2"), None, "member=2 does not exist"),
+    ("set-member-negative", RUN("--method", "single", "--set", "member=-1"), None, "member=-1 does not exist"),
+    ("set-run-option", RUN("--set", "max_new_tokens=5"), None, "is a run option: set it with --max-new-tokens"),
+    # ---- run: device and dtype
+    pytest.param("run-cuda-without-cuda", RUN("--device", "cuda"), None, "CUDA is not available", marks=NO_CUDA),
+    pytest.param("run-cuda-7-without-cuda", RUN("--device", "cuda:7"), None, "CUDA is not available",
+                 marks=NO_CUDA),
+    ("run-unknown-device", RUN("--device", "tpu"), None, "unknown device 'tpu'"),
+    ("run-dtype-int8", RUN("--dtype", "int8"), None, "unknown dtype 'int8'"),
+    ("run-dtype-typo", RUN("--dtype", "bfloat61"), None, "did you mean 'bfloat16'"),
+    # ---- run: data (an explicit folder is used or refused, never skipped for the samples)
+    ("run-source-unknown", RUN(source="web"), None, "invalid choice: 'web'"),
+    ("run-half-unknown", RUN("--half", "middle"), None, "invalid choice: 'middle'"),
+    ("data-dir-missing-auto", RUN(source="auto", data_dir="{S}/dta"), None, "--data-dir"),
+    ("data-dir-missing-local", RUN(source="local", data_dir="{S}/dta"), None, "does not exist"),
+    ("data-dir-is-a-file", RUN(source="auto", data_dir="{S}/afile.txt"), None, "is a file"),
+    ("data-dir-without-task", RUN(source="auto", data_dir="{S}/emptydir"), None, "has no triviaqa/dev.jsonl"),
+    ("data-dir-with-source-sample", RUN(data_dir="{S}/data"), None, "--data-dir is not read with --source sample"),
+    ("data-env-missing", RUN(source="auto"), env("ADAFUSE_DATA", "{S}/nothing"), "$ADAFUSE_DATA"),
+    ("data-bad-json", RUN(source="local", data_dir="{S}/data"), data_with(b"{oops\n"),
+     "dev.jsonl:2: invalid JSON"),
+    ("data-not-utf8", RUN(source="local", data_dir="{S}/data"),
+     data_with(b'{"question": "caf\xe9", "answer": ["x"]}\n'), "dev.jsonl:2: not UTF-8"),
+    ("data-missing-field", RUN(source="local", data_dir="{S}/data"), data_with({"question": "q"}),
+     "dev.jsonl:2: missing field 'answer'"),
+    ("data-prompt-not-utf8", RUN(source="local", data_dir="{S}/data"), data_with(prompt=b"Answer \xff\n"),
+     "prompt.txt: not UTF-8"),
+    # ---- run: the output folder
+    ("out-missing", RUN(out=None), None, "--out"),
+    ("out-empty", RUN(out=""), None, "--out is empty"),
+    ("out-is-a-file", RUN(out="{S}/afile.txt"), None, "is a file, not a folder"),
+    ("out-under-a-file", RUN(out="{S}/afile.txt/run"), None, "is a file, so no folder can be made under it"),
+    ("out-foreign-results", RUN(out="{S}/foreign"), None, "holds files adafuse_lab did not write"),
+    ("out-foreign-notes", RUN(out="{S}/notes"), None, "holds files adafuse_lab did not write (notes.txt)"),
+    ("out-hf-config", RUN(out="{S}/hfmodel"), None, "is not a run config"),
+    ("out-broken-config", RUN(out="{S}/run"), edit_run(lambda d: (d / "config.json").write_text("{")),
+     "does not read as JSON"),
+    ("out-notes-in-our-run", RUN(out="{S}/run"), put("run/notes.txt", "mine"), "did not write (notes.txt)"),
+    ("out-other-config", RUN("--method", "single", out="{S}/run"), None, "holds a run with a different config"),
+    ("out-locked", RUN(out="{S}/run"), locked_run, "another process is writing"),
+    ("run-unknown-option", RUN("--thta", "0.5"), None, "unrecognized arguments: --thta"),
+    # ---- demo
+    ("demo-limit-0", ["demo", "--models", "tiny:bpe,tiny:spm", "--limit", "0", "--out", "{S}/demo"], None,
+     "limit must be"),
+    ("demo-out-file", ["demo", "--models", "tiny:bpe,tiny:spm", "--out", "{S}/afile.txt"], None, "is a file"),
+    # ---- eval
+    ("eval-missing", ["eval", "{S}/nothing"], None, "does not exist"),
+    ("eval-file", ["eval", "{S}/afile.txt"], None, "it is a file"),
+    ("eval-empty-path", ["eval", ""], None, "empty path"),
+    ("eval-no-config", ["eval", "{S}/emptydir"], None, "no config.json"),
+    ("eval-config-bad-json", ["eval", "{S}/run"], edit_run(lambda d: (d / "config.json").write_text("{")),
+     "config.json is not valid JSON"),
+    ("eval-config-not-utf8", ["eval", "{S}/run"], edit_run(lambda d: (d / "config.json").write_bytes(b"\xff\xfe")),
+     "config.json is not UTF-8"),
+    ("eval-config-a-list", ["eval", "{S}/run"], edit_run(lambda d: (d / "config.json").write_text("[]")),
+     "is not a run config"),
+    ("eval-config-unknown-task", ["eval", "{S}/run"],
+     edit_run(lambda d: (d / "config.json").write_text('{"task": "nope", "models": [], "method": "x"}')),
+     "unknown task 'nope'"),
+    ("eval-no-samples", ["eval", "{S}/run"], edit_run(lambda d: (d / "samples.jsonl").unlink()),
+     "has no samples.jsonl"),
+    ("eval-empty-samples", ["eval", "{S}/run"], edit_run(lambda d: (d / "samples.jsonl").write_text("")),
+     "has no finished examples"),
+    ("eval-damaged-record", ["eval", "{S}/run"], edit_run(damage_first_record), "samples.jsonl:1: not a JSON record"),
+    ("eval-cut-last-record", ["eval", "{S}/run"], edit_run(cut_last_record), "the last record is cut off"),
+    ("eval-record-without-prediction", ["eval", "{S}/run"], edit_run(strip_prediction),
+     "samples.jsonl:2: the record has no prediction"),
+    ("eval-record-dropped", ["eval", "{S}/run"], edit_run(drop_last_record),
+     "holds 1 records but results.json counts 2"),
+    ("eval-samples-not-utf8", ["eval", "{S}/run"],
+     edit_run(lambda d: (d / "samples.jsonl").write_bytes(b'{"id": "\xff"}\n')), "samples.jsonl:1: not UTF-8"),
+    ("eval-results-bad-json", ["eval", "{S}/run"], edit_run(lambda d: (d / "results.json").write_text("{\n")),
+     "results.json is not valid JSON"),
+    ("eval-no-dir", ["eval"], None, "the following arguments are required: dir"),
+    # ---- models
+    ("models-info-typo", ["models", "info", "smollm2"], None, "Did you mean smollm2-135m"),
+    ("models-fetch-unknown", ["models", "fetch", "llama-70b"], None, "unknown model 'llama-70b'"),
+    ("models-fetch-cache-is-a-file", ["models", "fetch", "smollm2-135m"], None, "is not a folder"),
+    ("models-list-cache-is-a-file", ["models", "list"], None, "is not a folder"),
+    ("models-no-action", ["models"], None, "required: action"),
+    ("models-unknown-action", ["models", "download", "x"], None, "invalid choice: 'download'"),
+    # ---- tune: the grid and the output folder, before any run
+    ("tune-no-grid", TUNE(grid=None), None, "give at least one --grid"),
+    ("tune-grid-no-equals", TUNE(grid="theta"), None, "--grid expects KEY=V1,V2"),
+    ("tune-grid-no-values", TUNE(grid="theta="), None, "--grid expects KEY=V1,V2"),
+    ("tune-grid-unknown-key", TUNE(grid="thetta=0.5,0.9"), None, "unknown decoding parameter 'thetta'"),
+    ("tune-grid-out-of-range", TUNE(grid="theta=0.5,1.5"), None, "theta must be in [0, 1]"),
+    ("tune-grid-not-a-number", TUNE(grid="B=1,x"), None, "B must be a whole number, got 'x'"),
+    ("tune-grid-twice", TUNE("--grid", "theta=0.7"), None, "--grid names 'theta' twice"),
+    ("tune-grid-run-option", TUNE(grid="limit=1,2"), None, "is a run option"),
+    ("tune-out-empty", TUNE(out=""), None, "--out is empty"),
+    ("tune-out-file", TUNE(out="{S}/afile.txt"), None, "is a file, not a folder"),
+    ("tune-out-foreign", TUNE(out="{S}/notes"), None, "holds files adafuse_lab did not write"),
+    ("tune-n-boot-0", TUNE("--n-boot", "0"), None, "--n-boot must be >= 1"),
+    ("tune-unknown-task", TUNE(task="gsm8"), None, "'gsm8k'"),
+    ("tune-bad-member", TUNE(models="tiny:bpe,./nope"), None, "does not exist"),
+    ("tune-data-dir-missing", TUNE(source="auto", data_dir="{S}/dta"), None, "--data-dir"),
+    # ---- figures: the parameter file and the folders, before any notebook runs
+    ("figures-params-missing", FIGURES(params="nope"), None, "no parameter file 'nope'"),
+    ("figures-params-bad-yaml", FIGURES(params="{S}/p.yaml"), put("p.yaml", "common: [1, 2\n"), "not valid YAML"),
+    ("figures-params-bad-json", FIGURES(params="{S}/p.json"), put("p.json", "{"), "not valid JSON"),
+    ("figures-params-not-utf8", FIGURES(params="{S}/p.yaml"), put("p.yaml", b"common:\n  x: \xff\n"), "not UTF-8"),
+    ("figures-params-a-list", FIGURES(params="{S}/p.json"), put("p.json", "[1, 2]"), "expected a mapping"),
+    ("figures-params-section-a-list", FIGURES(params="{S}/p.json"), put("p.json", '{"common": [1]}'),
+     "must map parameter names to values"),
+    ("figures-params-unknown-section", FIGURES(params="{S}/p.json"), put("p.json", '{"comon": {}}'),
+     "unknown section(s) comon"),
+    ("figures-params-a-folder", FIGURES(params="{S}/emptydir"), None, "is a folder"),
+    ("figures-params-sets-a-path", FIGURES(params="{S}/p.json"), put("p.json", '{"common": {"fig_dir": "x"}}'),
+     "set by the figures command"),
+    ("figures-params-unknown-parameter", FIGURES(params="{S}/p.json"), params_for_first_notebook({"nope": 1}),
+     "has no parameter(s) nope"),
+    ("figures-only-no-match", FIGURES("--only", "zz"), None, "--only zz matches none"),
+    ("figures-notebooks-missing", FIGURES("--notebooks", "{S}/emptydir"), None, "no numbered notebooks"),
+    ("figures-retries-negative", FIGURES("--retries", "-1"), None, "--retries must be >= 0"),
+    ("figures-cell-timeout-0", FIGURES("--cell-timeout", "0"), None, "--cell-timeout must be"),
+    ("figures-out-file", FIGURES(out="{S}/afile.txt"), None, "is a file"),
+    ("figures-work-file", FIGURES(work="{S}/afile.txt"), None, "is a file"),
+    # ---- quality: every task, member, method, grid point and folder, before any step
+    ("quality-unknown-step", QUALITY("--steps", "plan,decod"), None, "unknown step(s) decod"),
+    ("quality-limits-no-equals", QUALITY("--limits", "triviaqa"), None, "--limits expects TASK=N"),
+    ("quality-limits-not-a-count", QUALITY("--limits", "triviaqa=x"), None, "is not a count or 'all'"),
+    ("quality-limits-unknown-task", QUALITY("--limits", "trivia=all"), None, "trivia"),
+    ("quality-grid-no-equals", QUALITY("--grid", "theta"), None, "--grid expects KEY=V1,V2"),
+    ("quality-grid-out-of-range", QUALITY("--grid", "theta=2"), None, "theta must be in [0, 1]"),
+    ("quality-bad-member", QUALITY(models="tiny:nope,tiny:bpe"), None, "unknown tiny model"),
+    ("quality-unknown-method", QUALITY("--methods", "single,adafus"), None, "unknown method 'adafus'"),
+    ("quality-dtype", QUALITY("--dtype", "int8"), None, "unknown dtype 'int8'"),
+    ("quality-work-file", QUALITY(work="{S}/afile.txt"), None, "is a file, not a folder"),
+    ("quality-work-empty", QUALITY(work=""), None, "--work is empty"),
+    ("quality-work-foreign", QUALITY(work="{S}/notes"), None, "holds files adafuse_lab did not write"),
+    ("quality-limit-0", QUALITY(limit="0"), None, "limit must be >= 1"),
+    ("quality-n-boot-0", QUALITY("--n-boot", "0"), None, "--n-boot must be >= 1"),
+    ("quality-gpus-not-numbers", QUALITY("--gpus", "a,b"), None, "--gpus expects GPU numbers"),
+    ("quality-data-dir-missing", QUALITY(source="local", data_dir="{S}/dta"), None, "does not exist"),
+    # ---- bench: the same checks as run, before a model loads
+    ("bench-unknown-member", BENCH(models="tiny:nope"), None, "unknown tiny model"),
+    ("bench-unknown-method", BENCH("--method", "adafuse,rerank,unit"), None, "unknown method 'unit'"),
+    ("bench-limit-0", BENCH(limit="0"), None, "limit must be"),
+    ("bench-set-out-of-range", BENCH("--set", "theta=2"), None, "theta must be in [0, 1]"),
+    ("bench-set-no-equals", BENCH("--set", "theta"), None, "--set expects KEY=VALUE"),
+    ("bench-out-folder", BENCH(out="{S}/emptydir"), None, "is a folder"),
+    pytest.param("bench-cuda-without-cuda", BENCH(device="cuda"), None, "CUDA is not available", marks=NO_CUDA),
+]
+
+# cases whose environment needs more than a file: the zoo cache is a file
+CACHE_IS_A_FILE = {"run-zoo-cache-is-a-file", "models-fetch-cache-is-a-file", "models-list-cache-is-a-file"}
+NEEDLES = {"run-zoo-cache-is-a-file": "is not a folder"}
+
+
+def _unpack(case):
+    return case.values if hasattr(case, "values") else case
+
+
+def test_the_table_is_large_enough():
+    ids = [_unpack(c)[0] for c in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 60
+    commands = {_unpack(c)[1][0] for c in CASES}
+    assert commands >= {"run", "demo", "eval", "models", "tune", "figures", "quality", "bench"}
+
+
+@pytest.mark.parametrize("name, argv, setup, needle", CASES, ids=[_unpack(c)[0] for c in CASES])
+def test_bad_input(name, argv, setup, needle, sandbox, monkeypatch, capsys):
+    if setup is not None:
+        setup(sandbox, monkeypatch)
+    if name in CACHE_IS_A_FILE:
+        (sandbox / "cachefile").write_text("x")
+        monkeypatch.setenv("ADAFUSE_CACHE", str(sandbox / "cachefile"))
+    needle = needle or NEEDLES[name]
+    argv = [a.replace("{S}", str(sandbox)) for a in argv]
+    before = tree(sandbox)
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+    finally:
+        while _held:
+            _held.pop().close()
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert e.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert needle in lines[0], lines[0]
+    assert tree(sandbox) == before  # nothing created, changed or removed
+
+
+def test_debug_shows_the_traceback(sandbox):
+    with pytest.raises(runs.UsageError, match="does not exist"):
+        main(RUN("--debug", source="auto", data_dir=str(sandbox / "dta")))
+
+
+def test_a_mistyped_data_dir_never_decodes_the_samples(sandbox, capsys):
+    """The issue's case: --data-dir with a typo used to decode the 8 embedded questions."""
+    argv = [a.replace("{S}", str(sandbox)) for a in RUN(source="auto", data_dir="{S}/dat")]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert not (sandbox / "new").exists() and "does not exist" in capsys.readouterr().err
+    assert main([a.replace("{S}", str(sandbox)) for a in RUN(source="auto", data_dir="{S}/data")]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"data: triviaqa from local ({sandbox / 'data' / 'triviaqa' / 'dev.jsonl'}), " \
+                                  "chosen by --source auto"
+    assert json.loads((sandbox / "new" / "results.json").read_text())["data"]["source"] == "local"
