@@ -182,3 +182,18 @@ def test_bench_keeps_going_when_a_method_runs_out_of_memory(tmp_path, monkeypatc
     assert r["methods"]["rerank"] == {"name": "rerank",
                                       "error": "out of GPU memory: CUDA out of memory. Tried to allocate 27.68 GiB."}
     assert r["methods"]["single"]["new_tokens"] > 0
+
+
+def test_a_missing_extra_is_named_and_an_unexpected_error_is_one_line(monkeypatch, capsys):
+    def needs_papermill(args):
+        raise ModuleNotFoundError("No module named 'papermill'", name="papermill")
+    monkeypatch.setattr(cli, "cmd_eval", needs_papermill)
+    assert "pip install 'adafuse-lab[notebooks]'" in fails(["eval", "x"], capsys)
+
+    def bug(args):
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr(cli, "cmd_eval", bug)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and "unexpected ZeroDivisionError" in err and "--debug" in err
