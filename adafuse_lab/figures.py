@@ -135,54 +135,42 @@ def headless():
     return environment(**{HEADLESS_ENV: "1"})
 
 
-SETUP_ERRORS = ("ModuleNotFoundError", "ImportError", "SyntaxError")
-
-
 def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", only: Sequence[str] | None = None,
           nb_dir=None, kernel: str = "python3", cell_timeout: float | None = None, retries: int = 0,
-          log=print, plan_file=None) -> dict:
+          log=print) -> dict:
     """Execute the notebooks; returns {notebook: {"seconds", "executed", "summary", "attempts"}}.
 
     cell_timeout: seconds a cell may run (None: no limit). retries: how often a notebook
     whose kernel stopped answering (a cell timeout, a dead kernel) is run again; finished
     runs are found in runs_dir, so a retry only redoes what was not saved. A cell that
-    raises is never retried. plan_file: plan mode (see plan())."""
+    raises is never retried."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
-    from .analysis import PLAN_ENV
     from .runs import UsageError
     nb_dir = notebook_dir(nb_dir)
     pfile = load_params(params, nb_dir)
     fig_dir, work_dir = Path(fig_dir).resolve(), Path(work_dir).resolve()
     runs_dir = work_dir / "runs"
-    if plan_file:  # the runs are the real ones; what the notebooks write goes aside
-        work_dir, fig_dir = work_dir / "plan", work_dir / "plan" / "figures"
     for nb in notebooks(nb_dir, only):  # every notebook's parameters are checked before the first one runs
         parameters_for(nb, pfile, {"runs_dir": runs_dir, "out_dir": work_dir / nb.stem, "fig_dir": fig_dir})
     work_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    env = {PLAN_ENV: Path(plan_file).resolve()} if plan_file else {}
     report = {}
     for nb in notebooks(nb_dir, only):
         paths = {"runs_dir": runs_dir, "out_dir": work_dir / nb.stem, "fig_dir": fig_dir}
         values = parameters_for(nb, pfile, paths)
         executed = work_dir / nb.name
         t0 = time.perf_counter()
-        log(f"{nb.stem}: running with {Path(pfile['path']).name}{' (plan only)' if plan_file else ''} ...")
+        log(f"{nb.stem}: running with {Path(pfile['path']).name} ...")
         for attempt in range(retries + 1):
             try:
-                with headless(), environment(**env):
+                with headless():
                     pm.execute_notebook(str(nb), str(executed), parameters=values, cwd=str(nb.parent),
                                         kernel_name=kernel, progress_bar=False, log_output=False,
                                         execution_timeout=cell_timeout)
                 break
             except pm.PapermillExecutionError as e:
-                # With no runs to read, later cells may fail; the runs are listed by then. A kernel
-                # that cannot import the package or a module lists none: that is no plan.
-                if plan_file and e.ename not in SETUP_ERRORS:
-                    log(f"{nb.stem}: stopped in cell {e.exec_count} ({e.ename}), as expected without runs")
-                    break
                 raise UsageError(f"{nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; "
                                  f"the executed copy is {executed}") from e
             except (TimeoutError, DeadKernelError) as e:  # the kernel, not the notebook, went wrong
@@ -199,21 +187,44 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
     return report
 
 
+def notebook_values(nb: Path, pfile: dict, paths: dict) -> dict:
+    """Every parameter of notebook `nb` as a run with this parameter file would see it: the
+    parameters cell's literals (read, not executed), then the file's values."""
+    import ast
+
+    import papermill as pm
+    declared = pm.inspect_notebook(str(nb))
+    values = {k: ast.literal_eval(v["default"]) for k, v in declared.items()}
+    values.update(parameters_for(nb, pfile, paths))
+    return values
+
+
+def plan_configs(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | None = None,
+                 nb_dir=None) -> list:
+    """The RunConfigs the notebooks read with this parameter file, each once, in notebook order:
+    each notebook's declared run plan (plans.runs_of); nothing is executed."""
+    from .plans import notebook_params, runs_of
+    nb_dir = notebook_dir(nb_dir)
+    pfile = load_params(params, nb_dir)
+    work_dir = Path(work_dir).resolve()
+    out: dict = {}
+    for nb in notebooks(nb_dir, only):
+        paths = {"runs_dir": work_dir / "runs", "out_dir": work_dir / nb.stem, "fig_dir": work_dir / "figures"}
+        P = notebook_params(nb.stem, **notebook_values(nb, pfile, paths))
+        for cfg in runs_of(nb.stem, P).values():
+            out.setdefault(json.dumps(cfg.to_dict(), sort_keys=True), cfg)
+    return list(out.values())
+
+
 def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | None = None, nb_dir=None,
          kernel: str = "python3", log=print) -> Path:
-    """Execute the notebooks in plan mode: nothing is decoded, and WORK/plan.jsonl lists every
-    run they would decode (one RunConfig per line, each once), for decode_plan."""
+    """WORK/plan.jsonl: every run the notebooks read with this parameter file (one RunConfig per
+    line, each once), for decode_plan. Nothing is decoded and no notebook is executed."""
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    raw, out = work_dir / "plan.raw.jsonl", work_dir / "plan.jsonl"
-    raw.write_text("")
-    # Only notebooks that read saved runs have runs to list (00 decodes its few questions itself).
-    names = [nb.stem for nb in notebooks(notebook_dir(nb_dir), only) if "ensure_run(" in nb.read_text()]
-    if names:
-        build(params, work_dir / "plan" / "figures", work_dir, names, nb_dir, kernel, log=log, plan_file=raw)
-    lines = list(dict.fromkeys(raw.read_text().splitlines()))  # first mention first, each once
+    out = work_dir / "plan.jsonl"
+    lines = [json.dumps(cfg.to_dict(), sort_keys=True) for cfg in plan_configs(params, work_dir, only, nb_dir)]
     write_plan(out, lines)
-    raw.unlink()
     log(f"{len(lines)} run(s) to decode, listed in {out}")
     return out
 
@@ -247,7 +258,7 @@ def _pending(plan_files, runs_dir, seen: set) -> list:
     """(run dir, config) of the plans' runs not yet in `seen`: the first plan's first, each
     plan's longest first. The files are read afresh each time, so a plan rewritten meanwhile
     (a re-plan that adds the tuned settings' runs) is taken up by workers already running."""
-    from .analysis import run_dir
+    from .runs import run_dir
     todo: dict = {}
     for plan_file in plan_files:
         for cfg in sorted(read_plan(plan_file), key=_cost, reverse=True):
@@ -266,8 +277,7 @@ def decode_plan(plan_files, runs_dir, progress: bool = False, log=print) -> dict
     from one run to the next. Returns {"decoded": [...], "found": [...], "busy": [...]}."""
     import fcntl
 
-    from .analysis import finished_run
-    from .runs import run
+    from .runs import finished_run, run
     plan_files = [plan_files] if isinstance(plan_files, (str, Path)) else list(plan_files)
     sessions, report, seen = {}, {"decoded": [], "found": [], "busy": []}, set()
     while todo := _pending(plan_files, runs_dir, seen):
@@ -308,7 +318,8 @@ def add_parser(subparsers) -> None:
                    help="run a notebook again when its kernel stops answering (default: %(default)s)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--plan", action="store_true",
-                      help="decode nothing: list the runs the notebooks need in WORK/plan.jsonl")
+                      help="decode nothing: list the runs the notebooks read (their declared run plans) "
+                           "in WORK/plan.jsonl")
     mode.add_argument("--decode", metavar="PLAN", nargs="+",
                       help="decode the runs of one or more plan files (the first's before the next's; each "
                            "read again after every run) into WORK/runs and draw nothing; start one such "

@@ -124,6 +124,32 @@ def _widget(name: str, spec: dict):
     return cls(value=spec["value"], description=desc, continuous_update=False, **kw)
 
 
+def png(fig) -> bytes:
+    """A figure as PNG bytes (the same settings as save(), no metadata)."""
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata=PNG_METADATA)
+    return buf.getvalue()
+
+
+def _parts(result) -> tuple:
+    """(figure or None, html or None) of what a widget function returned: a figure, or a dict
+    with "figure" and/or "html"."""
+    if isinstance(result, dict):
+        return result.get("figure"), result.get("html")
+    return result, None
+
+
+def _show_result(result) -> None:
+    """Display a widget function's figure and HTML as ordinary cell output."""
+    from IPython.display import HTML, display
+    fig, page = _parts(result)
+    if page:
+        display(HTML(page))
+    if fig is not None:
+        show(fig)
+
+
 class Headless:
     """What `interact` returns without a front end: the function's value for the defaults."""
 
@@ -131,20 +157,83 @@ class Headless:
         self.kwargs, self.result = kwargs, result
 
 
+class Interactive:
+    """Controls over an image of the function's figure, and its HTML.
+
+    The figure reaches the page as PNG bytes in an ipywidgets Image, so no plotting backend or
+    captured Output is involved: each change replaces the image whole. While the function runs
+    the controls are disabled and the status line says so; a failure shows its traceback
+    under the controls and keeps the last good figure."""
+
+    def __init__(self, fn, controls: dict):
+        import ipywidgets as W
+        self.fn = fn
+        self.controls = {k: _widget(k, c) for k, c in controls.items()}
+        self.status = W.HTML()
+        self.page = W.HTML()
+        self.image = W.Image(format="png", layout=W.Layout(max_width="100%"))
+        self.errors = W.Output()
+        self.result = None
+        self.seconds = None
+        self.widget = W.VBox([W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")),
+                              self.status, self.errors, self.page, self.image])
+        self.widget.add_class("adafuse-interactive")
+        self.update()
+        for w in self.controls.values():
+            w.observe(lambda change: self.update(), names="value")
+
+    @property
+    def kwargs(self) -> dict:
+        return {k: w.value for k, w in self.controls.items()}
+
+    def update(self) -> None:
+        import time
+        import traceback
+        for w in self.controls.values():
+            w.disabled = True
+        self.status.value = "<i>⏳ working ... (the controls come back when it is done)</i>"
+        t = time.perf_counter()
+        try:
+            result = self.fn(**self.kwargs)
+            fig, page = _parts(result)
+            self.page.value = page or ""
+            if fig is not None:
+                self.image.value = png(fig)
+                _plt().close(fig)
+            self.result = result
+            self.errors.clear_output()
+            self.seconds = time.perf_counter() - t
+            self.status.value = f"<small>done in {self.seconds:.1f} s</small>"
+        except Exception as e:  # shown under the controls; the widget stays usable
+            self.result = None
+            self.status.value = f"<b style='color:#b00'>failed: {html.escape(type(e).__name__)}: {html.escape(str(e))}</b>"
+            with self.errors:
+                self.errors.clear_output()
+                print(traceback.format_exc())
+        finally:
+            for w in self.controls.values():
+                w.disabled = False
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
 def interact(fn, **controls):
-    """Show `fn` with one widget per `control(...)` (ipywidgets.interactive) and return the
-    interactive object; its `.result` is fn's value for the current settings.
+    """Show `fn` with one widget per `control(...)` and return the view; its `.result` is fn's
+    value for the current settings. fn returns a figure, or {"figure": ..., "html": ...}.
 
     Headless, i.e. when $ADAFUSE_HEADLESS is 1 (the figures command sets it for papermill
-    runs), no widget is made: fn runs once with the controls' values and a `Headless`
-    stand-in comes back. Widget messages under papermill (ipykernel 7, nbclient 0.11)
-    now and then leave the client waiting forever; the figure is the same either way."""
+    runs), no widget is made: fn runs once with the controls' values, its figure and HTML are
+    shown as ordinary output, and a `Headless` stand-in comes back. Widget messages under
+    papermill (ipykernel 7, nbclient 0.11) now and then leave the client waiting forever."""
     import os
     values = {k: c["value"] for k, c in controls.items()}
     if os.environ.get(HEADLESS_ENV) == "1":
-        return Headless(values, fn(**values))
-    import ipywidgets as W
-    view = W.interactive(fn, **{k: _widget(k, c) for k, c in controls.items()})
+        view = Headless(values, fn(**values))
+        _show_result(view.result)
+        return view
+    view = Interactive(fn, controls)
     try:
         from IPython.display import display
         display(view)
@@ -154,10 +243,10 @@ def interact(fn, **controls):
 
 
 def widget_result(view):
-    """The value `interact`'s function returned for the current settings. ipywidgets shows a
-    failure in the widget's output but keeps no exception: raise one here."""
+    """The value `interact`'s function returned for the current settings. A failure is shown
+    in the widget but keeps no exception: raise one here."""
     if getattr(view, "result", None) is None:
-        raise RuntimeError("the widget's function failed or returned nothing: see the traceback in its output above")
+        raise RuntimeError("the widget's function failed or returned nothing: see the message under its controls")
     return view.result
 
 
@@ -170,13 +259,29 @@ def winner_key(rd: dict) -> str:
     return f"member{src[0]}" if len(src) == 1 else "shared"
 
 
+# Latin-1 marks, which every font has (⑂ and ↵ rendered as empty boxes in JupyterLab on Linux)
+BRANCH_MARK = "»"  # before a round in which a member branched
+NEWLINE_MARK = "¶"  # a newline in the answer
+
+
 def answer_html(trace: Sequence[dict] | None, names: Sequence[str], prediction: str | None = None) -> str:
-    """The answer as HTML: each round's committed text on its winner's colour, a ⑂ where
-    a member branched, the round's details in the tooltip; and a legend."""
+    """The answer as HTML: each round's committed text on its winner's colour, a » where a
+    member branched, the round's details in the tooltip; and a legend. With `prediction`
+    (the answer as cut at the task's stop), text the last rounds committed past the stop is
+    shown apart, grey and struck through, not as part of the answer."""
     if not trace:
         return f"<pre>{html.escape(prediction or '')}</pre>"
-    parts = []
-    for r, rd in enumerate(trace):
+    texts = [rd["candidates"][rd["winner"]]["text"] for rd in trace]
+    full = "".join(texts)
+    keep = len(prediction) if prediction is not None and full.startswith(prediction) else len(full)
+    parts, used, cut = [], 0, ""
+    for r, (rd, raw) in enumerate(zip(trace, texts)):
+        if used >= keep and raw:
+            cut += raw
+            continue
+        shown, rest = raw[:keep - used], raw[keep - used:]
+        used += len(raw)
+        cut += rest
         win = rd["candidates"][rd["winner"]]
         key = winner_key(rd)
         branched = [names[k] for k, m in enumerate(rd["members"]) if m["branched"]]
@@ -184,13 +289,19 @@ def answer_html(trace: Sequence[dict] | None, names: Sequence[str], prediction: 
                f"{', '.join(names[k] for k in win['from'])}; branched: {', '.join(branched) or 'none'}; "
                f"confidence at start: " + ", ".join(f"{names[k]} {m['conf'][0]:.2f}" for k, m in
                                                      enumerate(rd["members"]) if m["conf"]))
-        mark = "<b style='color:#000'>⑂</b>" if branched else ""
-        text = html.escape(win["text"]).replace("\n", "↵<br>") + ("⏹" if win["eos"] else "")
+        mark = f"<b style='color:#000'>{BRANCH_MARK}</b>" if branched else ""
+        text = (html.escape(shown).replace("\n", f"{NEWLINE_MARK}<br>")
+                + ("<small style='color:#555'>[end]</small>" if win["eos"] and not rest else ""))
         parts.append(f"{mark}<span title='{html.escape(tip, quote=True)}' style='background:{color(key)}33;"
                      f"border-bottom:2px solid {color(key)}'>{text}</span>")
+    if cut:
+        parts.append(f"<span title='decoded past the stop: not part of the answer' style='color:#999;"
+                     f"text-decoration:line-through'>{html.escape(cut).replace(chr(10), NEWLINE_MARK)}</span>"
+                     f"<small style='color:#999'> (past the stop)</small>")
     legend = " ".join(f"<span style='background:{color(f'member{k}')}33;border-bottom:2px solid "
                       f"{color(f'member{k}')}'>{html.escape(n)}</span>" for k, n in enumerate(names))
-    legend += f" <span style='background:{color('shared')}33'>proposed by several</span> ⑂ = a member branched"
+    legend += (f" <span style='background:{color('shared')}33'>proposed by several</span>"
+               f" <b>{BRANCH_MARK}</b> = a member branched")
     return (f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.6'>{''.join(parts)}</div>"
             f"<div style='font-size:80%;margin-top:4px'>{legend}</div>")
 
@@ -199,7 +310,7 @@ def plot_rounds(trace: Sequence[dict] | None, names: Sequence[str], title: str |
     """Two panels over rounds: each member's confidence at the round's first word start
     against its threshold; the committed span in words, coloured by the winning
     member, hatched where the ensemble was triggered (some member branched)."""
-    from .analysis import n_words
+    from .traces import n_words
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8.0, 4.2), sharex=True, height_ratios=[1, 1])
     trace = trace or []
@@ -220,6 +331,7 @@ def plot_rounds(trace: Sequence[dict] | None, names: Sequence[str], title: str |
                 edgecolor="white" if trig else color(winner_key(rd)), linewidth=0)
     ax2.set_ylabel("words committed")
     ax2.set_xlabel("round")
+    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # rounds are whole numbers
     ax2.set_ylim(0, max(spans + [1]) + 0.5)
     ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     handles = [matplotlib.patches.Patch(color=color(f"member{k}"), label=f"won by {n}") for k, n in enumerate(names)]
@@ -233,27 +345,23 @@ def plot_rounds(trace: Sequence[dict] | None, names: Sequence[str], title: str |
 
 
 def quickstart_view(members, task, examples, theta: float = 0.7, M: int = 3, B: int = 3,
-                    criterion: str = "margin", question: int = 0, max_new_tokens: int = 64,
-                    draw: bool = True) -> dict:
+                    criterion: str = "margin", question: int = 0, max_new_tokens: int = 64) -> dict:
     """Re-decode one question with AdaFuse at (theta, M, B, criterion) and draw it.
 
-    The quickstart's widgets call this. Returns {"output", "figure", "html", "example"}."""
+    The quickstart's widgets call this. Returns {"output", "figure", "html", "example", "score"}:
+    "html" holds the question, the gold answers, the answer and the round view."""
     from .decoding import DecodeConfig, decode
     ex = examples[int(question) % len(examples)]
     cfg = DecodeConfig(theta=float(theta), M=int(M), B=int(B), criterion=criterion,
                        max_new_tokens=int(max_new_tokens), batch_size=1)
     out = decode("adafuse", members, [task.prompt(ex)], cfg, stop=task.stop_fn)[0]
     names = [m.name for m in members]
-    fig = plot_rounds(out.trace, names, title=f"θ={theta:.2f}, M={M}, B={B}, {criterion}: {ex.question[:60]}")
-    page = answer_html(out.trace, names, out.text)
-    if draw:
-        from IPython.display import HTML, display
-        score = task.score(ex, out.text)
-        display(HTML(f"<p><b>Q:</b> {html.escape(ex.question)}<br><b>gold:</b> "
-                     f"{html.escape(' | '.join(ex.references[:3]))}<br><b>answer:</b> "
-                     f"{html.escape(str(score.get('answer')))}</p>" + page))
-        show(fig)
-    return {"output": out, "figure": fig, "html": page, "example": ex}
+    fig = plot_rounds(out.trace, names, title=f"θ={theta:.2f}, M={M}, B={B}, {criterion}: {ex.question[-60:]}")
+    score = task.score(ex, out.text)
+    page = (f"<p><b>Q:</b> {html.escape(ex.question[-300:])}<br><b>gold:</b> "
+            f"{html.escape(' | '.join(ex.references[:3]))}<br><b>answer:</b> "
+            f"{html.escape(str(score.get('answer')))}</p>" + answer_html(out.trace, names, out.text))
+    return {"output": out, "figure": fig, "html": page, "example": ex, "score": score}
 
 
 # ---------------------------------------------------------------- uncertainty
@@ -280,7 +388,7 @@ def plot_confidence_hist(words, value: str = "margin", tasks: Sequence[str] | No
 
 
 def plot_reliability(curves: dict, title: str | None = None, ylabel: str = "observed rate"):
-    """Reliability curves: curves = {label: (bins from analysis.reliability, colour key)}."""
+    """Reliability curves: curves = {label: (bins from stats.reliability, colour key)}."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls=":")
@@ -307,8 +415,13 @@ def plot_auroc(table, value_cols: Sequence[str], group_col: str = "task"):
     x = np.arange(len(table))
     palette = ["member0", "member1", "adafuse", "sweetspan", "unite", "rerank"]
     for i, col in enumerate(value_cols):
-        ax.bar(x + (i - (n - 1) / 2) * width, table[col].astype(float), width,  # NaN (one class only): no bar
-               color=color(palette[i % len(palette)]), label=col)
+        xs, v = x + (i - (n - 1) / 2) * width, table[col].astype(float).to_numpy()
+        c = color(palette[i % len(palette)])
+        ax.bar(xs, np.nan_to_num(v), width, color=c, label=col)
+        ok = np.isfinite(v)
+        ax.plot(xs[ok], v[ok], "_", color="k", ms=max(3.0, 40 * width), mew=1.2)  # the value, visible at 0.00 too
+        for xm in xs[~ok]:  # one class only: no AUROC, marked as missing rather than drawn as 0
+            ax.text(xm, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="#555")
     ax.axhline(0.5, color="k", lw=0.8, ls=":")
     ax.set_xticks(x, [str(v) for v in table[group_col]], rotation=20, ha="right")
     ax.set_ylim(0, 1)
@@ -319,7 +432,7 @@ def plot_auroc(table, value_cols: Sequence[str], group_col: str = "task"):
 
 
 def plot_catch_curves(curves: dict, title: str | None = None):
-    """Trigger criteria at equal budget: curves = {label: (analysis.catch_curve(...), colour key,
+    """Trigger criteria at equal budget: curves = {label: (stats.catch_curve(...), colour key,
     line style)}; x = share of word starts triggered, y = share of the events caught."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.4, 3.8))
@@ -391,31 +504,41 @@ def plot_span_hist(spans: dict, max_span: int | None = None):
 # ---------------------------------------------------------------- accuracy and cost
 
 
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
+
+
 def plot_cost_accuracy(df, x: str = "forwards", y: str = "score", label_col: str = "variant",
                        key_col: str = "color_key", task_col: str = "task"):
     """Accuracy against cost, one panel per task; error bars from the `<y> lo` / `<y> hi`
-    columns; points coloured by `key_col` (a METHOD_COLORS key) and annotated by label."""
+    columns; points coloured by `key_col` (a METHOD_COLORS key), one marker per label, and
+    one legend for all panels (labels next to points overlap when points are close)."""
     plt = _plt()
     tasks = list(dict.fromkeys(df[task_col]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
+    labels = list(dict.fromkeys(df[label_col]))
+    marker = {lab: MARKERS[i % len(MARKERS)] for i, lab in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.0 * len(tasks) + 1.8, 3.6), squeeze=False)
+    handles = {}
     for ax, task in zip(axes[0], tasks):
         sub = df[df[task_col] == task]
         for _, r in sub.iterrows():
             lo, hi = r.get(f"{y} lo", np.nan), r.get(f"{y} hi", np.nan)
             yerr = None if not (np.isfinite(lo) and np.isfinite(hi)) else [[r[y] - lo], [hi - r[y]]]
-            ax.errorbar(r[x], r[y], yerr=yerr, fmt="o", color=color(r[key_col]), capsize=3)
-            ax.annotate(str(r[label_col]), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            h = ax.errorbar(r[x], r[y], yerr=yerr, fmt=marker[r[label_col]], color=color(r[key_col]), capsize=3,
+                            mec="k", mew=0.5, ms=6)
+            handles.setdefault(r[label_col], h)
         ax.set_title(task)
         ax.set_xlabel({"forwards": "forward passes / example", "tokens": "decoded tokens / example",
                        "seconds": "seconds / example"}.get(x, x))
         ax.set_ylabel(f"{y} ({sub['metric'].iloc[0]})" if "metric" in sub and len(sub) else y)
+    axes[0][-1].legend([handles[lab] for lab in labels if lab in handles], [lab for lab in labels if lab in handles],
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     return fig
 
 
 def plot_benchmark(table, tasks: Sequence[str], models: Sequence[str] | None = None):
     """One panel per task: each method's paper metric with its bootstrap interval
-    (table from analysis.benchmark_table)."""
+    (table from tables.benchmark_table)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(tasks), figsize=(2.8 * len(tasks) + 1.5, 0.35 * len(table) + 1.4),
                              squeeze=False, sharey=True)

@@ -5,8 +5,9 @@
 
 Four steps, each resumable (every run is an ordinary run directory under W/runs):
 
-1. plan    W/plan.jsonl: the runs notebook 04 needs on the report half (every single member,
-           every baseline, AdaFuse with defaults) and the tune command's grid on the tune half.
+1. plan    W/plan.jsonl: notebook 04's declared runs (plans.benchmark_runs) on the report half
+           (every single member, every baseline, AdaFuse with defaults) and the tune command's
+           grid on the tune half.
 2. decode  one `figures --decode` worker per visible GPU (one on CPU) works through the plan.
 3. tune    `tune` per task, spread over the same workers: picks the grid point with the best
            paper metric on the tune half and decodes it on the report half (W/tune_<task>.json).
@@ -56,8 +57,10 @@ def notebook_params(opts: dict, tuned: dict | None = None) -> dict:
     """The figures parameter file that makes notebook 04 the quality table (report half)."""
     nb = {k: opts[k] for k in ("models", "tasks", "methods", "source", "data_dir", "dtype",
                                "batch_size", "max_new_tokens", "n_boot") if opts.get(k) is not None}
-    # limit and limits always: None means every example, not 04's own default
-    nb.update(limit=opts.get("limit"), limits=opts.get("limits") or {}, half="report", tuned=tuned or {}, launch=False)
+    # the gpu preset for anything not given; limit always ("all": every example, not the preset's 100)
+    limit = opts.get("limit")
+    nb.update(preset="gpu", limit="all" if limit is None else limit, limits=opts.get("limits") or {}, half="report",
+              tuned=tuned or {}, launch=False)
     return {"common": {}, "notebooks": {NOTEBOOK: nb}}
 
 
@@ -67,30 +70,32 @@ def write_params(work: Path, opts: dict, tuned: dict | None = None) -> Path:
     return path
 
 
+def nb_params(opts: dict):
+    """Notebook 04's parameters for these options (plans.notebook_params, gpu preset)."""
+    import contextlib
+    import io
+
+    from . import plans
+    with contextlib.redirect_stdout(io.StringIO()):  # its one-line preset report
+        return plans.notebook_params(NOTEBOOK, **notebook_params(opts)["notebooks"][NOTEBOOK])
+
+
 def tasks_of(opts: dict) -> list[str]:
-    """The tasks 04 reports (its own default when --tasks is not given)."""
-    from .analysis import NotebookParams
-    from .figures import notebook_dir
-    if opts.get("tasks"):
-        return list(NotebookParams(tasks=opts["tasks"]).tasks)
-    import papermill as pm
-    default = pm.inspect_notebook(str(notebook_dir() / f"{NOTEBOOK}.ipynb"))["tasks"]["default"]
-    return [t.strip() for t in json.loads(default).split(",") if t.strip()]
+    """The tasks 04 reports (its gpu preset's when --tasks is not given)."""
+    return list(nb_params(opts).tasks)
 
 
 def run_kw(opts: dict, task: str) -> dict:
     """RunConfig options of every run for `task`: notebook 04's own (NotebookParams.run_kw) but
     the half, which the tune runs set themselves, so that tune and 04 find the same runs."""
-    from .analysis import NotebookParams
-    kw = NotebookParams(**notebook_params(opts)["notebooks"][NOTEBOOK]).run_kw(task)
+    kw = nb_params(opts).run_kw(task)
     kw.pop("half")
     return kw
 
 
 def check(opts: dict) -> None:
     """Refuse bad input before anything runs: every task, member, method, grid point and option."""
-    from .analysis import run_config
-    from .runs import validate
+    from .runs import run_config, validate
     from .tune import tune_configs
     try:
         kws = {task: run_kw(opts, task) for task in tasks_of(opts)}
@@ -208,7 +213,7 @@ def decode_step(work: Path, slots, log=print) -> None:
 
 def plan_progress(plan: Path, runs_dir: Path) -> str:
     """"K of N runs finished (E of M examples)" for the runs of a plan file."""
-    from .analysis import finished_run, run_dir
+    from .runs import finished_run, run_dir
     from .figures import read_plan
     configs = read_plan(plan)
     done = examples = 0
@@ -222,7 +227,7 @@ def plan_progress(plan: Path, runs_dir: Path) -> str:
 
 def saved(work: Path, cfg) -> bool:
     """Whether the run of `cfg` under W/runs is finished."""
-    from .analysis import finished_run, run_dir
+    from .runs import finished_run, run_dir
     return finished_run(run_dir(work / "runs", cfg)) is not None
 
 

@@ -42,7 +42,7 @@ def parse_grid(items: list[str]) -> dict:
 
 def grid_points(grid: dict) -> list[dict]:
     """The defaults ({}) first, then every combination of the grid, each once."""
-    from .analysis import canonical_decode
+    from .runs import canonical_decode
     points = [{}]
     for combo in itertools.product(*grid.values()):
         point = canonical_decode(dict(zip(grid, combo)))  # a combination equal to the defaults is {}
@@ -61,7 +61,7 @@ def choose(scores: list[float]) -> int:
 
 def tune_config(task: str, models, point: dict, half: str, **run_kw):
     """The AdaFuse run with these settings on this half of the task."""
-    from .analysis import run_config
+    from .runs import run_config
     return run_config(task, models, "adafuse", point, half=half, **run_kw)
 
 
@@ -72,19 +72,19 @@ def tune_configs(task: str, models, grid: dict, **run_kw) -> list:
 
 
 def _score(task: str, run, point: dict, n_boot: int) -> dict:
-    from . import analysis as A
-    key = A.headline_key(task, run.results)
-    return {"decode": point, "metric": key, **A.score_ci(task, run.records, key, n_boot), "run": str(run.path)}
+    from .stats import headline_key, score_ci
+    key = headline_key(task, run.results)
+    return {"decode": point, "metric": key, **score_ci(task, run.records, key, n_boot), "run": str(run.path)}
 
 
 def tune_rows(task: str, models, grid: dict, runs_dir, n_boot: int = 1000, launch: bool = True, log=print,
               **run_kw) -> list[dict] | None:
     """Every grid point's paper metric on the tune half (decoding missing runs when `launch`);
     None when a run is missing and may not be decoded."""
-    from . import analysis as A
+    from .runs import ensure_run
     rows = []
     for point in grid_points(grid):
-        run = A.ensure_run(tune_config(task, models, point, "tune", **run_kw), runs_dir, launch=launch, log=log)
+        run = ensure_run(tune_config(task, models, point, "tune", **run_kw), runs_dir, launch=launch, log=log)
         if run is None:
             return None
         r = _score(task, run, point, n_boot)
@@ -100,19 +100,20 @@ def chosen_point(task: str, models, grid: dict, runs_dir, **run_kw) -> dict | No
 
 def tune(task: str, models, grid: dict, out, n_boot: int = 1000, log=print, **run_kw) -> dict:
     """Decode the grid on the tune half, the winner and the defaults on the report half; write OUT/tune_<task>.json."""
-    from . import analysis as A
+    from .runs import ensure_run
+    from .stats import paired_diff
     out = Path(out)
 
     def scored(point: dict, half: str):
         """The AdaFuse run with these settings on this half (decoded if missing), its paper metric and score."""
-        run = A.ensure_run(tune_config(task, models, point, half, **run_kw), out / "runs", log=log)
+        run = ensure_run(tune_config(task, models, point, half, **run_kw), out / "runs", log=log)
         return run, _score(task, run, point, n_boot)
 
     rows = tune_rows(task, models, grid, out / "runs", n_boot, log=log, **run_kw)
     best = choose([r["score"] for r in rows])
     chosen = rows[best]["decode"]
     (run_d, default), (run_t, tuned) = scored({}, "report"), scored(chosen, "report")
-    diff = A.paired_diff(task, run_t.records, run_d.records, tuned["metric"], n_boot)
+    diff = paired_diff(task, run_t.records, run_d.records, tuned["metric"], n_boot)
     result = {"task": task, "models": list(run_t.config["models"]), "grid": grid, "tune_half": rows,
               "chosen": chosen, "report_half": {"default": default, "tuned": tuned}, "tuned_minus_default": diff,
               "run_options": dict(run_kw)}

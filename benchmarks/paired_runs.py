@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from adafuse_lab.analysis import metric_keys, paired_diff, score_ci
+from adafuse_lab.stats import metric_keys, paired_diff, score_ci
 from adafuse_lab.runs import read_samples
 
 

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from adafuse_lab import metrics as M
-from adafuse_lab.analysis import paired_diff
+from adafuse_lab.stats import paired_diff
 from adafuse_lab.runs import read_samples
 from adafuse_lab.tasks import get_task
 

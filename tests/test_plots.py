@@ -14,7 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from adafuse_lab import analysis as A, plots  # noqa: E402
+from adafuse_lab import plots  # noqa: E402
+from adafuse_lab import stats, tables, traces  # noqa: E402
+from adafuse_lab import runs as R  # noqa: E402
 from adafuse_lab.decoding import METHODS  # noqa: E402
 
 from test_analysis import TRACE, qa_records  # noqa: E402
@@ -71,8 +73,21 @@ def test_answer_html_escapes_and_colours():
     page = plots.answer_html(trace, ["m0", "m1"])
     assert "&lt;b&gt;&amp;" in page and "<b>&" not in page
     assert plots.METHOD_COLORS["member1"] in page and plots.METHOD_COLORS["shared"] in page
-    assert page.count("⑂") >= 2 and "↵<br>" in page
+    assert page.count(plots.BRANCH_MARK) >= 2 and f"{plots.NEWLINE_MARK}<br>" in page
+    assert all(ord(ch) < 256 for ch in plots.BRANCH_MARK + plots.NEWLINE_MARK)  # in every font
     assert plots.answer_html(None, ["a"], "<x>") == "<pre>&lt;x&gt;</pre>"
+
+
+def test_answer_html_keeps_text_past_the_stop_apart():
+    # the last round committed " fox" and more; the task's stop cut the answer after " the big red"
+    trace = [dict(TRACE[0]), {**TRACE[1], "candidates": [{**TRACE[1]["candidates"][0], "text": " fox\n\nQuestion: Which"}]
+                                                        + TRACE[1]["candidates"][1:]}]
+    page = plots.answer_html(trace, ["m0", "m1"], " the big red fox")
+    answer, _, past = page.partition("past the stop")
+    assert "fox" in page and "Question: Which" not in answer.split("line-through")[0]
+    assert "line-through" in page and "Question: Which" in page.split("line-through")[1]
+    whole = plots.answer_html(trace, ["m0", "m1"], " the big red fox\n\nQuestion: Which")
+    assert "line-through" not in whole
     assert plots.winner_key(TRACE[0]) == "member1" and plots.winner_key(TRACE[1]) == "shared"
 
 
@@ -80,19 +95,26 @@ def test_plot_rounds():
     fig = plots.plot_rounds(TRACE, ["m0", "m1"], title="t")
     ax1, ax2 = fig.axes[:2]
     assert len(ax2.patches) >= 2 and [round(p.get_height()) for p in ax2.patches[:2]] == [3, 1]
+    fig.canvas.draw()
+    assert all(float(x).is_integer() for x in ax2.get_xticks())  # rounds are whole numbers
     assert plots.plot_rounds([], ["m0"]) is not None
 
 
 def test_analysis_figures_draw():
-    members = A.frame(A.member_rounds(TRACE * 4, ["m0", "m1"], task="triviaqa"))
+    members = traces.frame(traces.member_rounds(TRACE * 4, ["m0", "m1"], task="triviaqa"))
     assert plots.plot_confidence_hist(members, "margin").axes
     assert plots.plot_confidence_hist(members, "entropy", ["triviaqa"]).axes
-    table = A.uncertainty_table(members)
+    table = stats.uncertainty_table(members)
     fig = plots.plot_auroc(table, ["AUROC lost | margin", "AUROC split | entropy"], group_col="member_name")
     assert fig.axes[0].get_ylim() == (0.0, 1.0)
-    rel = {"m0": (A.reliability(members.margin, ~members.lost, 5), "member0"), "none": ([], "member1")}
+    # a missing AUROC (one class only) says n/a; an AUROC of 0.00 is drawn as a value
+    both = pd.DataFrame({"g": ["a", "b"], "x": [0.0, np.nan]})
+    ax = plots.plot_auroc(both, ["x"], group_col="g").axes[0]
+    assert [t.get_text() for t in ax.texts] == ["n/a"]
+    assert any(len(line.get_xdata()) == 1 and line.get_ydata()[0] == 0.0 for line in ax.lines)
+    rel = {"m0": (stats.reliability(members.margin, ~members.lost, 5), "member0"), "none": ([], "member1")}
     assert plots.plot_reliability(rel, title="x").axes
-    cc = {"m0 · margin": (A.catch_curve(members.margin, members.lost), "member0", "-")}
+    cc = {"m0 · margin": (stats.catch_curve(members.margin, members.lost), "member0", "-")}
     assert plots.plot_catch_curves(cc).axes
 
 
@@ -114,9 +136,11 @@ def test_cost_accuracy_and_benchmark():
                         "score lo": np.nan, "score hi": np.nan, "forwards": 5.0}])
     fig = plots.plot_cost_accuracy(df, label_col="variant", key_col="key")
     assert fig.axes[0].get_ylabel() == "score (lenient)"
-    runs = {("single: a", "triviaqa"): A.Run(None, {}, {}, qa_records([1, 0])),
-            ("adafuse", "triviaqa"): A.Run(None, {}, {}, qa_records([1, 1]))}
-    table = A.benchmark_table(runs, ["triviaqa"], ["single: a", "adafuse", "unite"], n_boot=20)
+    # labels in one legend with a marker each, not as text next to points (they overlapped)
+    assert not fig.axes[0].texts and [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["B=3", "B=1"]
+    runs = {("single: a", "triviaqa"): R.Run(None, {}, {}, qa_records([1, 0])),
+            ("adafuse", "triviaqa"): R.Run(None, {}, {}, qa_records([1, 1]))}
+    table = tables.benchmark_table(runs, ["triviaqa"], ["single: a", "adafuse", "unite"], n_boot=20)
     fig = plots.plot_benchmark(table, ["triviaqa"], ["a"])
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["single: a", "adafuse", "unite"]
 
@@ -141,34 +165,50 @@ def test_quickstart_view_redecodes():
     task = get_task("flores_en-de")
     examples = task.load(source="sample", limit=2)
     res = plots.quickstart_view(members, task, examples, theta=1.0, M=2, B=2, criterion="entropy", question=3,
-                                max_new_tokens=6, draw=False)
+                                max_new_tokens=6)
     assert res["example"].id == examples[1].id  # indices wrap around
     trace = res["output"].trace
     assert trace and all(m["branched"] for rd in trace for m in rd["members"])  # theta 1: always uncertain
-    assert res["figure"].axes and "⑂" in res["html"]
+    assert res["figure"].axes and plots.BRANCH_MARK in res["html"]
+    assert "gold:" in res["html"] and set(res["score"]) >= {"answer"}
 
 
 def test_interact_builds_widgets(monkeypatch):
-    import ipywidgets as W
     monkeypatch.delenv(plots.HEADLESS_ENV, raising=False)
     calls = []
-    view = plots.interact(lambda theta, M, criterion: calls.append((theta, M, criterion)) or len(calls),
-                          theta=plots.control(0.7, min=0.0, max=1.0, step=0.05, description="θ"),
+
+    def fn(theta, M, criterion):
+        calls.append((theta, M, criterion))
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, theta * M])
+        return {"figure": fig, "html": f"<b>{len(calls)}</b>"}
+    view = plots.interact(fn, theta=plots.control(0.7, min=0.0, max=1.0, step=0.05, description="θ"),
                           M=plots.control(3, min=1, max=8),
                           criterion=plots.control("margin", options=["margin", "entropy"]))
-    assert isinstance(view, W.interactive)
-    kinds = {w.description: type(w).__name__ for w in view.kwargs_widgets}
+    assert isinstance(view, plots.Interactive)
+    kinds = {w.description: type(w).__name__ for w in view.controls.values()}
     assert kinds == {"θ": "FloatSlider", "M": "IntSlider", "criterion": "Dropdown"}
-    assert calls == [(0.7, 3, "margin")] and plots.widget_result(view) == 1  # ran once with the defaults
-    view.kwargs_widgets[1].value = 5
-    assert calls[-1] == (0.7, 5, "margin") and view.result == 2
+    assert calls == [(0.7, 3, "margin")] and plots.widget_result(view)["html"] == "<b>1</b>"  # ran once
+    first = bytes(view.image.value)
+    assert first.startswith(b"\x89PNG") and "done in" in view.status.value
+    seen = []  # the controls are disabled while the function runs: the busy state
+    view.fn = lambda **kw: seen.append([w.disabled for w in view.controls.values()]) or fn(**kw)
+    view.controls["M"].value = 5
+    assert calls[-1] == (0.7, 5, "margin") and view.page.value == "<b>2</b>" and seen == [[True, True, True]]
+    assert bytes(view.image.value) != first and not any(w.disabled for w in view.controls.values())
+    # a failure shows under the controls and keeps the last figure; widget_result raises
+    view.fn = lambda **kw: 1 / 0
+    view.controls["theta"].value = 0.5
+    assert "failed: ZeroDivisionError" in view.status.value and view.image.value
+    with pytest.raises(RuntimeError, match="widget"):
+        plots.widget_result(view)
 
 
 def test_interact_headless(monkeypatch):
     monkeypatch.setenv(plots.HEADLESS_ENV, "1")
-    view = plots.interact(lambda theta: theta * 2, theta=plots.control(0.25, min=0.0, max=1.0))
+    view = plots.interact(lambda theta: {"html": f"<i>{theta * 2}</i>"}, theta=plots.control(0.25, min=0.0, max=1.0))
     assert isinstance(view, plots.Headless)
-    assert plots.widget_result(view) == 0.5 and view.kwargs == {"theta": 0.25}
+    assert plots.widget_result(view) == {"html": "<i>0.5</i>"} and view.kwargs == {"theta": 0.25}
 
 
 def test_figures_headless_restores_environment(monkeypatch):

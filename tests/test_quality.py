@@ -22,8 +22,10 @@ def test_limits_and_params():
     nb = Q.notebook_params({"models": "a,b", "source": "local", "batch_size": 64, "max_new_tokens": 256,
                             "n_boot": 10, "limit": None, "limits": {"gsm8k": None}}, {"nq": {"theta": 0.5}})
     p = nb["notebooks"][Q.NOTEBOOK]
-    # limit None is passed on (every example), not dropped in favour of the notebook's own default
-    assert p["limit"] is None and p["limits"] == {"gsm8k": None} and p["half"] == "report"
+    # limit None is passed on as "all" (every example), not dropped in favour of the preset's 100
+    assert p["limit"] == "all" and p["limits"] == {"gsm8k": None} and p["half"] == "report" and p["preset"] == "gpu"
+    assert Q.nb_params({"models": "a,b", "limit": None}).limit is None
+    assert Q.tasks_of({"models": "a,b"}) == ["nq", "squad", "triviaqa", "gsm8k", "flores_en-de", "flores_de-en"]
     assert p["tuned"] == {"nq": {"theta": 0.5}} and p["launch"] is False
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from adafuse_lab import analysis as A
+from adafuse_lab import runs as R
 from adafuse_lab import tune as T
 from adafuse_lab.cli import main
 from adafuse_lab.runs import RunConfig, UsageError, run, select_half
@@ -23,7 +23,7 @@ def test_half_is_left_out_of_old_configs():
     plain = RunConfig(task="triviaqa", models="tiny:bpe")
     assert "half" not in plain.to_dict()
     assert RunConfig(task="triviaqa", models="tiny:bpe", half="tune").to_dict()["half"] == "tune"
-    assert A.run_dir("r", plain) != A.run_dir("r", RunConfig(task="triviaqa", models="tiny:bpe", half="tune"))
+    assert R.run_dir("r", plain) != R.run_dir("r", RunConfig(task="triviaqa", models="tiny:bpe", half="tune"))
 
 
 def test_run_on_halves(tmp_path):
