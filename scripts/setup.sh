@@ -26,6 +26,15 @@ fi
 
 [ "$run_tests" = 1 ] || exit 0
 
+# tests/test_browser.py drives JupyterLab in headless Chromium. Browser downloads from elsewhere do
+# not work here: take Debian's chromium and its driver, once (nothing to do when both are there;
+# without root or apt-get the test skips itself).
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+   && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+    || echo "setup.sh: could not install chromium (tests/test_browser.py will skip)" >&2
+fi
+
 rc=0
 "$PY" -m pytest -q -ra --durations=10 "$@" || rc=$?
 if [ "$rc" = 5 ]; then  # pytest: no tests collected (e.g. a -k or -m filter matched nothing)
