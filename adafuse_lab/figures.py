@@ -218,12 +218,15 @@ def plan_configs(params: str = "full", work_dir="runs/notebooks", only: Sequence
 
 def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | None = None, nb_dir=None,
          kernel: str = "python3", log=print) -> Path:
-    """WORK/plan.jsonl: every run the notebooks read with this parameter file (one RunConfig per
-    line, each once), for decode_plan. Nothing is decoded and no notebook is executed."""
+    """WORK/plan.jsonl: every run the notebooks read with this parameter file that WORK/runs does
+    not hold yet (one RunConfig per line, each once), for decode_plan. Nothing is decoded and no
+    notebook is executed."""
+    from .runs import finished_run, run_dir
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / "plan.jsonl"
-    lines = [json.dumps(cfg.to_dict(), sort_keys=True) for cfg in plan_configs(params, work_dir, only, nb_dir)]
+    lines = [json.dumps(cfg.to_dict(), sort_keys=True) for cfg in plan_configs(params, work_dir, only, nb_dir)
+             if finished_run(run_dir(work_dir / "runs", cfg)) is None]
     write_plan(out, lines)
     log(f"{len(lines)} run(s) to decode, listed in {out}")
     return out
