@@ -1,4 +1,4 @@
-"""adafuse_lab.analysis: trace rows, recomputed thresholds, AUROC, reliability, costs, runs."""
+"""adafuse_lab.traces, stats, tables, plans and the run store: trace rows, recomputed thresholds, AUROC, reliability, costs, runs."""
 from __future__ import annotations
 
 import itertools
