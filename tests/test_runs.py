@@ -50,7 +50,7 @@ def test_run_writes_files_with_fields(reference):
     assert on_disk["metrics"]["n"] == 3 and set(on_disk["metrics"]) >= {"exact_match", "f1", "lenient"}
     assert on_disk["config"] == c.to_dict()
     assert set(on_disk["versions"]) >= {"python", "torch", "transformers", "adafuse_lab"}
-    assert on_disk["device"].startswith("cpu") and on_disk["attention"] == "sdpa"
+    assert on_disk["device"].startswith("cpu") and on_disk["attention"] == "sdpa_gqa"
     assert "attention" not in on_disk["config"]  # run directories keep their names whichever path decoded
     assert set(on_disk["timings"]) >= {"wall_s", "load_s", "per_example_s"}
     assert on_disk["seeds"]["torch"] == 0 and on_disk["data"]["source"] == "sample"
