@@ -15,6 +15,7 @@ for first in $S/*.gguf.part000; do
   cat $S/$f.gguf.part* > $S/cache/models/$m/model.gguf && rm $S/$f.gguf.part*
 done
 for d in $S/cache/models/*/; do
+  [ -d "$d" ] || continue
   m=$(basename "$d")
   [ -d $d/tokenizer ] || cp -r .gpu-extra/cache/models/$m/tokenizer $d/
 done

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Engine v2 measurements on one GPU (issue 20), in the steps of one lease. Staged chunks and
+# .gpu-extra as docs/GPU.md says; run each step with the device tool: bash benchmarks/lease_engine_v2.sh STEP
+#   smoke   the decoding/attention tests on CUDA (tiny members) and a tiny-member bench
+#   main    floor_bench + attn_bench anchors, every method at batch 64 (real members)
+#   scale   batch 256 and batch 1
+#   paper   paper-scale random members at batch 32, theta 0 and 1
+source benchmarks/gpu_setup.sh
+O=${OUT:-/tmp/out}; mkdir -p $O
+D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
+M=qwen2.5-coder-0.5b,smollm2-135m
+ALL=adafuse,single,unite,gac,sweetspan,coolfusion,rerank
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+case $1 in
+smoke)
+  timeout 300 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_decoding.py tests/test_endings.py 2>&1 | tail -25
+  python -m adafuse_lab bench --models tiny:bpe,tiny:spm --method single,adafuse,unite,gac,rerank --task gsm8k \
+      --source local --data-dir data --limit 64 --batch-size 64 --max-new-tokens 64 --out $O/tiny_b64.json 2>&1 | grep -v Warning | tail -12 ;;
+main)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json 2>&1 | tail -4
+  python .gpu-extra/attn_bench.py --out $O/attn_b64.json 2>&1 | tail -12
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 64 --batch-size 64 --cprofile \
+      --out $O/h200_engine_v2_methods_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -80 ;;
+scale)
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 256 --batch-size 256 \
+      --out $O/h200_engine_v2_b256_t256.json 2>&1 | grep -v "Loading weights" | tail -12
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 4 --batch-size 1 \
+      --out $O/h200_engine_v2_methods_b1_t256.json 2>&1 | grep -v "Loading weights" | tail -12 ;;
+paper)
+  P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
+  for th in 0.0 1.0; do
+    python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
+        --out $O/h200_engine_v2_paper_theta${th}_b32_t256.json 2>&1 | grep -v "Loading weights" | tail -8
+  done ;;
+esac
+ls -la $O
