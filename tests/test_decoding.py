@@ -630,20 +630,23 @@ def test_coolfusion_one_word_per_member_per_round(char_words, char_words2):
                 assert c["eos"] or n_words(c["text"]) == 1, c["text"]
 
 
-@pytest.mark.parametrize("compat, B, confident, word, expected", [
+@pytest.mark.parametrize("gating, B, confident, unit, expected", [
     # paper: confident commits, uncertain branches, at any word
     (False, 3, True, 0, "commit"), (False, 3, False, 0, "branch"),
     (False, 3, True, 2, "commit"), (False, 3, False, 2, "branch"),
     (False, 1, False, 1, "branch"),
-    # official code with B > 1: word 2 (index 1) uncertain ends the span; word 3 always branches
+    # official gating with B > 1: word 2 (unit 1) uncertain ends the span; word 3 always branches
     (True, 3, True, 0, "commit"), (True, 3, False, 0, "branch"),
     (True, 3, True, 1, "commit"), (True, 3, False, 1, "stop"),
     (True, 3, True, 2, "branch"), (True, 3, False, 2, "branch"),
-    # official code with B = 1: the plain rule
+    # official gating with B = 1: the plain rule
     (True, 1, False, 1, "branch"), (True, 1, True, 2, "commit"),
 ])
-def test_gate_table(compat, B, confident, word, expected):
-    assert _gate(cfg_(compat=compat, B=B), confident, word, fixed=False) == expected
+def test_gate_table(gating, B, confident, unit, expected):
+    assert _gate(cfg_(official_gating=gating, B=B), confident, unit, fixed=False) == expected
+    # compat turns the official gating on, with greedy_word2: an uncertain word 2 is still proposed
+    compat = cfg_(compat=gating, B=B)
+    assert _gate(compat, confident, unit, fixed=False) == ("last" if expected == "stop" else expected)
 
 
 @pytest.mark.parametrize("B, confident, word, expected", [

@@ -9,6 +9,17 @@ THRESHOLDS = ("fixed", "dynamic")
 BRANCH_SELECT = ("topk", "distinct", "semantic")
 COMBINE = ("mean", "ppl")
 ATTENTION = ("auto", "sdpa_gqa", "reference")
+# The official code's behaviours (method.md, its defects), each a field whose None means
+# "as compat says": (the official code's value, ours). README "Known differences" lists them.
+OFFICIAL = {
+    "official_gating": (True, False),
+    "greedy_word2": (True, False),
+    "span_length": (4, 1),
+    "max_span_rounds": (5, 0),
+    "bare_cross_scoring": (True, False),
+    "lookahead_scoring": (True, False),
+    "official_text": (True, False),
+}
 
 
 class ConfigError(ValueError):
@@ -38,7 +49,15 @@ class DecodeConfig:
     outlier_ratio: float = 10.0
     score_eos: bool = True         # an answer-ending candidate is scored with each member's EOS token;
                                    # False: by its text alone, EOS only for an empty one (the spec leaves this open)
-    compat: bool = False           # official-code gating (B>1: uncertain word 2 ends the span, word 3 branches)
+    # the official code's behaviours: None = as compat says; a value given wins over compat
+    compat: bool = False           # every field below that is None takes the official code's value
+    official_gating: bool | None = None     # B>1: an uncertain word 2 ends the span, word 3 always branches
+    greedy_word2: bool | None = None        # official gating: an uncertain word 2 is still proposed, greedily
+    span_length: int | None = None          # words in a member's first span, its confidence read once (1; official 4)
+    max_span_rounds: int | None = None      # span methods stop after this many rounds (0 = no cap; official 5)
+    bare_cross_scoring: bool | None = None  # non-proposers score a candidate tokenized alone, leading space stripped
+    lookahead_scoring: bool | None = None   # B>1: the proposer also scores its look-ahead tokens (7, or 12)
+    official_text: bool | None = None       # end token glued to the last word, stop at "<"/"note:"/"question:", newlines dropped
     # baselines
     member: int = 0                # single: which member decodes
     unite_k: int = 10              # UniTE: top-k strings per member
@@ -71,6 +90,22 @@ class DecodeConfig:
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
+        need(isinstance(self.compat, bool), f"compat must be true or false, got {self.compat!r}")
+        for name, (official, _) in OFFICIAL.items():
+            v = getattr(self, name)
+            if isinstance(official, bool):
+                need(v is None or isinstance(v, bool), f"{name} must be true, false or null, got {v!r}")
+            else:
+                need(v is None or (isinstance(v, int) and not isinstance(v, bool)),
+                     f"{name} must be a whole number or null, got {v!r}")
+        need(self.span_length is None or self.span_length >= 1, f"span_length must be >= 1, got {self.span_length}")
+        need(self.max_span_rounds is None or self.max_span_rounds >= 0,
+             f"max_span_rounds must be >= 0 (0: no cap), got {self.max_span_rounds}")
+
+    def effective(self, name: str):
+        """The value in force for one of the OFFICIAL fields: its own, or compat's choice when None."""
+        v = getattr(self, name)
+        return OFFICIAL[name][0 if self.compat else 1] if v is None else v
 
     @classmethod
     def from_dict(cls, values: dict) -> "DecodeConfig":

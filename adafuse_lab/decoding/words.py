@@ -30,3 +30,10 @@ def split_words(text: str) -> list[str]:
         else:
             words.append(ch)
     return words
+
+
+def official_words(text: str) -> str:
+    """The official code's text of a span: its whitespace-separated words joined by one space,
+    after one space (newlines and runs of spaces dropped); whitespace alone stays as it is."""
+    words = text.split()
+    return " " + " ".join(words) if words else text

@@ -8,19 +8,27 @@ of all prompts in one forward, so a prompt never waits for another's round to en
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..criteria import Threshold
 from ..pieces import next_piece
 from ..select import combine_scores, pick, select_branches
-from ..words import split_words, starts_new_word
-from .batch import Batch
-from .proposal import Proposal, _gate, _Row
+from ..words import official_words, split_words, starts_new_word
+from .batch import Batch, official_stop
+from .proposal import Proposal, _gate, _Row, _unit
 
 
 def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None):
     """AdaFuse (span_words None) or a fixed span of `span_words` words per round."""
     K, P = len(runtimes), len(batch.idx)
-    fixed, max_words = span_words is not None, span_words or cfg.M
+    fixed = span_words is not None
+    first = 1 if fixed else cfg.effective("span_length")
+    span = _Span(span_words or cfg.M + first - 1, fixed, first,
+                 cfg.B > 1 and not fixed and cfg.effective("lookahead_scoring"))
+    bare, text_rule = cfg.effective("bare_cross_scoring"), cfg.effective("official_text")
+    max_rounds = cfg.effective("max_span_rounds")
+    if text_rule:
+        batch.stop = official_stop(batch.stop)
     pool = cfg.B if cfg.branch_select == "topk" else cfg.B * cfg.branch_pool
     thresholds = [Threshold(cfg) for _ in runtimes]
     props = [[Proposal([], []) for _ in range(P)] for _ in runtimes]
@@ -47,9 +55,9 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 for s, h, ids, lps in zip(deciding, host, top_ids, top_lp):
                     if s.kind == "main":
                         _lookahead(rt, s, cfg, ids, lps, h, thresholds[k], props[k][s.p], words_so_far[s.p],
-                                   budget(rt, s.p), max_words, fixed)
+                                   budget(rt, s.p), span)
                     else:
-                        _branch_step(rt, s, cfg, ids[0], lps[0], budget(rt, s.p))
+                        _branch_step(rt, s, cfg, ids[0], lps[0], budget(rt, s.p), span.tail)
         # 2. proposals that are complete: a stopped look-ahead whose branches are all done
         for k, rt in enumerate(runtimes):
             groups = rt.groups()
@@ -59,17 +67,16 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                     continue
                 branches = [s for s in groups.get(p, ()) if s.kind == "branch"]
                 if all(b.st.done for b in branches):
-                    _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg)
+                    _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg, text_rule)
                     for b in branches:
                         b.dead = True
         # 3. prompts whose proposals are all in: the union, scored by every member
         for p in live:
             if cands[p] is None and all(pr[p].texts for pr in props):
                 cands[p], owners[p] = _union([(pr[p].texts, pr[p].eos) for pr in props], cfg.score_eos)
-                for rt in runtimes:
+                for k, rt in enumerate(runtimes):
                     for c, (text, eos) in enumerate(cands[p]):
-                        # score_eos off: an ending is scored by its text, and by EOS only where it has no text
-                        rt.score_stream(p, c, text, eos and (cfg.score_eos or not text))
+                        _score_stream(rt, k in owners[p][c], props[k][p], p, c, text, eos, cfg, bare, text_rule)
         # 4. one forward per member over all its streams
         for k, rt in enumerate(runtimes):
             rt.restructure()
@@ -85,6 +92,8 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             combined = combine_scores(scores, cfg)
             w = pick(combined)
             text, is_eos = cands[p][w]
+            if is_eos and text_rule:  # the answer takes the text without the end token glued on
+                text = _own(props[owners[p][w][0]][p], text, is_eos)[0]
             if cfg.trace:
                 batch.traces[p].append(_trace(props, p, cands[p], owners[p], scores, combined, w, fwd_round, cfg))
             for k, rt in enumerate(runtimes):
@@ -92,7 +101,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 rt.commit(p, w, _Row)
                 props[k][p], fwd_round[k][p] = Proposal([], []), 0
             cands[p] = owners[p] = None
-            if batch.append(p, text, is_eos, runtimes[0].m.answer_tokens(p)):
+            if batch.append(p, text, is_eos, runtimes[0].m.answer_tokens(p), max_rounds):
                 finished.append(p)
             words_so_far[p] = len(split_words(batch.answers[p]))
         for rt in runtimes:
@@ -140,31 +149,54 @@ def _union(proposals, score_eos: bool = True) -> tuple[list, list]:
     return [(t, t in ends) for t in seen], list(seen.values())
 
 
-def _lookahead(rt, s, cfg, top_ids, top_lp, host, threshold, prop, words_before, budget, max_words, fixed) -> None:
+@dataclass(frozen=True)
+class _Span:
+    max_words: int  # most words in a member's proposal
+    fixed: bool     # a fixed span of max_words words (SweetSpan, Cool-Fusion)
+    first: int      # words in the first unit (span_length): the confidence is read at its start only
+    tail: bool      # lookahead_scoring: decode the look-ahead tokens after the candidate's text
+
+
+def _lookahead(rt, s, cfg, top_ids, top_lp, host, threshold, prop, words_before, budget, span: _Span) -> None:
     """One look-ahead decision of a main stream: commit the word, branch, or stop."""
     m, st, p = rt.m, s.st, s.p
     t = top_ids[0]
+    if st.tail:
+        _tail_step(m, st, s, t)
+        return
     is_eos = t in m.eos
     piece, head, word = ("", st.text, st.word) if is_eos else next_piece(m, p, st.text, st.word, st.toks, t)
     new_word = not st.toks or is_eos or st.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece)
     if new_word:
         if st.toks:
             st.words += 1
-        if st.words >= max_words or len(st.toks) >= budget:
+        if len(st.toks) >= budget:
             st.done = True
             return
-        c, margin, ent = host
-        theta = threshold(p, words_before + st.words)
-        threshold.observe(p, c)
-        prop.conf.append(c), prop.margin.append(margin), prop.entropy.append(ent), prop.theta.append(theta)
-        action = _gate(cfg, c >= theta, st.words, fixed)
-        if action != "commit":
-            st.done = True
+        if st.words >= min(span.max_words, st.cap):
+            _text_done(m, st, s, t, span.tail)
+            return
+        unit = _unit(st.words, span.first)
+        if unit is not None:  # inside the first span, words are committed unread
+            c, margin, ent = host
+            theta = threshold(p, words_before + st.words)
+            threshold.observe(p, c)
+            prop.conf.append(c), prop.margin.append(margin), prop.entropy.append(ent), prop.theta.append(theta)
+            action = _gate(cfg, c >= theta, unit, span.fixed)
+            if action == "stop":
+                _text_done(m, st, s, t, span.tail)
+                return
             if action == "branch":
-                _branch_out(rt, s, top_ids, top_lp, max_words if fixed else st.words + 1)
-            return
+                st.done = True
+                _branch_out(rt, s, top_ids, top_lp, span.max_words if span.fixed else
+                            st.words + (span.first if unit == 0 else 1))
+                return
+            st.unit = len(st.toks)
+            if action == "last":
+                st.cap = st.words + 1
         if is_eos:
             st.done = st.eos = True
+            st.eos_id = t
             return
         st.word, st.word_tokens = piece, 1
     else:
@@ -178,6 +210,43 @@ def _lookahead(rt, s, cfg, top_ids, top_lp, host, threshold, prop, words_before,
     s.feed = [t]
 
 
+def _text_done(m, st: _Row, s, t: int, tail: bool) -> None:
+    """A stream's candidate text is complete; with lookahead_scoring its tokens go on from t."""
+    if not tail:
+        st.done = True
+        return
+    st.tail = True
+    _tail_step(m, st, s, t)
+
+
+# The official look-ahead decodes 1 + 6 tokens from a unit's first token, 5 more when they hold
+# fewer than 2 words (and no end marker), and its proposer scores all of them.
+_TAIL, _TAIL_LONG = 7, 12
+
+
+def _tail_step(m, st: _Row, s, t: int) -> None:
+    """lookahead_scoring: token t follows the complete text; keep it (scored, never committed)
+    until the unit holds the official look-ahead's tokens, or ends with EOS."""
+    if _tail_full(m, st.toks[st.unit:] + st.extra):
+        st.done = True
+        return
+    st.extra.append(t)
+    if t in m.eos or _tail_full(m, st.toks[st.unit:] + st.extra):
+        st.done = True
+        return
+    s.feed = [t]
+
+
+def _tail_full(m, unit: list) -> bool:
+    if len(unit) >= _TAIL_LONG:
+        return True
+    if len(unit) < _TAIL:
+        return False
+    text = m.s.decode(unit[:_TAIL])
+    low = text.lower()
+    return len(text.split()) >= 2 or "</s>" in text or "question:" in low or "note:" in low
+
+
 def _branch_out(rt, s, top_ids, top_lp, target: int) -> None:
     """A branch stream per top first token, reading the look-ahead it branches from."""
     m, st, p = rt.m, s.st, s.p
@@ -186,6 +255,7 @@ def _branch_out(rt, s, top_ids, top_lp, target: int) -> None:
         b = _Row(toks=[bt], words=st.words, lp=blp, target=target, base=list(st.toks), base_text=st.text, rank=rank)
         if bt in m.eos:  # nothing to decode: no stream needed
             b.done = b.eos = True
+            b.eos_id = bt
             b.toks = []
             st.ready.append(b)
             continue
@@ -194,19 +264,23 @@ def _branch_out(rt, s, top_ids, top_lp, target: int) -> None:
         rt.new_stream(p, "branch", st=b, feed=[bt], n=s.n, parent=s.uid)
 
 
-def _branch_step(rt, s, cfg, t: int, lp: float, budget: int) -> None:
+def _branch_step(rt, s, cfg, t: int, lp: float, budget: int, tail: bool = False) -> None:
     """One greedy step of a branch stream, which ends where its word ends."""
     m, b, p = rt.m, s.st, s.p
+    if b.tail:
+        _tail_step(m, b, s, t)
+        return
     if t in m.eos:
         b.words += 1
         b.done = b.eos = True
+        b.eos_id = t
         return
     piece, head, word = next_piece(m, p, b.base_text + b.text, b.word, b.base + b.toks, t)
     head = head[len(b.base_text):]
     if b.word_tokens >= cfg.word_token_cap or starts_new_word(word, piece):
         b.words += 1
         if b.words >= b.target:
-            b.done = True
+            _text_done(m, b, s, t, tail)
             return
         b.word, b.word_tokens = piece, 1
     else:
@@ -221,14 +295,38 @@ def _branch_step(rt, s, cfg, t: int, lp: float, budget: int) -> None:
     s.feed = [t]
 
 
-def _finish_proposal(rt, prop: Proposal, st: _Row, branches: list, cfg) -> None:
+def _finish_proposal(rt, prop: Proposal, st: _Row, branches: list, cfg, text_rule: bool = False) -> None:
     prop.words = st.words
-    prop.tokens = len(st.toks) + sum(len(b.toks) for b in branches)
+    prop.tokens = len(st.toks) + len(st.extra) + sum(len(b.toks) + len(b.extra) for b in branches)
     if st.branch is not None:
         prop.branched = True
-        for b in select_branches(rt.m, cfg, sorted(branches, key=lambda b: b.rank)):
-            prop.texts.append(st.text + b.text)
-            prop.eos.append(b.eos)
+        ends = [(st.text + b.text, b) for b in select_branches(rt.m, cfg, sorted(branches, key=lambda b: b.rank))]
     else:
-        prop.texts.append(st.text)
-        prop.eos.append(st.eos)
+        ends = [(st.text, st)]
+    for text, row in ends:
+        own = official_words(text) if text_rule else text
+        prop.texts.append(own + rt.m.s.decode([row.eos_id]) if text_rule and row.eos else own)
+        prop.eos.append(row.eos)
+        prop.own.append((own, row.extra))
+
+
+def _own(prop: Proposal, text: str, eos: bool) -> tuple[str, list]:
+    """What the member that proposed candidate (text, eos) scores: its own text and look-ahead tokens."""
+    for t, e, own in zip(prop.texts, prop.eos, prop.own):
+        if t == text and e == eos:
+            return own
+    return next(own for t, own in zip(prop.texts, prop.own) if t == text)  # merged into an ending
+
+
+def _score_stream(rt, mine: bool, prop: Proposal, p: int, c: int, text: str, eos: bool, cfg, bare: bool,
+                  text_rule: bool) -> None:
+    """Candidate c's score stream in member rt: the proposer scores its own text (and, with
+    lookahead_scoring, its look-ahead tokens); the others score the candidate's text, tokenized
+    alone with bare_cross_scoring, and with official_text an end token glued on as text."""
+    extra = ()
+    if mine:
+        text, extra = _own(prop, text, eos)
+    elif text_rule and eos:
+        eos = False
+    # score_eos off: an ending is scored by its text, and by EOS only where it has no text
+    rt.score_stream(p, c, text, eos and (cfg.score_eos or not text), extra=extra, bare=bare and not mine)

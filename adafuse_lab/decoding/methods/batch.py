@@ -1,6 +1,7 @@
 """What every method shares: a batch's answers, stop rule, stats and traces."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -28,6 +29,19 @@ def make_stop(stop: StopFn | Sequence[str] | None) -> StopFn:
     return cut
 
 
+# The official code ends an answer before any "<" (its end tokens' text), "note:" or "question:".
+_OFFICIAL_CUT = re.compile(r"\bquestion\s*:|\bnote\s*:|<", re.IGNORECASE)
+
+
+def official_stop(stop: StopFn) -> StopFn:
+    """`stop`, and the official code's cut, whichever comes first (official_text)."""
+    def cut(text: str):
+        found = _OFFICIAL_CUT.search(text)
+        hits = [i for i in (stop(text), found.start() if found else None) if i is not None]
+        return min(hits) if hits else None
+    return cut
+
+
 class Batch:
     """The prompts of one batch (fixed rows; a finished row stays, marked done)."""
 
@@ -44,9 +58,10 @@ class Batch:
     def live(self) -> list[int]:
         return [p for p, d in enumerate(self.done) if not d]
 
-    def append(self, p: int, text: str, eos: bool, tokens: int) -> bool:
+    def append(self, p: int, text: str, eos: bool, tokens: int, max_rounds: int = 0) -> bool:
         """Add committed text to a prompt's answer (`tokens`: the answer's length in the first
-        member's tokens, for the budget); True when the prompt is finished."""
+        member's tokens, for the budget; `max_rounds`: a cap on rounds, 0 for none); True when
+        the prompt is finished."""
         self.answers[p] += text
         st = self.stats[p]
         st["rounds"] += 1
@@ -58,6 +73,8 @@ class Batch:
             st["stopped_by"], st["eos"] = "eos", True
         elif tokens >= self.cfg.max_new_tokens:
             st["stopped_by"] = "budget"
+        elif max_rounds and st["rounds"] >= max_rounds:
+            st["stopped_by"] = "rounds"
         self.done[p] = st["stopped_by"] is not None
         return self.done[p]
 

@@ -17,6 +17,7 @@ class Proposal:
     branched: bool = False
     tokens: int = 0             # tokens this member decoded for the prompt (look-ahead + branches)
     forwards: int = 0           # forward passes that carried this prompt
+    own: list = field(default_factory=list)  # per candidate, what this member scores: (text, look-ahead tokens)
 
 
 @dataclass
@@ -35,15 +36,28 @@ class _Row:
     base_text: str = ""           # branches: their text
     rank: int = 0                 # branches: rank of the first token
     ready: list = field(default_factory=list)  # branch points: branches complete without decoding (EOS)
+    eos_id: int = -1              # the EOS id that ended it
+    unit: int = 0                 # index in toks where the current unit (word, or first span) starts
+    cap: int = 1 << 30            # look-ahead: stop once this many words are complete (greedy_word2)
+    tail: bool = False            # lookahead_scoring: the text is complete, the tokens after it go to extra
+    extra: list = field(default_factory=list)  # lookahead_scoring: tokens decoded after the text, scored too
 
 
-def _gate(cfg, confident: bool, word_index: int, fixed: bool) -> str:
-    """What to do at a word start: 'commit', 'branch' or 'stop'."""
+def _gate(cfg, confident: bool, unit: int, fixed: bool) -> str:
+    """What to do at the start of a unit (a word; the first unit holds span_length words):
+    'commit', 'branch', 'stop', or 'last' (commit this word, then stop)."""
     if fixed:  # fixed spans: only the first word may branch; afterwards words are committed regardless
-        return "branch" if (word_index == 0 and not confident and cfg.B > 1) else "commit"
-    if cfg.compat and cfg.B > 1:  # the official code's gating
-        if word_index == 1:
-            return "commit" if confident else "stop"
-        if word_index >= 2:
+        return "branch" if (unit == 0 and not confident and cfg.B > 1) else "commit"
+    if cfg.B > 1 and cfg.effective("official_gating"):  # the official code's gating
+        if unit == 1:
+            return "commit" if confident else ("last" if cfg.effective("greedy_word2") else "stop")
+        if unit >= 2:
             return "branch"
     return "commit" if confident else "branch"
+
+
+def _unit(words: int, first: int) -> int | None:
+    """Index of the unit that starts at word `words` (None inside the first span of `first` words)."""
+    if words == 0:
+        return 0
+    return None if words < first else words - first + 1

@@ -109,14 +109,17 @@ class KVCache:
         self.cache.batch_select_indices(rows)
         self.committed, self.pos, self.owner = (x.index_select(0, rows) for x in (self.committed, self.pos, self.owner))
 
-    def commit_stream(self, row: int, owner: int, hide_from: int | None = None) -> None:
+    def commit_stream(self, row: int, owner: int, hide_from: int | None = None, end: int | None = None) -> None:
         """The columns `owner` wrote in `row` become committed text; committed columns at
-        positions >= hide_from stop being (they were re-tokenized)."""
+        positions >= hide_from stop being (they were re-tokenized); so do its columns at
+        positions >= end (scored, never committed)."""
         if hide_from is not None:
             self.committed[row] &= self.pos[row] < hide_from
         mine = self.owner[row] == owner
+        if end is not None:
+            mine &= self.pos[row] < end
         self.committed[row] |= mine
-        self.owner[row].masked_fill_(mine, NOBODY)
+        self.owner[row].masked_fill_(self.owner[row] == owner, NOBODY)
 
 
 def _pad_cols(x: torch.Tensor, n: int, value=0) -> torch.Tensor:

@@ -72,15 +72,20 @@ class Member:
     def answer_tokens(self, row: int) -> int:
         return len(self.ids[row]) - self.prompt_len[row]
 
-    def retokenize(self, row: int, text: str, eos: bool) -> tuple[list[int], int, int]:
+    def retokenize(self, row: int, text: str, eos: bool, bare: bool = False) -> tuple[list[int], int, int]:
         """Committed ids of `row` with `text` appended, tokenized as the joined text would be.
 
         Only a window of the last few committed tokens is re-tokenized together with
         `text`, so the boundary is what it would be in the committed text (leading
         space included; "\n" + "\n" may merge). Returns (new_ids, keep, first_scored):
         new_ids[:keep] equal the committed ids, new_ids[first_scored:] carry `text` (and EOS).
+        `bare` (the official code's cross-scoring): `text` without its leading whitespace,
+        tokenized on its own, after the committed ids as they are.
         """
         ids = self.ids[row]
+        if bare:
+            tail = self._encode_offsets(text.lstrip())[0]
+            return ids + tail + ([min(self.eos)] if eos else []), len(ids), len(ids)
         ws, window_text = self._window(row, ids)
         tail, offsets = self._encode_offsets(window_text + text)
         first = next((k for k, (_, end) in enumerate(offsets) if end > len(window_text)), len(tail))

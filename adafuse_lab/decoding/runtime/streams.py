@@ -43,6 +43,7 @@ class Stream:
     plan: tuple | None = None   # score: (new_ids, start, first_scored)
     cand: int = -1              # score: candidate index within the prompt's union
     limit: int = NO_LIMIT       # committed columns at positions >= limit are hidden (score streams)
+    tail: int = 0               # score: trailing ids scored but never committed (lookahead_scoring)
     dead: bool = False
     slot: int = 0               # index in Runtime.rows and Runtime.last
     off: int = 0                # where its feed sits in its prompt's row in this step
@@ -79,12 +80,15 @@ class Runtime:
         self.spawn.append(s)
         return s
 
-    def score_stream(self, p: int, cand: int, text: str, eos: bool) -> Stream:
-        """A stream that feeds `text` (and an EOS id) after prompt p's committed text."""
-        new, keep, first = self.m.retokenize(p, text, eos)
+    def score_stream(self, p: int, cand: int, text: str, eos: bool, extra=(), bare: bool = False) -> Stream:
+        """A stream that feeds `text` (and an EOS id) after prompt p's committed text, then the
+        `extra` ids, which are scored too but never committed; `bare`: `text` tokenized alone."""
+        new, keep, first = self.m.retokenize(p, text, eos, bare)
+        new = new + list(extra)
         n = len(self.m.ids[p])
         start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
-        return self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start, limit=start)
+        return self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start,
+                               limit=start, tail=len(extra))
 
     @torch.inference_mode()
     def restructure(self) -> None:
@@ -249,10 +253,15 @@ class Runtime:
                 s.dead = True
                 continue
             new, start, _ = s.plan
-            m.kv.commit_stream(self.crow[p], s.uid, hide_from=start)
-            m.ids[p] = new
+            end = len(new) - s.tail
+            m.kv.commit_stream(self.crow[p], s.uid, hide_from=start, end=end if s.tail else None)
+            if s.tail:  # the logits after the committed text, not after the extra ids
+                s.n = end
+                self.last[s.slot] = (self.logits[self.crow[p], s.off + end - 1 - start].float() if end > start
+                                     else m.last_logits[p])
+            m.ids[p] = new[:end]
             m.last_logits[p] = self.last[s.slot]
-            s.kind, s.st, s.plan, s.cand, s.limit = "main", make_state(), None, -1, NO_LIMIT
+            s.kind, s.st, s.plan, s.cand, s.limit, s.tail = "main", make_state(), None, -1, NO_LIMIT, 0
             self.main[p] = s
 
 
