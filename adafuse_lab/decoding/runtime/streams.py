@@ -44,6 +44,7 @@ class Stream:
     cand: int = -1              # score: candidate index within the prompt's union
     limit: int = NO_LIMIT       # committed columns at positions >= limit are hidden (score streams)
     tail: int = 0               # score: trailing ids scored but never committed (lookahead_scoring)
+    role: str = "both"          # score: scored and committed if it wins | "score" only | "commit" only
     dead: bool = False
     slot: int = 0               # index in Runtime.rows and Runtime.last
     off: int = 0                # where its feed sits in its prompt's row in this step
@@ -83,12 +84,15 @@ class Runtime:
     def score_stream(self, p: int, cand: int, text: str, eos: bool, extra=(), bare: bool = False) -> Stream:
         """A stream that feeds `text` (and an EOS id) after prompt p's committed text, then the
         `extra` ids, which are scored too but never committed; `bare`: `text` tokenized alone."""
+        role = "both"
+        if bare and not eos:  # scored tokenized alone, committed as the text reads
+            self.score_stream(p, cand, text, eos, extra).role, role = "commit", "score"
         new, keep, first = self.m.retokenize(p, text, eos, bare)
         new = new + list(extra)
         n = len(self.m.ids[p])
         start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
         return self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start,
-                               limit=start, tail=len(extra))
+                               limit=start, tail=len(extra), role=role)
 
     @torch.inference_mode()
     def restructure(self) -> None:
@@ -196,7 +200,7 @@ class Runtime:
         src_r, src_c, tok, seg, use_last, prompt = [], [], [], [], [], []
         slots: dict[tuple[int, int], int] = {}
         for s in self.rows:
-            if s.kind != "score" or s.dead or s.p not in n_cands:
+            if s.kind != "score" or s.dead or s.p not in n_cands or s.role == "commit":
                 continue
             slot = slots.setdefault((s.p, s.cand), len(slots))
             new, start, first = s.plan
@@ -249,7 +253,7 @@ class Runtime:
         p's other streams die."""
         m = self.m
         for s in self.groups().get(p, ()):
-            if s.kind != "score" or s.cand != cand:
+            if s.kind != "score" or s.cand != cand or s.role == "score":
                 s.dead = True
                 continue
             new, start, _ = s.plan
@@ -261,7 +265,7 @@ class Runtime:
                                      else m.last_logits[p])
             m.ids[p] = new[:end]
             m.last_logits[p] = self.last[s.slot]
-            s.kind, s.st, s.plan, s.cand, s.limit, s.tail = "main", make_state(), None, -1, NO_LIMIT, 0
+            s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
             self.main[p] = s
 
 
