@@ -222,7 +222,7 @@ def test_greedy_word2(tiny):
     members = [tiny["bpe"], tiny["spm"]]
     found = 0
     for theta in (0.3, 0.5, 0.7, 0.9):
-        cfg = DecodeConfig(theta=theta, B=3, max_new_tokens=64, official_gating=True)
+        cfg = DecodeConfig(theta=theta, B=3, max_new_tokens=64, official_gating=True, max_span_rounds=1)
         off = decode("adafuse", members, PROMPTS, cfg)
         on = decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, greedy_word2=True))
         for a, b in zip(off, on):
@@ -248,7 +248,7 @@ def test_greedy_word2(tiny):
 def test_span_length(unsure2, theta, B):
     """The first unit holds span_length words, the confidence read at its start only: unsure, a
     member proposes span_length words (each branch too); sure, M - 1 more words after them."""
-    base = DecodeConfig(theta=theta, B=B, M=3, max_new_tokens=128)
+    base = DecodeConfig(theta=theta, B=B, M=3, max_new_tokens=128, max_span_rounds=1)  # round 1 only
     for L in (1, 3):
         outs = decode("adafuse", unsure2, PROMPTS[:2], dataclasses.replace(base, span_length=L))
         for o in outs:
