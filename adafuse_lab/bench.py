@@ -231,18 +231,23 @@ def benchmark(args) -> dict:
               "max_new_tokens": args.max_new_tokens, "decode_config": cfg.to_dict(),
               "members": {s.name: s.info for s in sessions}, "generate": {}, "method": {}}
     from .decoding.attention import get_backend
-    result["attention"] = get_backend(cfg.attention, device).name
+    from .decoding.attention.backends import CHOSEN
+    result["attention"] = {s.name: get_backend(cfg.attention, device, s.model, args.batch_size).name for s in sessions}
+    if CHOSEN:  # what "auto" measured per member shape (heads, kv heads, head dim, rows, width): us per layer
+        result["attention_measured"] = {str(k): v for k, v in CHOSEN.items()}
+        print(f"attention: {result['attention']} {result['attention_measured']}", flush=True)
     bandwidth = copy_bandwidth(device)
     if bandwidth:
         result["floor"] = {s.name: decode_floor(s, prompts, args.batch_size, args.max_new_tokens, bandwidth)
                            for s in sessions}
         print(f"floor: {result['floor']}", flush=True)
-    # generate as it runs by default, and (CUDA) with the attention kernels the engine uses
+    # generate as it runs by default, and (CUDA) without cuDNN attention, which plans a new
+    # execution graph for every key length that generate's growing cache has (often faster)
     variants = {"generate": contextlib.nullcontext}
     if device.type == "cuda":
-        from torch.nn.attention import sdpa_kernel
-        kernels_of_engine = get_backend(cfg.attention, device).kernels
-        variants["generate_no_cudnn"] = lambda: sdpa_kernel(kernels_of_engine)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        variants["generate_no_cudnn"] = lambda: sdpa_kernel(no_cudnn)
     for key, kernels in variants.items() if not args.profile_only else []:
         result[key] = {}
         for s in sessions:

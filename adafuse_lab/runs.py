@@ -682,7 +682,9 @@ def versions() -> dict:
 
 def attention_mode(dcfg) -> str:
     """The attention backend the engine's forwards ran on (decoding/attention)."""
-    from .decoding.attention import get_backend
+    from .decoding.attention.backends import CHOSEN, get_backend
+    if dcfg.attention == "auto" and CHOSEN:  # CUDA: chosen per member shape by measurement
+        return "auto: " + ", ".join(sorted({c["backend"] for c in CHOSEN.values()}))
     return get_backend(dcfg.attention, None).name
 
 

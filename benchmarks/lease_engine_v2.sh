@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Engine v2 measurements on one GPU (issue 20), in the steps of one lease. Staged chunks and
 # .gpu-extra as docs/GPU.md says; run each step with the device tool: bash benchmarks/lease_engine_v2.sh STEP
+#   probe   adafuse and single at batch 64 with both profilers (real members)
 #   smoke   the decoding/attention tests on CUDA (tiny members) and a tiny-member bench
 #   main    floor_bench + attn_bench anchors, every method at batch 64 (real members)
 #   scale   batch 256 and batch 1
@@ -12,11 +13,16 @@ M=qwen2.5-coder-0.5b,smollm2-135m
 ALL=adafuse,single,unite,gac,sweetspan,coolfusion,rerank
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $1 in
+probe)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --cprofile --profile \
+      --out $O/h200_engine_v2_probe_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -150 ;;
 smoke)
   timeout 300 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_decoding.py tests/test_endings.py 2>&1 | tail -25
   python -m adafuse_lab bench --models tiny:bpe,tiny:spm --method single,adafuse,unite,gac,rerank --task gsm8k \
       --source local --data-dir data --limit 64 --batch-size 64 --max-new-tokens 64 --out $O/tiny_b64.json 2>&1 | grep -v Warning | tail -12 ;;
 main)
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tail -3
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
   python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json 2>&1 | tail -4
   python .gpu-extra/attn_bench.py --out $O/attn_b64.json 2>&1 | tail -12

@@ -50,7 +50,8 @@ def test_tree_mask_reads_what_the_tree_says():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("T", [1, 3, 8])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fast_backend_equals_reference_on_random_trees(device, T, seed):
+@pytest.mark.parametrize("name", ["sdpa_gqa", "sdpa_fold"])
+def test_fast_backend_equals_reference_on_random_trees(device, T, seed, name):
     rows, width, hq, hkv, d = 5, 40, 14, 2, 16
     meta = random_tree(rows, width, T, seed=seed, device=device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -58,7 +59,7 @@ def test_fast_backend_equals_reference_on_random_trees(device, T, seed):
     q = torch.randn(rows, hq, T, d, generator=g).to(device, dtype)
     k = torch.randn(rows, hkv, width, d, generator=g).to(device, dtype)
     v = torch.randn(rows, hkv, width, d, generator=g).to(device, dtype)
-    ref, fast = BACKENDS["reference"], BACKENDS["sdpa_gqa"]
+    ref, fast = BACKENDS["reference"], BACKENDS[name]
     mask = ref.plan(meta)
     assert torch.equal(mask, fast.plan(meta))
     want = ref.attend(None, q, k, v, mask, d ** -0.5).float()
@@ -71,10 +72,10 @@ def test_engine_decodes_the_same_on_every_backend():
     members = [load_session("tiny:bpe"), load_session("tiny:spm")]
     prompts = ["Question: What is 2 + 2?\nAnswer:", "Hi"]
     cfg = DecodeConfig(max_new_tokens=16, theta=0.9, attention="reference")
-    for method in ("adafuse", "unite", "single"):
+    for method, name in [(m, n) for m in ("adafuse", "unite", "single") for n in ("sdpa_gqa", "sdpa_fold")]:
         ref = decode(method, members, prompts, cfg)
-        fast = decode(method, members, prompts, dataclasses.replace(cfg, attention="sdpa_gqa"))
-        assert [o.text for o in ref] == [o.text for o in fast], method
+        fast = decode(method, members, prompts, dataclasses.replace(cfg, attention=name))
+        assert [o.text for o in ref] == [o.text for o in fast], (method, name)
         if method == "adafuse":
             flat = lambda outs: [x for o in outs for r in o.trace for c in r["candidates"] for x in c["nll"]]
             assert flat(ref) == pytest.approx(flat(fast), abs=1e-4)

@@ -48,7 +48,7 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
     stop_fn = make_stop(stop)
     for start in range(0, len(prompts), cfg.batch_size):
         idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
-        runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device))
+        runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device, s.model, len(idx)))
                     for s in sessions]
         batch = Batch(idx, cfg, stop_fn, len(sessions))
         for i, out in ROUNDS[method](runtimes, batch, cfg):

@@ -8,7 +8,7 @@ CRITERIA = ("margin", "entropy", "prob")
 THRESHOLDS = ("fixed", "dynamic")
 BRANCH_SELECT = ("topk", "distinct", "semantic")
 COMBINE = ("mean", "ppl")
-ATTENTION = ("auto", "sdpa_gqa", "reference")
+ATTENTION = ("auto", "sdpa_gqa", "sdpa_fold", "reference")
 # The official code's behaviours (method.md, its defects), each a field whose None means
 # "as compat says": (the official code's value, ours). README "Known differences" lists them.
 OFFICIAL = {
@@ -68,7 +68,7 @@ class DecodeConfig:
     window_tokens: int = 8         # tokens re-tokenized at the boundary when text is appended
     trace: bool = True             # record the per-round trace
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
-    attention: str = "auto"        # attention backend: auto (sdpa_gqa) | sdpa_gqa | reference (decoding/attention)
+    attention: str = "auto"        # attention backend: auto (CUDA: the faster one measured) | sdpa_gqa | sdpa_fold | reference
 
     def __post_init__(self):
         def need(ok, msg):

@@ -7,9 +7,13 @@ layers call `attend` through transformers' attention-function registry, so any H
 works as a member.
 
   reference  K/V repeated to the query heads, SDPA's math kernel: obviously right (tests)
-  sdpa_gqa   SDPA with enable_gqa on the keys and values as they are (no copies), no cuDNN
-             (cuDNN plans an execution graph for every new key length); chosen on CUDA by
-             measurement (BENCHMARKS.md, "Attention backends")
+  sdpa_gqa   SDPA with enable_gqa on the keys and values as they are (no copies); on CUDA
+             cuDNN's kernel when it takes the shape (the cache's width is fixed, so its plans
+             are built once), else flash / memory-efficient / math
+  sdpa_fold  the query heads of each K/V head folded into query rows, SDPA's memory-efficient
+             kernel with the mask (it takes a mask but not enable_gqa)
+  auto       on CUDA, whichever of the two is faster on one layer of the member's shape,
+             measured at the start of a batch (bench records both times); elsewhere sdpa_gqa
 """
 from .backends import BACKENDS, AttentionBackend, StepMeta, get_backend, use_backend
 

@@ -80,20 +80,84 @@ class Reference(AttentionBackend):
 
 
 class SdpaGqa(AttentionBackend):
+    """SDPA with enable_gqa on the keys and values as they are. cuDNN is allowed: the engine's
+    cache has a fixed width, so its execution plans are built once per shape."""
     name = "sdpa_gqa"
+    kernels = [SDPBackend.CUDNN_ATTENTION, *AttentionBackend.kernels]
 
     def attend(self, module, q, k, v, mask, scaling):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
 
-BACKENDS = {b.name: b for b in (Reference(), SdpaGqa())}
+class SdpaFold(AttentionBackend):
+    """The query heads that share a key/value head become extra query rows of that head, so
+    the memory-efficient kernel (which takes a mask but not enable_gqa) reads each K/V head
+    once, with no copies of the keys and values."""
+    name = "sdpa_fold"
+    kernels = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def attend(self, module, q, k, v, mask, scaling):
+        B, H, T, D = q.shape
+        G = H // k.shape[1]
+        if G == 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+        qf = q.reshape(B, k.shape[1], G * T, D)  # heads h*G..h*G+G-1 read K/V head h
+        mf = mask.repeat(1, 1, G, 1) if mask.shape[1] == 1 else mask.reshape(B, k.shape[1], G * T, -1)
+        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=mf, scale=scaling)
+        return out.reshape(B, H, T, D)
+
+
+BACKENDS = {b.name: b for b in (Reference(), SdpaGqa(), SdpaFold())}
+FAST = ("sdpa_gqa", "sdpa_fold")  # the candidates "auto" measures on CUDA
+CHOSEN: dict = {}  # (model shape key) -> {"backend": name, "us": {name: time}}: what auto measured
+
+
+def get_backend(name: str, device, model=None, rows: int = 64, width: int = 2048) -> AttentionBackend:
+    """A backend by name. "auto": on CUDA, the faster of FAST on one attention layer of this
+    member's shape (rows x width, 1 and 8 new tokens per row; measured once per shape);
+    elsewhere sdpa_gqa."""
+    if name != "auto":
+        return BACKENDS[name]
+    if model is None or torch.device(device).type != "cuda":
+        return BACKENDS["sdpa_gqa"]
+    c = model.config
+    heads = c.num_attention_heads
+    shape = (heads, getattr(c, "num_key_value_heads", None) or heads,
+             getattr(c, "head_dim", None) or c.hidden_size // heads, rows, width)
+    if shape not in CHOSEN:
+        us = {b: _time_layer(BACKENDS[b], *shape, device=device) for b in FAST}
+        CHOSEN[shape] = {"backend": min(us, key=us.get), "us": us}
+    return BACKENDS[CHOSEN[shape]["backend"]]
+
+
+def _time_layer(backend, heads, kv_heads, dim, rows, width, device) -> float:
+    """Microseconds of one layer's attention (sum over 1 and 8 new tokens per row), random
+    data, a mask that hides a third of the columns."""
+    total = 0.0
+    gen = torch.Generator(device=device).manual_seed(0)
+    for T in (1, 8):
+        q = torch.randn(rows, heads, T, dim, device=device, dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(rows, kv_heads, width, dim, device=device, dtype=torch.bfloat16, generator=gen)
+        v = torch.randn_like(k)
+        mask = torch.rand(rows, 1, T, width, device=device, generator=gen) > 0.33
+        with sdpa_kernel(backend.kernels):
+            try:
+                for _ in range(3):
+                    backend.attend(None, q, k, v, mask, dim ** -0.5)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(10):
+                    backend.attend(None, q, k, v, mask, dim ** -0.5)
+                end.record()
+                end.synchronize()
+            except RuntimeError:  # no kernel for this shape
+                return float("inf")
+        total += start.elapsed_time(end) * 100  # ms per 10 calls -> us per call
+    return round(total, 1)
+
+
 _active: list[AttentionBackend] = []
-
-
-def get_backend(name: str, device) -> AttentionBackend:
-    """A backend by name; "auto": sdpa_gqa (measured fastest on CUDA, and right on CPU too)."""
-    return BACKENDS["sdpa_gqa" if name == "auto" else name]
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
