@@ -155,9 +155,11 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
     if "generate" in result:  # forward calls against the member's own generate on the same batch
         gen = [g["forward_calls"] for g in result["generate"].values()]
         out["forward_calls_vs_generate"] = [round(n / g, 3) for n, g in zip(r["forward_calls"], gen)]
-    if result.get("floor"):  # the method against the floor of greedy decoding with every member
-        floor = sum(f["floor_s"] for f in result["floor"].values())
+    if result.get("floor"):  # the method against the floor of greedy decoding with the members it runs
+        used = [sessions[cfg.member].name] if method == "single" else [s.name for s in sessions]
+        floor = sum(result["floor"][name]["floor_s"] for name in used)
         out["ratio_to_summed_floor"] = round(wall / floor, 3)
+        out["floor_ms_per_step"] = round(sum(result["floor"][name]["floor_ms_per_step"] for name in used), 3)
         steps = -(-len(prompts) // cfg.batch_size) * cfg.max_new_tokens
         out["ms_per_budget_step"] = round(wall / steps * 1e3, 3)
     for key in [k for k in ("generate", "generate_no_cudnn") if k in result]:
