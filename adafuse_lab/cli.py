@@ -78,6 +78,8 @@ def _add_run_options(p, defaults: dict) -> None:
       help="comma-separated member specs: zoo name, tiny:NAME, hub id, local dir")
     a("--method", default=defaults.get("method", "adafuse"), help="decoding method (default: %(default)s)")
     a("--limit", type=int, default=defaults.get("limit"), help="first N examples")
+    a("--split", default="dev", choices=["dev", "test"],
+      help="the data split: <data-dir>/<task>/<split>.jsonl (default: %(default)s)")
     a("--half", choices=["tune", "report"], help="only the first (tune) or second (report) half of the examples")
     a("--chat", action="store_true", help="give each member the prompt as a user turn of its chat template "
                                           "(default: the paper's plain text)")
@@ -108,7 +110,7 @@ def _run_config(args) -> RunConfig:
     return RunConfig(task=args.task, models=args.models, method=args.method, limit=args.limit,
                      source=args.source, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
                      max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode,
-                     half=args.half, chat=args.chat)
+                     half=args.half, chat=args.chat, split=args.split)
 
 
 def add_run(sub) -> None:
@@ -125,7 +127,8 @@ def cmd_run(args) -> dict | None:
     else:
         res = run(_run_config(args), args.out, progress=not args.no_progress)
     if res is not None:
-        print(json.dumps({"out": args.out, "metrics": res["metrics"]}, indent=2, default=str))
+        print(json.dumps({"out": args.out, "split": (res.get("data") or {}).get("split", args.split),
+                          "metrics": res["metrics"]}, indent=2, default=str))
     return res
 
 
@@ -149,8 +152,9 @@ def cmd_demo(args) -> None:
         dc = res.get("decode_config") or {}
         print("\nscore: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in (res.get("metrics") or {}).items()))
+        data = res.get("data") or {}
         print(f"settings: {res['method']} with {', '.join(res['models'])} on {res['task']} "
-              f"({(res.get('data') or {}).get('source', args.source)}); theta {dc.get('theta')}, M {dc.get('M')}, "
+              f"({data.get('split', 'dev')} split, {data.get('source', args.source)}); theta {dc.get('theta')}, M {dc.get('M')}, "
               f"B {dc.get('B')}, criterion {dc.get('criterion')}, max_new_tokens {dc.get('max_new_tokens')}, "
               f"device {res.get('device')}")
     print(f"\nfull records: {args.out}/samples.jsonl, metrics: {args.out}/results.json")

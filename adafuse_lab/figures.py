@@ -153,7 +153,7 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
     fig_dir, work_dir = Path(fig_dir).resolve(), Path(work_dir).resolve()
     runs_dir = work_dir / "runs"
     for nb in notebooks(nb_dir, only):  # every notebook's parameters are checked before the first one runs
-        parameters_for(nb, pfile, {"runs_dir": runs_dir, "out_dir": work_dir / nb.stem, "fig_dir": fig_dir})
+        check_values(nb, pfile, {"runs_dir": runs_dir, "out_dir": work_dir / nb.stem, "fig_dir": fig_dir})
     work_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     report = {}
@@ -199,6 +199,34 @@ def notebook_values(nb: Path, pfile: dict, paths: dict) -> dict:
     return values
 
 
+def check_values(nb: Path, pfile: dict, paths: dict) -> None:
+    """Refuse a notebook's parameters before any notebook runs: the names (parameters_for), the
+    values (plans.NotebookParams), and for a split other than dev its data files, looked for from
+    the notebook's folder as the kernel will (runs.check_data)."""
+    import io
+
+    from .plans import notebook_params
+    from .runs import RunConfig, UsageError, _get_task, check_data
+    parameters_for(nb, pfile, paths)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its one-line preset report
+            P = notebook_params(nb.stem, **notebook_values(nb, pfile, paths))
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{nb.stem}: {e.args[0] if e.args else e}") from e  # a KeyError's str() quotes it
+    if P.split == "dev":
+        return
+    here = Path.cwd()
+    os.chdir(nb.parent)  # the kernel runs there: a relative data_dir and the data search start from it
+    try:
+        for task in P.tasks or (P.task,):
+            check_data(RunConfig(task=task, models=P.models, source=P.source, data_dir=P.data_dir, split=P.split),
+                       _get_task(task))
+    except UsageError as e:
+        raise UsageError(f"{nb.stem}: {e}") from e
+    finally:
+        os.chdir(here)
+
+
 def plan_configs(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | None = None,
                  nb_dir=None) -> list:
     """The RunConfigs the notebooks read with this parameter file, each once, in notebook order:
@@ -210,6 +238,7 @@ def plan_configs(params: str = "full", work_dir="runs/notebooks", only: Sequence
     out: dict = {}
     for nb in notebooks(nb_dir, only):
         paths = {"runs_dir": work_dir / "runs", "out_dir": work_dir / nb.stem, "fig_dir": work_dir / "figures"}
+        check_values(nb, pfile, paths)
         P = notebook_params(nb.stem, **notebook_values(nb, pfile, paths))
         for cfg in runs_of(nb.stem, P).values():
             out.setdefault(json.dumps(cfg.to_dict(), sort_keys=True), cfg)
@@ -223,10 +252,10 @@ def plan(params: str = "full", work_dir="runs/notebooks", only: Sequence[str] | 
     notebook is executed."""
     from .runs import finished_run, run_dir
     work_dir = Path(work_dir).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / "plan.jsonl"
     lines = [json.dumps(cfg.to_dict(), sort_keys=True) for cfg in plan_configs(params, work_dir, only, nb_dir)
              if finished_run(run_dir(work_dir / "runs", cfg)) is None]
+    work_dir.mkdir(parents=True, exist_ok=True)  # after the parameters are checked: a refusal leaves nothing
     write_plan(out, lines)
     log(f"{len(lines)} run(s) to decode, listed in {out}")
     return out

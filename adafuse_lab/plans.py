@@ -79,7 +79,7 @@ def notebook_params(name: str, preset: str = "auto", **values) -> "NotebookParam
     from_preset = {k: v for k, v in preset_values(name, chosen).items() if values.get(k) is None}
     P = NotebookParams.from_dict({**{k: v for k, v in values.items() if v is not None or k not in from_preset},
                                   **from_preset, "preset": chosen})
-    shown = ", ".join(f"{k}={getattr(P, k)!r}" for k in ("models", "task", "tasks", "limit", "max_new_tokens")
+    shown = ", ".join(f"{k}={getattr(P, k)!r}" for k in ("models", "task", "tasks", "split", "limit", "max_new_tokens")
                       if getattr(P, k) not in (None, ()))
     print(f"preset {chosen}{' (auto)' if preset == 'auto' else ''}: {shown}")
     return P
@@ -159,6 +159,7 @@ class NotebookParams:
     data_dir: str | None = None
     limit: int | None = None
     limits: dict = field(default_factory=dict)  # per task, replaces limit (None: every example)
+    split: str = "dev"  # the data split: <data_dir>/<task>/<split>.jsonl, dev or test
     half: str | None = None  # None: every example; "tune" / "report": that half (runs.select_half)
     tuned: dict = field(default_factory=dict)  # per task, AdaFuse settings chosen by the tune command
     dtype: str | None = None
@@ -214,7 +215,8 @@ class NotebookParams:
         for t, n in dict(self.limits or {}).items():
             get_task(t)
             need(n is None or (isinstance(n, int) and n >= 1), f"limits[{t!r}] must be None or >= 1, got {n!r}")
-        from .runs import HALVES, UsageError, _dtype
+        from .runs import HALVES, SPLITS, UsageError, _dtype
+        need(self.split in SPLITS, f"split must be dev or test, got {self.split!r}")
         need(self.half is None or self.half in HALVES, f"half must be None, tune or report, got {self.half!r}")
         for t in dict(self.tuned or {}):
             get_task(t)
@@ -246,7 +248,7 @@ class NotebookParams:
         limit = self.limits[task] if task in (self.limits or {}) else self.limit
         return {"limit": limit, "source": self.source, "data_dir": self.data_dir, "batch_size": self.batch_size,
                 "seed": self.seed, "max_new_tokens": self.max_new_tokens, "device": self.device, "dtype": self.dtype,
-                "half": self.half}
+                "split": self.split, "half": self.half}
 
     @property
     def torch_dtype(self):

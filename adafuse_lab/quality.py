@@ -1,16 +1,22 @@
-"""python -m adafuse_lab quality: the quality table of one ensemble, tuned on half of each split.
+"""python -m adafuse_lab quality: the quality table of one ensemble, tuned on dev data.
 
     ADAFUSE_DATA=../shared/data python -m adafuse_lab quality --models qwen2.5-coder-0.5b,smollm2-135m \
         --source local --limit 500 --limits gsm8k=all --dtype float32 --grid theta=0.5,0.7,0.9 --work W
 
+Where it tunes and where it reports (`--split`, as `tune`): with `--split dev` (the default)
+it tunes on the first half of each dev split and reports on the second half; with
+`--split test` it tunes on all of dev and reports on the test split. The table's
+summary.json and every run's results.json name the split (and half) of their numbers.
+
 Four steps, each resumable (every run is an ordinary run directory under W/runs):
 
-1. plan    W/plan.jsonl: notebook 04's declared runs (plans.benchmark_runs) on the report half
-           (every single member, every baseline, AdaFuse with defaults) and the tune command's
-           grid on the tune half.
+1. plan    W/plan.jsonl: notebook 04's declared runs (plans.benchmark_runs) on the report
+           examples (every single member, every baseline, AdaFuse with defaults) and the tune
+           command's grid on the tuning examples.
 2. decode  one `figures --decode` worker per visible GPU (one on CPU) works through the plan.
 3. tune    `tune` per task, spread over the same workers: picks the grid point with the best
-           paper metric on the tune half and decodes it on the report half (W/tune_<task>.json).
+           paper metric on the tuning examples and decodes it on the report examples
+           (W/tune_<task>.json).
 4. table   notebook 04 through papermill, with the chosen settings as its "adafuse (tuned)"
            row: W/04_full_benchmark/{summary.json,table1.csv,paired.csv}, figures in W/figures.
            It decodes nothing: before every run and tune file exists the table is partial,
@@ -54,13 +60,14 @@ def parse_limits(items: list[str]) -> dict:
 
 
 def notebook_params(opts: dict, tuned: dict | None = None) -> dict:
-    """The figures parameter file that makes notebook 04 the quality table (report half)."""
+    """The figures parameter file that makes notebook 04 the quality table (on the report examples)."""
+    from .tune import stage_data
     nb = {k: opts[k] for k in ("models", "tasks", "methods", "source", "data_dir", "dtype",
                                "batch_size", "max_new_tokens", "n_boot") if opts.get(k) is not None}
     # the gpu preset for anything not given; limit always ("all": every example, not the preset's 100)
     limit = opts.get("limit")
-    nb.update(preset="gpu", limit="all" if limit is None else limit, limits=opts.get("limits") or {}, half="report",
-              tuned=tuned or {}, launch=False)
+    nb.update(preset="gpu", limit="all" if limit is None else limit, limits=opts.get("limits") or {},
+              **stage_data("report", opts.get("split") or "dev"), tuned=tuned or {}, launch=False)
     return {"common": {}, "notebooks": {NOTEBOOK: nb}}
 
 
@@ -87,16 +94,22 @@ def tasks_of(opts: dict) -> list[str]:
 
 def run_kw(opts: dict, task: str) -> dict:
     """RunConfig options of every run for `task`: notebook 04's own (NotebookParams.run_kw) but
-    the half, which the tune runs set themselves, so that tune and 04 find the same runs."""
+    the split and half, which the tune runs set themselves (tune.stage_data), so that tune and 04
+    find the same runs."""
     kw = nb_params(opts).run_kw(task)
     kw.pop("half")
+    kw.pop("split")
     return kw
+
+
+def split_of(opts: dict) -> str:
+    return opts.get("split") or "dev"
 
 
 def check(opts: dict) -> None:
     """Refuse bad input before anything runs: every task, member, method, grid point and option."""
     from .runs import run_config, validate
-    from .tune import tune_configs
+    from .tune import stage_data, tune_configs
     try:
         kws = {task: run_kw(opts, task) for task in tasks_of(opts)}
     except (KeyError, ValueError) as e:
@@ -106,30 +119,31 @@ def check(opts: dict) -> None:
         raise UsageError(f"--limits names {', '.join(unknown)}, not among the tasks of this table "
                          f"({', '.join(kws)}); fix the name or add it to --tasks")
     for task, kw in kws.items():
-        for cfg in tune_configs(task, opts["models"], opts["grid"], **kw):
+        for cfg in tune_configs(task, opts["models"], opts["grid"], split_of(opts), **kw):
             validate(cfg)
         for method in opts.get("methods") or ():
-            validate(run_config(task, opts["models"], method, **kw))
+            validate(run_config(task, opts["models"], method, **kw, **stage_data("report", split_of(opts))))
 
 
 # ---------------------------------------------------------------- steps
 
 
 def tune_runs(work: Path, opts: dict, task: str) -> tuple[list, bool]:
-    """The runs `tune` needs for this task: the grid on the tune half, the defaults on the report
-    half and, once the tune half is saved, the settings it will choose on the report half; and
-    whether that choice is known yet."""
+    """The runs `tune` needs for this task: the grid on the tuning examples, the defaults on the
+    report examples and, once the tuning runs are saved, the settings it will choose on the report
+    examples; and whether that choice is known yet."""
     from .tune import chosen_point, tune_config, tune_configs
-    kw = run_kw(opts, task)
-    chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", **kw)
-    winner = [] if chosen is None else [tune_config(task, opts["models"], chosen, "report", **kw)]
-    return tune_configs(task, opts["models"], opts["grid"], **kw) + winner, chosen is not None
+    kw, split = run_kw(opts, task), split_of(opts)
+    chosen = chosen_point(task, opts["models"], opts["grid"], work / "runs", split=split, **kw)
+    winner = [] if chosen is None else [tune_config(task, opts["models"], chosen, "report", split, **kw)]
+    return tune_configs(task, opts["models"], opts["grid"], split, **kw) + winner, chosen is not None
 
 
 def plan_step(work: Path, opts: dict, log=print) -> Path:
-    """W/plan.jsonl: 04's missing report-half runs, then the tune grid's missing tune-half runs,
-    and, for a task whose tune-half runs are all saved, the chosen settings on the report half
-    (which the tune step would otherwise decode alone, after every worker has finished)."""
+    """W/plan.jsonl: 04's missing runs on the report examples, then the tune grid's missing runs on
+    the tuning examples, and, for a task whose tuning runs are all saved, the chosen settings on
+    the report examples (which the tune step would otherwise decode alone, after every worker has
+    finished)."""
     from .figures import plan, write_plan
     path = plan(str(write_params(work, opts)), work, only=[NOTEBOOK], log=log)
     lines = path.read_text().splitlines()
@@ -237,8 +251,10 @@ def replan_due(work) -> bool:
     start while the rest of the plan decodes)."""
     from .figures import read_plan
     work = Path(work)
-    done = [(c.half, saved(work, c)) for c in read_plan(work / "plan.jsonl")]
-    return all(d for _, d in done) or any(d and half == "tune" for half, d in done)
+    # a tuning run: the tune half of dev, or all of dev when the table reports on test
+    done = [(c.half == "tune" or (c.half is None and c.split == "dev"), saved(work, c))
+            for c in read_plan(work / "plan.jsonl")]
+    return all(d for _, d in done) or any(d and tuning for tuning, d in done)
 
 
 def all_saved(work: Path, opts: dict, task: str) -> bool:
@@ -258,6 +274,7 @@ def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
             log(f"tune {task}: skipped, not every run it needs is saved (--saved-only)")
             continue
         argv = cli("tune", "--task", task, "--models", opts["models"], "--out", str(work), "--source", kw["source"],
+                   "--split", split_of(opts),
                    "--batch-size", str(kw["batch_size"]), "--max-new-tokens", str(kw["max_new_tokens"]),
                    "--n-boot", str(opts["n_boot"]), *[a for k, v in opts["grid"].items()
                                                       for a in ("--grid", f"{k}={','.join(map(str, v))}")])
@@ -295,13 +312,17 @@ def table_step(work: Path, opts: dict, log=print) -> dict:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("quality", help="one ensemble's quality table: tune on half of each split, report on the other")
+    p = sub.add_parser("quality", help="one ensemble's quality table: tune on dev data, report on the other dev "
+                                       "half or on the test split")
     a = p.add_argument
     a("--models", required=True, help="comma-separated member specs")
     a("--work", required=True, help="folder for runs/, plan.jsonl, tune_<task>.json, logs/ and the table")
     a("--tasks", help="comma-separated tasks (default: notebook 04's)")
     a("--methods", help="comma-separated table rows (default: notebook 04's: every baseline)")
-    a("--limit", type=int, help="first N examples of each task, then halved")
+    a("--split", default="dev", choices=["dev", "test"],
+      help="report on: dev (tune on the first half of each dev split, report on the rest) or test "
+           "(tune on all of dev)")
+    a("--limit", type=int, help="first N examples of each task and split (with --split dev: then halved)")
     a("--limits", action="append", default=[], metavar="TASK=N|all", help="a task's own limit (repeatable)")
     a("--grid", action="append", default=[], metavar="KEY=V1,V2", help="tune grid (default: theta=0.5,0.7,0.9)")
     a("--source", default="auto", choices=["auto", "local", "hub", "sample"])
@@ -324,6 +345,7 @@ def cmd_quality(args) -> dict:
     if bad:
         raise UsageError(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(STEPS)}")
     opts = {"models": args.models, "tasks": args.tasks, "source": args.source, "data_dir": args.data_dir,
+            "split": args.split,
             "limit": args.limit, "limits": parse_limits(args.limits), "dtype": args.dtype, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "n_boot": args.n_boot,
             "grid": parse_grid(args.grid or ["theta=0.5,0.7,0.9"]),
@@ -352,6 +374,8 @@ def cmd_quality(args) -> dict:
     if "table" in steps:
         summary = table_step(work, opts)
         report["table"] = str(work / NOTEBOOK / "table1.csv")
+        from .tune import where
+        print(f"reported on {where('report', args.split)}; AdaFuse (tuned) tuned on {where('tune', args.split)}")
         for row in summary["table"]:
             avg = row.get("Avg")
             print(f"{row['method']:<28} Avg {'n/a' if avg is None else f'{avg:.2f}'}")

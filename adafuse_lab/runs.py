@@ -59,6 +59,7 @@ class RunConfig:
     decode: dict = field(default_factory=dict)  # other DecodeConfig fields: theta, M, B, criterion, ...
     half: str | None = None         # None: every example; "tune": the first half, "report": the rest
     chat: bool | None = None        # True: each member reads the prompt through its chat template
+    split: str = "dev"              # dev | test: <data_dir>/<task>/<split>.jsonl (the hub's names: tasks.hub_splits)
 
     def __post_init__(self):
         models = self.models.split(",") if isinstance(self.models, str) else self.models
@@ -70,14 +71,16 @@ class RunConfig:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         # Fields added later are left out at their default, so that earlier run directories
         # keep their config.json and their place under analysis.run_dir.
-        for key in _LATER_FIELDS:
-            if d.get(key) is None:
+        for key, default in _LATER_FIELDS.items():
+            if d.get(key) == default:
                 d.pop(key, None)
         return d
 
 
-_LATER_FIELDS = ("half", "chat")
+# Fields added later -> the default at which to_dict leaves them out.
+_LATER_FIELDS = {"half": None, "chat": None, "split": "dev"}
 HALVES = ("tune", "report")
+SPLITS = ("dev", "test")
 
 
 def select_half(examples: list, half: str | None) -> list:
@@ -331,23 +334,43 @@ def check_data(cfg: RunConfig, task) -> None:
                          "(--source local or auto reads the folder)")
     if cfg.source == "hub" and importlib.util.find_spec("datasets") is None:
         raise UsageError("--source hub needs the datasets package: pip install 'adafuse-lab[hub]'")
+    if cfg.split != "dev" and cfg.source == "sample":
+        raise UsageError(f"--split {cfg.split}: the embedded samples (--source sample) have only a dev split; "
+                         f"give --source local with a folder holding {task.name}/{cfg.split}.jsonl")
+    if given is None and cfg.split != "dev" and cfg.source in ("auto", "local"):
+        from .tasks import data_dirs
+        looked = [d / task.name / f"{cfg.split}.jsonl" for d in data_dirs()]
+        if not any(f.is_file() for f in looked) and (cfg.source == "local" or not _hub_possible()):
+            raise UsageError(f"--split {cfg.split}: no {task.name}/{cfg.split}.jsonl in "
+                             f"{', '.join(str(f.parent.parent) for f in looked)}"
+                             + ("" if cfg.source == "local" else " and no hub (offline or datasets not installed)")
+                             + "; give --data-dir with the folder that holds it")
     if given is None or cfg.source not in ("auto", "local"):
         return
     if str(given).strip() == "":
         raise UsageError(f"{flag} is empty; give a data folder")
     d = Path(given).expanduser()
+    name = f"{cfg.split}.jsonl"
     if not d.exists():
-        raise UsageError(f"{flag} {d} does not exist; give the folder that holds <task>/dev.jsonl "
+        raise UsageError(f"{flag} {d} does not exist; give the folder that holds <task>/{name} "
                          "(e.g. ../shared/data)")
     if not d.is_dir():
-        raise UsageError(f"{flag} {d} is a file; give the folder that holds <task>/dev.jsonl")
-    f = d / task.name / "dev.jsonl"
+        raise UsageError(f"{flag} {d} is a file; give the folder that holds <task>/{name}")
+    f = d / task.name / name
     if not f.is_file():
-        have = sorted(p.name for p in d.iterdir() if (p / "dev.jsonl").is_file())
-        raise UsageError(f"{flag} {d} has no {task.name}/dev.jsonl"
-                         + (f" (it has {', '.join(have)})" if have else " (it holds no task folders)"))
+        have = sorted(p.name for p in d.iterdir() if (p / name).is_file())
+        raise UsageError(f"{flag} {d} has no {task.name}/{name}"
+                         + (f" (it has {', '.join(have)})" if have else
+                            f" (no task folder in it holds a {name})" if cfg.split != "dev"
+                            else " (it holds no task folders)"))
     if not os.access(f, os.R_OK):
         raise UsageError(f"{f} is not readable; fix its permissions")
+
+
+def _hub_possible() -> bool:
+    """Whether --source auto may try the hub: datasets is installed and no offline switch is set."""
+    offline = any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return not offline and importlib.util.find_spec("datasets") is not None
 
 
 def validate(cfg: RunConfig):
@@ -367,6 +390,8 @@ def validate(cfg: RunConfig):
         raise UsageError(f"half must be tune or report, got {cfg.half!r}{closest(str(cfg.half), HALVES)}")
     if cfg.source not in ("auto", "local", "hub", "sample"):
         raise UsageError(f"unknown source {cfg.source!r}{closest(cfg.source, ['auto', 'local', 'hub', 'sample'])}")
+    if cfg.split not in SPLITS:
+        raise UsageError(f"split must be dev or test, got {cfg.split!r}{closest(str(cfg.split), SPLITS)}")
     task = _get_task(cfg.task)
     methods = _method_names()
     if cfg.method not in methods:
@@ -831,8 +856,8 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
 
     seed_everything(cfg.seed)
     try:
-        loaded = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit)
-    except RuntimeError as e:  # the hub was asked for and did not answer
+        loaded = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit, split=cfg.split)
+    except (RuntimeError, FileNotFoundError) as e:  # the hub was asked for and did not answer; no such split
         raise UsageError(str(e)) from e
     if cfg.source == "auto" and (shard is None or shard[0] == 0):  # say which source auto chose
         print(f"data: {cfg.task} from {getattr(loaded, 'source', '?')} ({getattr(loaded, 'location', '?')}), "
@@ -909,7 +934,8 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         "metrics": task.aggregate(records),
         "config": cfg.to_dict(),
         "data": {"source": getattr(loaded, "source", cfg.source), "location": getattr(loaded, "location", None),
-                 "dropped_demo_leaks": list(getattr(loaded, "dropped", [])), "half": cfg.half},
+                 "split": cfg.split, "dropped_demo_leaks": list(getattr(loaded, "dropped", [])),
+                 "half": cfg.half},
         "decode_config": json.loads(json.dumps(dataclasses.asdict(dcfg), default=_json_default)),
         "seeds": {"torch": cfg.seed, "random": cfg.seed, "numpy": cfg.seed},
         "deterministic": {"torch_algorithms": _deterministic(),

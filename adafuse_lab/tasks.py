@@ -277,14 +277,16 @@ class Task:
              limit: int | None = None, split: str = "dev", drop_leaks: bool = True) -> LoadedExamples:
         """Load examples.
 
+        split: "dev" or "test" (`<task>/<split>.jsonl` locally; hub_splits names the hub's).
         source: "local" (folder layout above), "hub" (datasets.load_dataset; the
         embedded paper prompt is used), "sample" (the ~8 toy examples shipped in
-        adafuse_lab/samples/<task>/, whatever `split`), or "auto": local if found,
+        adafuse_lab/samples/<task>/; dev only), or "auto": local if found,
         else the hub if `datasets` is installed and the hub answers (skipped when
         HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set), else the samples. The result's
         `.source`/`.location` say which was used (also logged; falling back to the
-        samples logs a warning).
-        drop_leaks: drop items whose question is a few-shot demo question
+        samples logs a warning; for any split but dev there is no sample fallback, and a
+        missing split raises FileNotFoundError).
+        drop_leaks: drop items whose question is a few-shot demo question, whatever the split
         (`.dropped` lists their ids); `limit` then keeps the first `limit` items.
         Ids are row indices in the source, so they stay stable across limits.
         """
@@ -324,6 +326,12 @@ class Task:
                         raise RuntimeError(f"{self.name}: could not load {self.hub_id} from the hub: {e}") from e
                     log.warning("%s: hub unavailable (%s: %s)", self.name, type(e).__name__, str(e)[:200])
         if examples is None:
+            if split != "dev":  # the embedded samples are toy dev data: never a stand-in for another split
+                if source == "sample":
+                    raise FileNotFoundError(f"{self.name}: the embedded samples have only a dev split, not {split!r}")
+                looked = ", ".join(str(d / self.name / f"{split}.jsonl") for d in data_dirs(data_dir))
+                raise FileNotFoundError(f"{self.name}: no {split} split: looked for {looked}, and the hub was "
+                                        "skipped or did not answer (the embedded samples have only a dev split)")
             folder = SAMPLES_DIR / self.name
             source, location = "sample", str(folder / "dev.jsonl")
             examples = self._read_jsonl(folder / "dev.jsonl")

@@ -43,7 +43,7 @@ SCALING_LIMIT=${SCALING_LIMIT:-1280}
 AUTO=${AUTO:-0}
 BENCH=${BENCH:-0}
 # Decoding processes per GPU. The engine waits on the host for about 40% of a step at batch 64
-# (BENCHMARKS.md), so other processes can use the GPU meanwhile. Lease 3 ran two per GPU, lease 4
+# (docs/lab_log.md), so other processes can use the GPU meanwhile. Lease 3 ran two per GPU, lease 4
 # three: with gemma3-270m (262k-word vocabulary, fp32) three did not fit in 80 GB, 87 batches were
 # halved after running out of memory and 192 CUDA-graph captures failed. Neither is timed against one.
 PER_GPU=${PER_GPU:-2}

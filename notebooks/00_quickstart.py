@@ -58,6 +58,7 @@ question = 0  # index of the question the figure and the widgets start on
 # not set by the preset
 source = "local"  # examples from: local (data/ of this repository, or $ADAFUSE_DATA), sample (toy), hub, auto
 data_dir = None  # local data folder; None searches the usual places (see data/README.md)
+split = "dev"  # data split: dev or test (<data_dir>/<task>/<split>.jsonl; the embedded samples have only dev)
 dtype = None  # None: bf16 on CUDA, fp32 on CPU; "float32" makes small members' greedy choices stable
 device = None  # None: cuda if available, else cpu
 out_dir = "../runs/notebooks/00_quickstart"  # summary.json, tables and figures go here
@@ -79,7 +80,7 @@ from adafuse_lab.tasks import get_task
 
 P = plans.notebook_params("00_quickstart", preset, models=models, task=task, limit=limit,
                           max_new_tokens=max_new_tokens, theta=theta, M=M, B=B, criterion=criterion,
-                          question=question, source=source, data_dir=data_dir, dtype=dtype, device=device,
+                          question=question, source=source, data_dir=data_dir, split=split, dtype=dtype, device=device,
                           out_dir=out_dir, fig_dir=fig_dir)
 _, OUT, FIGS = P.dirs()
 plots.style()
@@ -92,8 +93,8 @@ figures = []
 
 # %%
 the_task = get_task(P.task)
-examples = the_task.load(source=P.source, data_dir=P.data_dir, limit=P.limit)
-print(f"{len(examples)} {the_task.name} examples from {examples.source} ({examples.location})")
+examples = the_task.load(source=P.source, data_dir=P.data_dir, limit=P.limit, split=P.split)
+print(f"{len(examples)} {the_task.name} examples ({P.split} split) from {examples.source} ({examples.location})")
 members = [load_session(spec, device=P.device, dtype=P.torch_dtype) for spec in tqdm(P.models, desc="loading members")]
 names = [m.name for m in members]
 pd.DataFrame([{"member": m.name, "vocabulary": m.vocab_size, "device": str(m.device), "dtype": str(m.dtype)}
@@ -156,7 +157,7 @@ view = plots.interact(
 shown = plots.widget_result(view)
 figures += plots.save(shown["figure"], "00_quickstart_widget", FIGS)
 summary = {
-    "preset": P.preset, "models": names, "task": the_task.name, "source": examples.source,
+    "preset": P.preset, "split": P.split, "models": names, "task": the_task.name, "source": examples.source,
     "n_questions": len(examples), "decode_s": decode_s,
     "answers": answers[["id", "answer", "score", "rounds", "triggered"]].to_dict(orient="records"),
     "trigger_rate": float(answers.triggered.sum() / max(answers.rounds.sum(), 1)),

@@ -55,12 +55,13 @@ preset = "auto"  # "cpu": tiny members, a few minutes on 2 cores; "gpu": the ful
 # None: the preset's value (PRESETS in adafuse_lab/plans.py); any other value overrides the preset
 models = None  # ensemble members, comma-separated: zoo name, tiny:NAME, hub id or local dir
 tasks = None  # tasks, comma-separated
-limit = None  # examples per task (the first N of each dev split)
+limit = None  # examples per task (the first N of the split)
 max_new_tokens = None  # generation budget per answer
 batch_size = None  # prompts decoded together (speed only)
 # not set by the preset
 source = "local"  # examples from: local (data/ of this repository, or $ADAFUSE_DATA), sample (toy), hub, auto
 data_dir = None  # local data folder; None searches the usual places (see data/README.md)
+split = "dev"  # data split: dev or test (<data_dir>/<task>/<split>.jsonl; the embedded samples have only dev)
 dtype = None  # None: bf16 on CUDA, fp32 on CPU; "float32" makes small members' greedy choices stable
 device = None  # None: cuda if available, else cpu
 n_bins = 10  # confidence bins of the reliability curves
@@ -79,7 +80,7 @@ from adafuse_lab import plans, plots, stats, tables, traces
 
 P = plans.notebook_params("01_uncertainty_analysis", preset, models=models, tasks=tasks, limit=limit,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, source=source, data_dir=data_dir,
-                          dtype=dtype, device=device, n_bins=n_bins, launch=launch, runs_dir=runs_dir,
+                          split=split, dtype=dtype, device=device, n_bins=n_bins, launch=launch, runs_dir=runs_dir,
                           out_dir=out_dir, fig_dir=fig_dir)
 RUNS, OUT, FIGS = P.dirs()
 plots.style()
@@ -176,7 +177,8 @@ ex_table.round(3)
 
 # %%
 summary = {
-    "preset": P.preset, "models": list(P.models), "tasks": tasks_ok, "n_member_words": len(members),
+    "preset": P.preset, "split": P.split, "models": list(P.models), "tasks": tasks_ok,
+    "n_member_words": len(members),
     "means": members.groupby(["task", "member_name"])[["margin", "entropy", "lost", "split"]].mean()
                     .reset_index().to_dict(orient="records"),
     "auroc": auc.to_dict(orient="records"),

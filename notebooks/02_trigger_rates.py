@@ -51,7 +51,7 @@ preset = "auto"  # "cpu": tiny members, a few minutes on 2 cores; "gpu": the ful
 # None: the preset's value (PRESETS in adafuse_lab/plans.py); any other value overrides the preset
 models = None  # ensemble members, comma-separated: zoo name, tiny:NAME, hub id or local dir
 tasks = None  # tasks, comma-separated
-limit = None  # examples per task (the first N of each dev split)
+limit = None  # examples per task (the first N of the split)
 max_new_tokens = None  # generation budget per answer
 batch_size = None  # prompts decoded together (speed only)
 thetas = None  # θ values decoded for the measured points
@@ -59,6 +59,7 @@ n_boot = None  # bootstrap resamples for the intervals
 # not set by the preset
 source = "local"  # examples from: local (data/ of this repository, or $ADAFUSE_DATA), sample (toy), hub, auto
 data_dir = None  # local data folder; None searches the usual places (see data/README.md)
+split = "dev"  # data split: dev or test (<data_dir>/<task>/<split>.jsonl; the embedded samples have only dev)
 dtype = None  # None: bf16 on CUDA, fp32 on CPU; "float32" makes small members' greedy choices stable
 device = None  # None: cuda if available, else cpu
 theta = 0.7  # θ of the main AdaFuse runs (the paper's) and where the slider starts
@@ -80,8 +81,8 @@ from adafuse_lab.tasks import get_task
 
 P = plans.notebook_params("02_trigger_rates", preset, models=models, tasks=tasks, limit=limit,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, thetas=thetas, n_boot=n_boot,
-                          source=source, data_dir=data_dir, dtype=dtype, device=device, theta=theta, M=M, B=B,
-                          launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
+                          source=source, data_dir=data_dir, split=split, dtype=dtype, device=device, theta=theta,
+                          M=M, B=B, launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
 RUNS, OUT, FIGS = P.dirs()
 plots.style()
 figures = []
@@ -179,7 +180,8 @@ costs.round(3)
 
 # %%
 summary = {
-    "preset": P.preset, "models": list(P.models), "tasks": tasks_ok, "theta": P.theta, "thetas": THETAS,
+    "preset": P.preset, "split": P.split, "models": list(P.models), "tasks": tasks_ok, "theta": P.theta,
+    "thetas": THETAS,
     "at_theta": at_theta.reset_index().to_dict(orient="records"),
     "measured": measured,
     "curves": {t: {k: v for k, v in c.items()} for t, c in curves.items()},

@@ -49,7 +49,7 @@ preset = "auto"  # "cpu": tiny members, a few minutes on 2 cores; "gpu": the ful
 # None: the preset's value (PRESETS in adafuse_lab/plans.py); any other value overrides the preset
 models = None  # ensemble members, comma-separated: zoo name, tiny:NAME, hub id or local dir
 tasks = None  # tasks, comma-separated
-limit = None  # examples per task (the first N of each dev split)
+limit = None  # examples per task (the first N of the split)
 max_new_tokens = None  # generation budget per answer
 batch_size = None  # prompts decoded together (speed only)
 B_values = None  # branch counts compared (top-k selection)
@@ -58,6 +58,7 @@ n_boot = None  # bootstrap resamples for the intervals
 # not set by the preset
 source = "local"  # examples from: local (data/ of this repository, or $ADAFUSE_DATA), sample (toy), hub, auto
 data_dir = None  # local data folder; None searches the usual places (see data/README.md)
+split = "dev"  # data split: dev or test (<data_dir>/<task>/<split>.jsonl; the embedded samples have only dev)
 dtype = None  # None: bf16 on CUDA, fp32 on CPU; "float32" makes small members' greedy choices stable
 device = None  # None: cuda if available, else cpu
 theta = 0.7  # confidence threshold of every variant
@@ -80,7 +81,7 @@ from adafuse_lab import plans, plots, stats, tables, traces
 P = plans.notebook_params("03_diversity_ablations", preset, models=models, tasks=tasks, limit=limit,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, B_values=B_values,
                           branch_selects=branch_selects, n_boot=n_boot, source=source, data_dir=data_dir,
-                          dtype=dtype, device=device, theta=theta, M=M, B=B, fixed_span=fixed_span,
+                          split=split, dtype=dtype, device=device, theta=theta, M=M, B=B, fixed_span=fixed_span,
                           launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
 RUNS, OUT, FIGS = P.dirs()
 plots.style()
@@ -122,7 +123,8 @@ table.round(3)
 
 # %%
 summary = {
-    "preset": P.preset, "models": list(P.models), "tasks": list(P.tasks), "variants": [v["label"] for v in variants],
+    "preset": P.preset, "split": P.split, "models": list(P.models), "tasks": list(P.tasks),
+    "variants": [v["label"] for v in variants],
     "rows": table.to_dict(orient="records"),
     "figures": sorted(p.name for p in figures),
 }

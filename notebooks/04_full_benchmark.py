@@ -49,13 +49,14 @@ preset = "auto"  # "cpu": tiny members, a few minutes on 2 cores; "gpu": the ful
 models = None  # ensemble members, comma-separated: zoo name, tiny:NAME, hub id or local dir
 tasks = None  # tasks (columns), comma-separated
 methods = None  # rows, from single (each member alone), unite, gac, sweetspan, coolfusion, rerank, adafuse
-limit = None  # examples per task (the first N of each dev split; "all": every example)
+limit = None  # examples per task (the first N of the split; "all": every example)
 max_new_tokens = None  # generation budget per answer
 batch_size = None  # prompts decoded together (speed only)
 n_boot = None  # bootstrap resamples for the intervals
 # not set by the preset
 source = "local"  # examples from: local (data/ of this repository, or $ADAFUSE_DATA), sample (toy), hub, auto
 data_dir = None  # local data folder; None searches the usual places (see data/README.md)
+split = "dev"  # data split: dev or test (<data_dir>/<task>/<split>.jsonl; the embedded samples have only dev)
 dtype = None  # None: bf16 on CUDA, fp32 on CPU; "float32" makes small members' greedy choices stable
 device = None  # None: cuda if available, else cpu
 limits = {}  # per-task counts that replace limit, e.g. {"gsm8k": 300} (None: every example)
@@ -76,8 +77,8 @@ from adafuse_lab import plans, plots, stats, tables, traces
 
 P = plans.notebook_params("04_full_benchmark", preset, models=models, tasks=tasks, methods=methods, limit=limit,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot, source=source,
-                          data_dir=data_dir, dtype=dtype, device=device, limits=limits, half=half, tuned=tuned,
-                          launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
+                          data_dir=data_dir, split=split, dtype=dtype, device=device, limits=limits, half=half,
+                          tuned=tuned, launch=launch, runs_dir=runs_dir, out_dir=out_dir, fig_dir=fig_dir)
 RUNS, OUT, FIGS = P.dirs()
 plots.style()
 figures = []
@@ -208,7 +209,8 @@ if empty:
 
 # %%
 summary = {
-    "preset": P.preset, "models": list(P.models), "tasks": list(P.tasks), "labels": labels, "missing": missing,
+    "preset": P.preset, "split": P.split, "models": list(P.models), "tasks": list(P.tasks), "labels": labels,
+    "missing": missing,
     "table": table.reset_index().to_dict(orient="records"),
     "adafuse_vs_best_baseline": gain, "paired": paired, "best_single": best_single, "best_baseline": best_base,
     "half": P.half, "tuned": dict(P.tuned), "overrules": overrules, "overrule_split": split, "top1": top1,

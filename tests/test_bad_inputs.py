@@ -189,7 +189,10 @@ def locked_run(s: Path, monkeypatch):
 
 
 def params_for_first_notebook(values: dict):
-    return put("p.json", json.dumps({"notebooks": {NOTEBOOKS[0]: values}}))
+    def setup(s: Path, monkeypatch):
+        filled = {k: v.replace("{S}", str(s)) if isinstance(v, str) else v for k, v in values.items()}
+        put("p.json", json.dumps({"notebooks": {NOTEBOOKS[0]: filled}}))(s, monkeypatch)
+    return setup
 
 
 # ---------------------------------------------------------------- the table: (id, argv, setup, needle)
@@ -266,6 +269,42 @@ CASES = [
     # ---- run: data (an explicit folder is used or refused, never skipped for the samples)
     ("run-source-unknown", RUN(source="web"), None, "invalid choice: 'web'"),
     ("run-half-unknown", RUN("--half", "middle"), None, "invalid choice: 'middle'"),
+    # ---- the split (issue 23): a wrong value or a missing split file, before anything is created
+    ("run-split-unknown", RUN("--split", "tset"), None, "invalid choice: 'tset'"),
+    ("run-split-train", RUN("--split", "train"), None, "invalid choice: 'train'"),
+    ("run-split-test-of-samples", RUN("--split", "test"), None, "the embedded samples (--source sample) have only a "
+                                                                 "dev split"),
+    ("run-split-test-missing", RUN("--split", "test", source="local", data_dir="{S}/data"), None,
+     "--data-dir {S}/data has no triviaqa/test.jsonl (no task folder in it holds a test.jsonl)"),
+    ("run-split-test-missing-auto", RUN("--split", "test", source="auto", data_dir="{S}/data"), None,
+     "has no triviaqa/test.jsonl"),
+    ("run-split-test-other-task", RUN("--split", "test", source="local", data_dir="{S}/data", task="nq"),
+     put("data/triviaqa/test.jsonl", json.dumps(GOOD_ROWS[0]) + "\n"), "has no nq/test.jsonl (it has triviaqa)"),
+    ("run-split-test-env", RUN("--split", "test", source="auto"), env("ADAFUSE_DATA", "{S}/data"),
+     "$ADAFUSE_DATA {S}/data has no triviaqa/test.jsonl"),
+    ("run-split-test-nowhere", RUN("--split", "test", source="local"), None, "--split test: no triviaqa/test.jsonl in"),
+    ("run-split-test-bad-json", RUN("--split", "test", source="local", data_dir="{S}/data"),
+     put("data/triviaqa/test.jsonl", b'{"question": "q", "answer": ["a"]}\n{oops\n'), "test.jsonl:2: invalid JSON"),
+    ("demo-split-unknown", ["demo", "--models", "tiny:bpe,tiny:spm", "--split", "dev2", "--out", "{S}/demo"], None,
+     "invalid choice: 'dev2'"),
+    ("demo-split-test-of-samples", ["demo", "--models", "tiny:bpe,tiny:spm", "--split", "test", "--out", "{S}/demo"],
+     None, "have only a dev split"),
+    ("tune-split-unknown", TUNE("--split", "tests"), None, "invalid choice: 'tests'"),
+    ("tune-split-test-of-samples", TUNE("--split", "test"), None, "have only a dev split"),
+    ("tune-split-test-missing", TUNE("--split", "test", source="local", data_dir="{S}/data"), None,
+     "has no triviaqa/test.jsonl"),
+    ("quality-split-unknown", QUALITY("--split", "Test"), None, "invalid choice: 'Test'"),
+    ("quality-split-test-of-samples", QUALITY("--split", "test"), None, "have only a dev split"),
+    ("quality-split-test-missing", QUALITY("--split", "test", source="local", data_dir="{S}/data"), None,
+     "has no triviaqa/test.jsonl"),
+    ("figures-params-split-unknown", FIGURES(params="{S}/p.json"), params_for_first_notebook({"split": "tst"}),
+     "parameter split must be dev or test, got 'tst'"),
+    ("figures-params-split-test-missing", FIGURES(params="{S}/p.json"),
+     params_for_first_notebook({"split": "test", "source": "local", "data_dir": "{S}/data"}),
+     "has no triviaqa/test.jsonl"),
+    ("figures-plan-split-test-missing", FIGURES("--plan", params="{S}/p.json"),
+     params_for_first_notebook({"split": "test", "source": "local", "data_dir": "{S}/data"}),
+     "has no triviaqa/test.jsonl"),
     ("data-dir-missing-auto", RUN(source="auto", data_dir="{S}/dta"), None, "--data-dir"),
     ("data-dir-missing-local", RUN(source="local", data_dir="{S}/dta"), None, "does not exist"),
     ("data-dir-is-a-file", RUN(source="auto", data_dir="{S}/afile.txt"), None, "is a file"),
@@ -421,7 +460,7 @@ def test_bad_input(name, argv, setup, needle, sandbox, monkeypatch, capsys):
     if name in CACHE_IS_A_FILE:
         (sandbox / "cachefile").write_text("x")
         monkeypatch.setenv("ADAFUSE_CACHE", str(sandbox / "cachefile"))
-    needle = needle or NEEDLES[name]
+    needle = (needle or NEEDLES[name]).replace("{S}", str(sandbox))
     argv = [a.replace("{S}", str(sandbox)) for a in argv]
     before = tree(sandbox)
     capsys.readouterr()
