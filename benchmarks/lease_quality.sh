@@ -146,22 +146,11 @@ for g in $(seq 2 $((NGPU - 1))); do worker $g & done
           --task gsm8k --source local --limit $n --batch-size $b --max-new-tokens 256 --attention $att "$@" \
           --out "$W/bench/$name.json" > "$W/bench/$name.log" 2>&1
       log "bench $name done ($?)"; }
-    # Measured before and kept in benchmarks/results/: AdaFuse at batch 1/64/256 (sdpa, grouped,
-    # blocking copies) and at paper scale, every other method at batch 1 and 64 and at paper scale,
-    # a profile of the best setting (lease 5).
-    # GPU 0: the additive masks and the cascade attention (decoding/attention.py): first whether they
-    # give sdpa's samples on a quality setting (fp32, gemma's mixed sliding-window masks), then their
-    # speed at batch 64.
-    # GPU 1: every baseline at batch 256 (lease 5 lost rerank to an out-of-memory, since fixed).
+    # Engine v2 (benchmarks/results/engine_v2/, lease_engine_v2.sh): GPU 0 AdaFuse at batch 64,
+    # GPU 1 every baseline at batch 256; attention "auto" measures its backend per member.
     BASELINES=${BASELINES:-sweetspan,coolfusion,unite,gac,rerank,single}
-    ( CUDA_VISIBLE_DEVICES=0 python benchmarks/attention_check.py --out "$W/bench/h100_attention_check_fp32.json" \
-          --models qwen2.5-coder-0.5b,gemma3-270m --dtype float32 --task triviaqa --limit 128 \
-          --modes sdpa,additive,grouped,cascade > "$W/bench/attention_check.log" 2>&1
-      log "attention check done ($?)"
-      bench 0 64 sdpa h100_adafuse_sdpa_b64_t256_lease6
-      bench 0 64 additive h100_adafuse_additive_b64_t256
-      bench 0 64 cascade h100_adafuse_cascade_b64_t256; worker 0 ) &
-    ( bench 1 256 sdpa h100_methods_b256_t256_${BASELINES//,/_} $BASELINES 256; worker 1 ) &
+    ( bench 0 64 auto h100_adafuse_b64_t256; worker 0 ) &
+    ( bench 1 256 auto h100_methods_b256_t256_${BASELINES//,/_} $BASELINES 256; worker 1 ) &
     wait
   else
     worker 0 & worker 1 & wait
