@@ -86,6 +86,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # 5. score the candidates, pick winners, commit them
         scoring = {p: len(cands[p]) for p in live if cands[p] is not None}
         nll = [rt.candidate_nll(scoring) for rt in runtimes]
+        groups = [rt.groups() for rt in runtimes] if scoring else []
         finished = []
         for p in scoring:
             scores = [x[p] for x in nll]
@@ -98,7 +99,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 batch.traces[p].append(_trace(props, p, cands[p], owners[p], scores, combined, w, fwd_round, cfg))
             for k, rt in enumerate(runtimes):
                 batch.add_forwards(k, p, fwd_round[k][p])
-                rt.commit(p, w, _Row)
+                rt.commit(p, w, _Row, groups[k].get(p, ()))
                 props[k][p], fwd_round[k][p] = Proposal([], []), 0
             cands[p] = owners[p] = None
             if batch.append(p, text, is_eos, runtimes[0].m.answer_tokens(p), max_rounds):

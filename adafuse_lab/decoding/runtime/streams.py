@@ -248,11 +248,12 @@ class Runtime:
 
     # ---- committing --------------------------------------------------------------
     @torch.inference_mode()
-    def commit(self, p: int, cand: int, make_state=lambda: None) -> None:
+    def commit(self, p: int, cand: int, make_state=lambda: None, streams=None) -> None:
         """Candidate `cand`'s score stream becomes prompt p's committed text and main stream;
-        p's other streams die."""
+        p's other streams die. `streams`: p's live streams, when the caller has grouped them
+        already (committing many prompts, one groups() per step instead of one per prompt)."""
         m = self.m
-        for s in self.groups().get(p, ()):
+        for s in self.groups().get(p, ()) if streams is None else streams:
             if s.kind != "score" or s.cand != cand or s.role == "score":
                 s.dead = True
                 continue
