@@ -15,20 +15,8 @@ from adafuse_lab.decoding.methods.batch import make_stop, official_stop
 from adafuse_lab.decoding.runtime import Member, Runtime
 from adafuse_lab.decoding.words import official_words, split_words
 from adafuse_lab.models import load_session
-from test_decoding import PROMPTS, full_nll, generate_ids, n_words, steer, winners, wordy_table
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return {n: load_session(f"tiny:{n}") for n in ("char", "bpe", "spm")}
+from test_decoding import (PROMPTS, _one_thread, full_nll, generate_ids, n_words, steer, tiny,  # noqa: F401 (fixtures)
+                           winners, wordy_table)
 
 
 @pytest.fixture(scope="module")
