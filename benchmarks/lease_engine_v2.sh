@@ -4,7 +4,8 @@
 #   probe   adafuse and single at batch 64 with both profilers (real members)
 #   smoke   the decoding/attention tests on CUDA (tiny members) and a tiny-member bench
 #   main    floor_bench + attn_bench anchors, every method at batch 64 (real members)
-#   scale   batch 256 and batch 1
+#   scale   batch 256 and batch 1 (about 6 minutes; the b1 part may outlast a short call)
+#   b1rest  batch 1 for unite, gac, sweetspan, coolfusion, rerank (2 questions)
 #   paper   paper-scale random members at batch 32, theta 0 and 1
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
@@ -19,7 +20,8 @@ probe)
       --out $O/h200_engine_v2_probe_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -150 ;;
 smoke)
   timeout 300 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_decoding.py tests/test_endings.py 2>&1 | tail -25
-  python -m adafuse_lab bench --models tiny:bpe,tiny:spm --method single,adafuse,unite,gac,rerank --task gsm8k \
+  # tiny members load on the CPU unless asked: --device cuda (a 2026-12-04 smoke run timed the CPU)
+  python -m adafuse_lab bench --models tiny:bpe,tiny:spm --device cuda --method single,adafuse,unite,gac,rerank --task gsm8k \
       --source local --data-dir data --limit 64 --batch-size 64 --max-new-tokens 64 --out $O/tiny_b64.json 2>&1 | grep -v Warning | tail -12 ;;
 main)
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tail -3
@@ -31,8 +33,13 @@ main)
 scale)
   python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 256 --batch-size 256 \
       --out $O/h200_engine_v2_b256_t256.json 2>&1 | grep -v "Loading weights" | tail -12
+  # batch 1: 4 questions one at a time took AdaFuse 19 s and single 2.5 s on 2026-12-04; the
+  # other methods come after them in one file (the first lease ran out before them)
   python -m adafuse_lab bench --models $M --method $ALL $D --limit 4 --batch-size 1 \
       --out $O/h200_engine_v2_methods_b1_t256.json 2>&1 | grep -v "Loading weights" | tail -12 ;;
+b1rest)  # batch 1 for the methods the first lease did not reach
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 2 --batch-size 1 \
+      --out $O/h200_engine_v2_methods_b1_rest_t256.json 2>&1 | grep -v "Loading weights" | tail -12 ;;
 paper)
   P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
   for th in 0.0 1.0; do
