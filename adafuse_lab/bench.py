@@ -31,8 +31,10 @@ class CallCounter:
 
     def __init__(self, model):
         from .decoding.runtime import graphs as columns
-        self.calls, self.key, self.columns = 0, id(model), columns
+        from .decoding.runtime.streams import FILL
+        self.calls, self.key, self.columns, self.fill = 0, id(model), columns, FILL
         self.start = (columns.REPLAYS[self.key], columns.CAPTURES[self.key])
+        self.fill_start = {k: FILL[self.key, k] for k in ("fed", "slots", "compactions")}
         self.handle = model.register_forward_pre_hook(self._hook)
 
     def _hook(self, *_):
@@ -44,6 +46,12 @@ class CallCounter:
         replays = self.columns.REPLAYS[self.key] - self.start[0]
         captures = self.columns.CAPTURES[self.key] - self.start[1]
         return self.calls + replays - 2 * captures
+
+    def fill_stats(self) -> dict:
+        """Tokens fed, token slots computed (pads included), their ratio, and KV compactions."""
+        d = {k: self.fill[self.key, k] - v for k, v in self.fill_start.items()}
+        d["fill"] = round(d["fed"] / d["slots"], 3) if d["slots"] else None
+        return d
 
     def close(self):
         self.handle.remove()
@@ -141,6 +149,7 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
     branched = sum(1 for o in outs for r in (o.trace or []) for m in r["members"] if m["branched"])
     starts = sum(1 for o in outs for r in (o.trace or []) for m in r["members"])
     return {"new_tokens": tokens, "forward_calls": [c.n for c in counters], "rounds": rounds,
+            "engine_fill": [c.fill_stats() for c in counters],
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
 
 

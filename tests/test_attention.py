@@ -9,7 +9,7 @@ import torch
 from adafuse_lab.decoding import DecodeConfig, decode
 from adafuse_lab.decoding.attention import BACKENDS, StepMeta
 from adafuse_lab.decoding.attention.backends import tree_mask
-from adafuse_lab.decoding.runtime import Runtime, kv
+from adafuse_lab.decoding.runtime import kv
 from adafuse_lab.models import load_session
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -84,7 +84,6 @@ def test_engine_decodes_the_same_on_every_backend():
 def test_cache_reuses_the_columns_of_dead_streams(monkeypatch):
     """Always branching into 3 words over a 300-token answer feeds several times more tokens than
     the cache has columns: only reclaiming dead branches and losing candidates makes room."""
-    monkeypatch.setattr(Runtime, "slack", 128)
     grown, fronts = [], []
     real_grow = kv.ColumnCache.grow
     monkeypatch.setattr(kv.ColumnCache, "grow", lambda self, w: (grown.append(w), real_grow(self, w))[1])
@@ -97,7 +96,7 @@ def test_cache_reuses_the_columns_of_dead_streams(monkeypatch):
     monkeypatch.setattr(kv.KVCache, "compact", compact)
     members = [load_session("tiny:bpe"), load_session("tiny:spm")]
     prompt = "The story begins:"
-    out = decode("adafuse", members, [prompt], DecodeConfig(max_new_tokens=300, theta=1.0, B=3))[0]
+    out = decode("adafuse", members, [prompt], DecodeConfig(max_new_tokens=300, theta=1.0, B=3, kv_slack=128))[0]
     assert out.stats["stopped_by"] == "budget"
     fed = [sum(r["members"][i]["tokens"] for r in out.trace) for i in range(2)]
     width = [len(m.encode_prompt(prompt)) + 300 + 128 for m in members]

@@ -296,13 +296,12 @@ def test_stream_scores_equal_full_forward(tiny, pair, slack, monkeypatch):
     for sliding-window members whose window the prompts outgrow, and when the fixed-width
     cache has so little slack that it compacts and widens often."""
     from adafuse_lab.decoding.runtime import kv
-    monkeypatch.setattr(Runtime, "slack", slack)
     compactions = []
     real = kv.KVCache.compact
     monkeypatch.setattr(kv.KVCache, "compact", lambda self, need, live: (compactions.append(need), real(self, need, live))[1])
     a, b = pair.split("+")
     members = [tiny[a], tiny[b] if b in tiny else sliding(tiny[a], b)]
-    cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16)
+    cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16, kv_slack=slack)
     outs = decode("adafuse", members, PROMPTS, cfg)
     checked = 0
     for prompt, o in zip(PROMPTS, outs):

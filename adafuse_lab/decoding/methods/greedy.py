@@ -18,34 +18,40 @@ class Answer:
 
 def greedy_answers(runtimes: list, batch: Batch) -> list[list[Answer]]:
     """Every member writes a greedy answer to every prompt as one look-ahead stream (nothing
-    committed), one token per step, until EOS, a stop string or the budget."""
+    committed), one token per step, until EOS, a stop string or the budget.
+
+    The tokens are chosen on the device and the host reads them one forward late: while the
+    GPU runs the forward that feeds step t's tokens, the host checks them for stops. A stream
+    that stopped at step t thus feeds one token nobody reads; its answer is unchanged."""
     P = len(batch.idx)
     answers = [[Answer() for _ in range(P)] for _ in runtimes]
     for k, rt in enumerate(runtimes):
         for p in range(P):
             rt.main[p].st = answers[k][p]
     while True:
-        fed = False
+        fed = []
         for k, rt in enumerate(runtimes):
             live = [rt.main[p] for p in range(P) if answers[k][p].stopped_by is None]
             for s in rt.rows:
                 s.feed = []
-            for s, t in zip(live, rt.argmax(live) if live else []):
-                _greedy_step(rt, s, t, batch)
-            if rt.forward() is not None:
-                fed = True
-                for s in live:
-                    if s.feed:
-                        batch.add_forwards(k, s.p, 1)
+            for s in live:
+                s.feed = [0]  # a placeholder: the forward feeds the argmax
+            if rt.forward(greedy=True) is not None:
+                fed.append((k, rt, live))
         if not fed:
             return answers
+        for k, rt, live in fed:
+            for s, t in zip(live, rt.fed.tolist()):
+                if _greedy_step(rt, s, t, batch):
+                    batch.add_forwards(k, s.p, 1)
 
 
-def _greedy_step(rt, s, t: int, batch: Batch) -> None:
+def _greedy_step(rt, s, t: int, batch: Batch) -> bool:
+    """Token t, fed already, joins s's answer; False when it ends the answer (not counted as fed)."""
     a, m = s.st, rt.m
     if t in m.eos:
         a.stopped_by = "eos"
-        return
+        return False
     piece, head, _ = next_piece(m, s.p, a.text, "", a.toks, t)
     a.toks.append(t)
     a.text = head + piece
@@ -53,8 +59,7 @@ def _greedy_step(rt, s, t: int, batch: Batch) -> None:
         a.stopped_by = "stop"
     elif len(a.toks) >= batch.cfg.max_new_tokens:
         a.stopped_by = "budget"
-    else:
-        s.feed = [t]
+    return a.stopped_by is None
 
 
 def single_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:

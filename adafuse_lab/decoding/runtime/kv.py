@@ -68,6 +68,7 @@ class KVCache:
         self.committed = _pad_cols(committed.bool(), extra)
         self.pos = _pad_cols(pos, extra)
         self.owner = torch.full_like(self.pos, NOBODY, dtype=torch.int32)
+        self.compactions = 0
 
     @property
     def width(self) -> int:
@@ -86,7 +87,9 @@ class KVCache:
     def compact(self, need: int, live_owners: list[int]) -> bool:
         """Squeeze out the columns nobody reads (committed or owned by a live stream), order kept,
         so that `need` free columns follow. True when the buffers were replaced (graphs invalid)."""
-        live = torch.tensor(live_owners, dtype=torch.int32, device=self.owner.device)
+        from .member import on_device
+        self.compactions += 1
+        live = on_device(live_owners, self.owner.device, torch.int32)
         read = self.committed | torch.isin(self.owner, live)
         width = int(read.sum(1).max()) if read.numel() else 0
         order = torch.sort((~read).to(torch.int8), dim=1, stable=True).indices[:, :width]

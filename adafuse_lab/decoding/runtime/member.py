@@ -29,6 +29,25 @@ def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+class HostCopy:
+    """A device tensor's values on their way to the host: the copy is queued now, behind the
+    work already queued (not behind what is queued later); tolist() waits for it alone."""
+
+    def __init__(self, t: torch.Tensor):
+        if t.device.type != "cuda":
+            self.host, self.done = t, None
+            return
+        self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        self.host.copy_(t, non_blocking=True)
+        self.done = torch.cuda.Event()
+        self.done.record()
+
+    def tolist(self) -> list:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.tolist()
+
+
 _NUMPY = {None: None, torch.long: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float32: np.float32}
 
 

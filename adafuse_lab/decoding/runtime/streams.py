@@ -15,6 +15,7 @@ text and the prompt's next main stream: no extra pass to commit.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -24,11 +25,14 @@ from ..attention import AttentionBackend, StepMeta
 from ..criteria import confidences
 from ..scoring import token_log_probs
 from .graphs import Graphs, bucket, eager_forward
-from .member import Member, on_device
+from .member import HostCopy, Member, on_device
 
 NO_STREAM = -2   # a query's parent when it has none
 PAD = -3         # the owner of a pad column: nobody reads it
 NO_LIMIT = 1 << 40
+# Per model (id): tokens fed, token slots computed (rows x T, pads included) and compactions,
+# for bench's record of how full the forwards are.
+FILL: Counter = Counter()
 
 
 @dataclass
@@ -53,11 +57,9 @@ class Stream:
 class Runtime:
     """One member's streams for a batch of prompts, over its Member (committed text, KV cache)."""
 
-    slack = 320  # free columns beyond the answer's budget: live streams and a few steps' feeds
-
     @torch.inference_mode()
     def __init__(self, session, prompts: list[str], cfg, backend: AttentionBackend):
-        self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + self.slack)
+        self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + cfg.kv_slack)
         self.backend = backend
         P = len(prompts)
         # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
@@ -71,6 +73,7 @@ class Runtime:
         self.restructure()
         self.last = m.last_logits.clone()      # newest logits of every stream, by slot
         self.logits = None                     # logits of the last forward (rows x T x V)
+        self.fed: HostCopy | None = None       # the tokens a greedy forward chose
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
         self.window, self.mixed = _sliding_window(session.model.config)
 
@@ -134,10 +137,14 @@ class Runtime:
 
     # ---- one forward -----------------------------------------------------------
     @torch.inference_mode()
-    def forward(self) -> torch.Tensor | None:
+    def forward(self, greedy: bool = False) -> torch.Tensor | None:
         """Feed every stream's tokens in one forward; returns its logits (rows x T x V), or
         None when nothing was fed. The plan (ids, positions, and what each token reads) is a
-        few lists per stream on the host and tensor operations on the device."""
+        few lists per stream on the host and tensor operations on the device.
+
+        greedy: every feeding stream feeds one token, the argmax of its newest logits, chosen
+        on the device (s.feed holds a placeholder). self.fed then holds those tokens, copied to
+        the host behind the previous forward only: the caller reads them while this one runs."""
         self.logits = None
         feeding = [s for s in self.rows if s.feed and not s.dead]
         if not feeding:
@@ -148,8 +155,12 @@ class Runtime:
             r = self.crow[s.p]
             s.off, used[r] = used[r], used[r] + len(s.feed)
         T = bucket(max(used))
-        width = kv.width
+        width, compactions = kv.width, kv.compactions
         F = kv.reserve(T, [s.uid for s in self.rows if not s.dead])
+        key = id(m.s.model)
+        FILL[key, "fed"] += sum(used)
+        FILL[key, "slots"] += kv.rows * T
+        FILL[key, "compactions"] += kv.compactions - compactions
         if self.graphs is not None and kv.width != width:
             self.graphs.clear()
         entries = [(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
@@ -161,6 +172,11 @@ class Runtime:
         ids, pos, owner, parent, limit = grid(m.s.pad_token_id), grid(0), grid(PAD), grid(NO_STREAM), grid(0)
         for x, v in ((ids, e[2]), (pos, e[3]), (owner, e[4]), (parent, e[5]), (limit, e[6])):
             x[r, q] = v
+        if greedy:
+            assert all(len(s.feed) == 1 for s in feeding), "a greedy forward feeds one token per stream"
+            chosen = self.last.index_select(0, on_device([s.slot for s in feeding], dev, torch.long)).argmax(-1)
+            self.fed = HostCopy(chosen)
+            ids[r, q] = chosen  # one entry per stream, in feeding order
         kv.pos[:, F:F + T] = pos
         kv.owner[:, F:F + T] = owner.to(kv.owner.dtype)
         meta = StepMeta(kv.committed, kv.pos, kv.owner, F, pos, owner.to(kv.owner.dtype), parent.to(kv.owner.dtype),
