@@ -44,13 +44,19 @@ def unsure2(tiny):
 def calls(monkeypatch):
     """Record every score stream: (id of the member's session, prompt row) -> [(ids fed, first scored, extra, bare)]."""
     seen: dict = {}
-    real = Runtime.score_stream
+    real = Runtime.score_streams
 
-    def spy(self, p, cand, text, eos, extra=(), bare=False):
+    def record(self, p, text, eos, extra, bare):
         new, _, first = self.m.retokenize(p, text, eos, bare)
         seen.setdefault((id(self.m.s), p), []).append((new + list(extra), first, list(extra), bare))
-        return real(self, p, cand, text, eos, extra, bare)
-    monkeypatch.setattr(Runtime, "score_stream", spy)
+
+    def spy(self, reqs):
+        for p, _, text, eos, extra, bare in reqs:
+            if bare and not eos:  # the stream that commits the text as it reads, then the bare one
+                record(self, p, text, eos, (), False)
+            record(self, p, text, eos, extra, bare)
+        return real(self, reqs)
+    monkeypatch.setattr(Runtime, "score_streams", spy)
     return seen
 
 

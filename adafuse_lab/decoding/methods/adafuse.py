@@ -71,12 +71,16 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                     for b in branches:
                         b.dead = True
         # 3. prompts whose proposals are all in: the union, scored by every member
+        reqs = [[] for _ in runtimes]
         for p in live:
             if cands[p] is None and all(pr[p].texts for pr in props):
                 cands[p], owners[p] = _union([(pr[p].texts, pr[p].eos) for pr in props], cfg.score_eos)
-                for k, rt in enumerate(runtimes):
+                for k in range(K):
                     for c, (text, eos) in enumerate(cands[p]):
-                        _score_stream(rt, k in owners[p][c], props[k][p], p, c, text, eos, cfg, bare, text_rule)
+                        reqs[k].append(_score_request(k in owners[p][c], props[k][p], p, c, text, eos, cfg, bare,
+                                                      text_rule))
+        for rt, r in zip(runtimes, reqs):
+            rt.score_streams(r)
         # 4. one forward per member over all its streams
         for k, rt in enumerate(runtimes):
             rt.restructure()
@@ -319,15 +323,16 @@ def _own(prop: Proposal, text: str, eos: bool) -> tuple[str, list]:
     return next(own for t, own in zip(prop.texts, prop.own) if t == text)  # merged into an ending
 
 
-def _score_stream(rt, mine: bool, prop: Proposal, p: int, c: int, text: str, eos: bool, cfg, bare: bool,
-                  text_rule: bool) -> None:
-    """Candidate c's score stream in member rt: the proposer scores its own text (and, with
-    lookahead_scoring, its look-ahead tokens); the others score the candidate's text, tokenized
-    alone with bare_cross_scoring, and with official_text an end token glued on as text."""
+def _score_request(mine: bool, prop: Proposal, p: int, c: int, text: str, eos: bool, cfg, bare: bool,
+                   text_rule: bool) -> tuple:
+    """Candidate c's score stream in a member, as Runtime.score_streams takes it: the proposer
+    scores its own text (and, with lookahead_scoring, its look-ahead tokens); the others score
+    the candidate's text, tokenized alone with bare_cross_scoring, and with official_text an
+    end token glued on as text."""
     extra = ()
     if mine:
         text, extra = _own(prop, text, eos)
     elif text_rule and eos:
         eos = False
     # score_eos off: an ending is scored by its text, and by EOS only where it has no text
-    rt.score_stream(p, c, text, eos and (cfg.score_eos or not text), extra=extra, bare=bare and not mine)
+    return p, c, text, eos and (cfg.score_eos or not text), extra, bare and not mine

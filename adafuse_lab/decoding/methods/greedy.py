@@ -79,9 +79,8 @@ def rerank_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
     P = len(batch.idx)
     uniq = [list(dict.fromkeys(a[p].text for a in answers)) for p in range(P)]
     for rt in runtimes:
-        for p in range(P):
-            for c, text in enumerate(uniq[p]):
-                rt.score_stream(p, c, text, False)  # the answer text itself, however it stopped
+        # the answer text itself, however it stopped
+        rt.score_streams([(p, c, text, False, (), False) for p in range(P) for c, text in enumerate(uniq[p])])
         rt.restructure()
         rt.forward()
     nll = [rt.candidate_nll({p: len(uniq[p]) for p in range(P)}) for rt in runtimes]

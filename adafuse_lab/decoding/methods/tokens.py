@@ -29,8 +29,7 @@ def _commit_strings(runtimes: list, batch: Batch, chosen: dict[int, str]) -> Ite
             batch.append(p, "", True, runtimes[0].m.answer_tokens(p))
     going = {p: c for p, c in chosen.items() if c != EOS}
     for k, rt in enumerate(runtimes):
-        for p, text in going.items():
-            rt.score_stream(p, 0, text, False)
+        rt.score_streams([(p, 0, text, False, (), False) for p, text in going.items()])
         rt.restructure()
         rt.forward()
         for p in going:

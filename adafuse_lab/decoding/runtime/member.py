@@ -105,21 +105,31 @@ class Member:
         `bare` (the official code's cross-scoring): `text` without its leading whitespace,
         tokenized on its own, after the committed ids as they are.
         """
-        ids = self.ids[row]
-        if bare:
-            tail = self._encode_offsets(text.lstrip())[0]
-            return ids + tail + ([min(self.eos)] if eos else []), len(ids), len(ids)
-        ws, window_text = self._window(row, ids)
-        tail, offsets = self._encode_offsets(window_text + text)
-        first = next((k for k, (_, end) in enumerate(offsets) if end > len(window_text)), len(tail))
-        # an ending is fed as one EOS id; scoring reads it as "any EOS id" (scoring.token_log_probs)
-        new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
-        keep = ws  # ids[:ws] are kept as they are: compare only the window
-        for a, b in zip(new[ws:], ids[ws:]):
-            if a != b:
-                break
-            keep += 1
-        return new, keep, ws + first
+        return self.retokenize_many([(row, text, eos, bare)])[0]
+
+    def retokenize_many(self, items: list[tuple[int, str, bool, bool]]) -> list[tuple[list[int], int, int]]:
+        """retokenize() of many (row, text, eos, bare), with one call to the tokenizer."""
+        plans, strings = [], []
+        for row, text, eos, bare in items:
+            ws, window_text = (len(self.ids[row]), "") if bare else self._window(row, self.ids[row])
+            plans.append((row, ws, len(window_text), eos, bare))
+            strings.append(text.lstrip() if bare else window_text + text)
+        out = []
+        for (row, ws, head, eos, bare), (tail, offsets) in zip(plans, self._encode_offsets(strings)):
+            ids = self.ids[row]
+            # an ending is fed as one EOS id; scoring reads it as "any EOS id" (scoring.token_log_probs)
+            new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
+            if bare:
+                out.append((new, ws, ws))
+                continue
+            first = next((k for k, (_, end) in enumerate(offsets) if end > head), len(tail))
+            keep = ws  # ids[:ws] are kept as they are: compare only the window
+            for a, b in zip(new[ws:], ids[ws:]):
+                if a != b:
+                    break
+                keep += 1
+            out.append((new, keep, ws + first))
+        return out
 
     def _window(self, row: int, ids: list[int]) -> tuple[int, str]:
         """Start and text of the re-tokenized window; the same for every candidate of a round."""
@@ -131,14 +141,17 @@ class Member:
             self._windows[row] = hit
         return hit[1], hit[2]
 
-    def _encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and character offsets, straight from the Rust tokenizer when there is one."""
+    def _encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Ids and character offsets of each text, in one batch from the Rust tokenizer when
+        there is one (it spreads the batch over threads)."""
         backend = getattr(self.s.tokenizer, "backend_tokenizer", None)
         if backend is not None:
-            enc = backend.encode(text, add_special_tokens=False)
-            return enc.ids, enc.offsets
-        enc = self.s.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return enc["input_ids"], enc["offset_mapping"]
+            return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        out = []
+        for text in texts:
+            enc = self.s.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            out.append((enc["input_ids"], enc["offset_mapping"]))
+        return out
 
     def _starts_char(self, ids: list[int]) -> bool:
         """Do `ids` (ending where a character ends) begin where a character begins?

@@ -84,18 +84,23 @@ class Runtime:
         self.spawn.append(s)
         return s
 
-    def score_stream(self, p: int, cand: int, text: str, eos: bool, extra=(), bare: bool = False) -> Stream:
-        """A stream that feeds `text` (and an EOS id) after prompt p's committed text, then the
-        `extra` ids, which are scored too but never committed; `bare`: `text` tokenized alone."""
-        role = "both"
-        if bare and not eos:  # scored tokenized alone, committed as the text reads
-            self.score_stream(p, cand, text, eos, extra).role, role = "commit", "score"
-        new, keep, first = self.m.retokenize(p, text, eos, bare)
-        new = new + list(extra)
-        n = len(self.m.ids[p])
-        start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
-        return self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start,
-                               limit=start, tail=len(extra), role=role)
+    def score_streams(self, reqs) -> None:
+        """A stream per (p, cand, text, eos, extra, bare): it feeds `text` (and an EOS id) after
+        prompt p's committed text, then the `extra` ids, which are scored too but never
+        committed; `bare`: `text` tokenized alone. One tokenizer call for all of them."""
+        items = []
+        for p, cand, text, eos, extra, bare in reqs:
+            if bare and not eos:  # scored tokenized alone, committed as the text reads
+                items += [(p, cand, text, eos, (), False, "commit"), (p, cand, text, eos, extra, True, "score")]
+            else:
+                items.append((p, cand, text, eos, extra, bare, "both"))
+        plans = self.m.retokenize_many([(p, text, eos, bare) for p, _, text, eos, _, bare, _ in items])
+        for (p, cand, _, _, extra, _, role), (new, keep, first) in zip(items, plans):
+            new = new + list(extra)
+            n = len(self.m.ids[p])
+            start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
+            self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start,
+                            limit=start, tail=len(extra), role=role)
 
     @torch.inference_mode()
     def restructure(self) -> None:
@@ -251,10 +256,10 @@ class Runtime:
         that prompt's texts in order)."""
         count: dict[int, int] = {}
         keys = []
-        for p, text, e in zip(rows, texts, eos):
+        for p in rows:
             keys.append((p, count.get(p, 0)))
-            self.score_stream(p, count.get(p, 0), text, e)
             count[p] = count.get(p, 0) + 1
+        self.score_streams([(p, c, text, e, (), False) for (p, c), text, e in zip(keys, texts, eos)])
         for s in self.rows:
             s.feed = s.feed if s.kind == "score" else []
         self.restructure()
