@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .decoding.config import ATTENTION
+
 
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":  # every GPU: a member may span several (device "auto")
@@ -259,7 +261,7 @@ def benchmark(args) -> dict:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         variants["generate_no_cudnn"] = lambda: sdpa_kernel(no_cudnn)
-    for key, kernels in variants.items() if not args.profile_only else []:
+    for key, kernels in variants.items() if not (args.profile_only or args.no_generate) else []:
         result[key] = {}
         for s in sessions:
             with kernels():
@@ -333,10 +335,12 @@ def add_parser(sub) -> None:
     a("--device")
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
-    a("--attention", default=None, choices=["auto", "sdpa_gqa", "reference"],
+    a("--attention", default=None, choices=ATTENTION,
       help="the engine's attention backend (decoding/attention; default: auto)")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
     a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")
     a("--profile-only", action="store_true", help="skip the timed runs, only profile")
+    a("--no-generate", action="store_true",
+      help="skip the members' own generate (no ratios to it): for a second run of the same workload")
     a("--out", help="JSON file to write")
     p.set_defaults(func=benchmark)
