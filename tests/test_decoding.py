@@ -289,19 +289,25 @@ def sliding(session, kind, window=5):
     return dataclasses.replace(session, model=model.eval())
 
 
-@pytest.mark.parametrize("pair,slack", [("bpe+spm", 320), ("bpe+spm", 0), ("bpe+mistral", 320), ("spm+qwen2", 3)])
-def test_stream_scores_equal_full_forward(tiny, pair, slack, monkeypatch):
+@pytest.mark.parametrize("pair,slack,cap", [("bpe+spm", 320, 16), ("bpe+spm", 0, 16), ("bpe+mistral", 320, 16),
+                                            ("spm+qwen2", 3, 16), ("bpe+spm", 320, 0), ("bpe+spm", 320, 2),
+                                            ("spm+qwen2", 3, 1)])
+def test_stream_scores_equal_full_forward(tiny, pair, slack, cap, monkeypatch):
     """The streaming engine reads candidates off a token tree in the prompt's cache row
     (a 4-D mask); every score in the trace is still one plain forward's mean NLL, also
-    for sliding-window members whose window the prompts outgrow, and when the fixed-width
-    cache has so little slack that it compacts and widens often."""
+    for sliding-window members whose window the prompts outgrow, when the fixed-width
+    cache has so little slack that it compacts and widens often, and when a prompt's
+    candidates are fed over several forwards (feed_cap) or all in one (0)."""
     from adafuse_lab.decoding.runtime import kv
     compactions = []
     real = kv.KVCache.compact
     monkeypatch.setattr(kv.KVCache, "compact", lambda self, need, live: (compactions.append(need), real(self, need, live))[1])
+    split = []  # forwards that left a prompt's candidates partly fed
+    plan = Runtime._plan_rows
+    monkeypatch.setattr(Runtime, "_plan_rows", lambda self, c: (plan(self, c), split.append(bool(self.pending)))[0])
     a, b = pair.split("+")
     members = [tiny[a], tiny[b] if b in tiny else sliding(tiny[a], b)]
-    cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16, kv_slack=slack)
+    cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16, kv_slack=slack, feed_cap=cap)
     outs = decode("adafuse", members, PROMPTS, cfg)
     checked = 0
     for prompt, o in zip(PROMPTS, outs):
@@ -317,7 +323,8 @@ def test_stream_scores_equal_full_forward(tiny, pair, slack, monkeypatch):
                     checked += 1
             text += r["candidates"][r["winner"]]["text"]
     assert checked >= 50
-    assert (len(compactions) > 10) == (slack < 16)
+    assert slack >= 16 or len(compactions) > 5
+    assert any(split) if 0 < cap <= 2 else not (cap == 0 and any(split))
 
 
 # ---- 3. batched equals unbatched ----------------------------------------------------
@@ -339,6 +346,20 @@ def test_batched_equals_unbatched_branching(tiny):
     four = decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, batch_size=4))
     assert [o.text for o in one] == [o.text for o in four]
     assert [[r["winner"] for r in o.trace] for o in one] == [[r["winner"] for r in o.trace] for o in four]
+
+
+@pytest.mark.parametrize("method", ["adafuse", "sweetspan", "coolfusion"])
+def test_feed_cap_changes_only_how_candidates_are_fed(tiny, method):
+    """Candidates fed over several forwards (feed_cap 1, 3) score and decode as fed in one (0)."""
+    members = [tiny["char"], tiny["bpe"]]
+    cfg = DecodeConfig(max_new_tokens=16, batch_size=4, theta=0.9, feed_cap=0)
+    whole = decode(method, members, PROMPTS, cfg)
+    flat = lambda outs: [x for o in outs for r in o.trace for c in r["candidates"] for x in c["nll"]]
+    for cap in (1, 3):
+        split = decode(method, members, PROMPTS, dataclasses.replace(cfg, feed_cap=cap))
+        assert [o.text for o in split] == [o.text for o in whole], cap
+        assert flat(split) == pytest.approx(flat(whole), abs=1e-4), cap
+        assert sum(o.stats["forwards"][0] for o in split) > sum(o.stats["forwards"][0] for o in whole), cap
 
 
 # ---- 4. members with different tokenizers, each able to win ------------------------

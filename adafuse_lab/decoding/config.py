@@ -67,6 +67,7 @@ class DecodeConfig:
     word_token_cap: int = 24       # a word longer than this many tokens (CJK, URLs) ends here
     window_tokens: int = 8         # tokens re-tokenized at the boundary when text is appended
     trace: bool = True             # record the per-round trace
+    feed_cap: int = 16             # tokens a prompt feeds per forward at most (0: no cap); candidates longer wait a step
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
     attention: str = "auto"        # attention backend: auto (CUDA: the faster one measured) | sdpa_gqa | sdpa_fold | reference
@@ -89,6 +90,7 @@ class DecodeConfig:
         need(self.dyn_window >= 1 and self.branch_pool >= 1 and self.unite_k >= 1, "dyn_window, branch_pool and unite_k must be >= 1")
         need(self.outlier_ratio > 1.0, f"outlier_ratio must be > 1, got {self.outlier_ratio}")
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
+        need(isinstance(self.feed_cap, int) and self.feed_cap >= 0, f"feed_cap must be a whole number >= 0, got {self.feed_cap!r}")
         need(isinstance(self.kv_slack, int) and self.kv_slack >= 0, f"kv_slack must be a whole number >= 0, got {self.kv_slack!r}")
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")

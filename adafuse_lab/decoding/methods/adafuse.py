@@ -47,7 +47,8 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # 1. every main (look-ahead) and branch stream decides what it feeds next
         for k, rt in enumerate(runtimes):
             for s in rt.rows:
-                s.feed = []
+                if s.kind != "score":  # a score stream may have tokens left from the last forward
+                    s.feed = []
             deciding = [s for s in rt.rows if s.kind != "score" and not s.dead and cands[s.p] is None
                         and not batch.done[s.p] and not s.st.done]
             if deciding:
@@ -84,11 +85,11 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # 4. one forward per member over all its streams
         for k, rt in enumerate(runtimes):
             rt.restructure()
-            rt.forward()
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
-        # 5. score the candidates, pick winners, commit them
-        scoring = {p: len(cands[p]) for p in live if cands[p] is not None}
+            rt.forward(cap=cfg.feed_cap)
+        # 5. score the candidates whose tokens are all fed, pick winners, commit them
+        scoring = {p: len(cands[p]) for p in live if cands[p] is not None and not any(p in rt.pending for rt in runtimes)}
         nll = [rt.candidate_nll(scoring) for rt in runtimes]
         groups = [rt.groups() for rt in runtimes] if scoring else []
         finished = []

@@ -41,7 +41,7 @@ class Stream:
     kind: str                   # main | branch | score
     uid: int                    # owner id of the columns it writes
     st: object = None           # the method's state of a main or branch stream
-    feed: list = field(default_factory=list)  # tokens to feed in this step
+    feed: list = field(default_factory=list)  # tokens to feed (a score stream's may take several steps)
     parent: int = NO_STREAM     # a stream whose columns it also reads (a branch: its look-ahead)
     n: int = 0                  # position id of the next token it feeds
     plan: tuple | None = None   # score: (new_ids, start, first_scored)
@@ -52,6 +52,8 @@ class Stream:
     dead: bool = False
     slot: int = 0               # index in Runtime.rows and Runtime.last
     off: int = 0                # where its feed sits in its prompt's row in this step
+    take: int = 0               # how many of its feed tokens this step feeds (the rest: next steps)
+    end_logits: object = None   # score with tail: the logits after its committed part, kept when fed
 
 
 class Runtime:
@@ -72,6 +74,8 @@ class Runtime:
         self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
         self.restructure()
         self.last = m.last_logits.clone()      # newest logits of every stream, by slot
+        self.nll = self.last.new_zeros((P, 2))  # score streams, by slot: summed token NLL, scored tokens
+        self.pending: set[int] = set()         # prompts with score tokens still to feed after the last forward
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
@@ -109,8 +113,10 @@ class Runtime:
             return
         keep = [s.slot for s in self.rows if not s.dead]
         if self.rows:
-            last = self.last.index_select(0, on_device(keep, self.last.device, torch.long))
+            keep = on_device(keep, self.last.device, torch.long)
+            last, nll = self.last.index_select(0, keep), self.nll.index_select(0, keep)
             self.last = torch.cat([last, last.new_empty((len(self.spawn), last.shape[1]))])
+            self.nll = torch.cat([nll, nll.new_zeros((len(self.spawn), 2))])
         self.rows = [s for s in self.rows if not s.dead] + self.spawn
         for i, s in enumerate(self.rows):
             s.slot = i
@@ -142,23 +148,27 @@ class Runtime:
 
     # ---- one forward -----------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, greedy: bool = False) -> torch.Tensor | None:
-        """Feed every stream's tokens in one forward; returns its logits (rows x T x V), or
-        None when nothing was fed. The plan (ids, positions, and what each token reads) is a
-        few lists per stream on the host and tensor operations on the device.
+    def forward(self, greedy: bool = False, cap: int = 0) -> torch.Tensor | None:
+        """Feed the streams' tokens in one forward; returns its logits (rows x T x V), or None
+        when nothing was fed. The plan (ids, positions, and what each token reads) is a few
+        lists per stream on the host and tensor operations on the device.
+
+        cap: at most this many tokens per row (0: no cap). Look-ahead and branch tokens always
+        go in; score streams fill what is left and feed the rest in later forwards, so one
+        prompt's long candidates do not widen every row's forward. self.pending names the
+        prompts left with score tokens to feed; their scores are read once it is empty of them.
 
         greedy: every feeding stream feeds one token, the argmax of its newest logits, chosen
         on the device (s.feed holds a placeholder). self.fed then holds those tokens, copied to
         the host behind the previous forward only: the caller reads them while this one runs."""
         self.logits = None
-        feeding = [s for s in self.rows if s.feed and not s.dead]
+        feeding = self._plan_rows(cap)
         if not feeding:
             return None
         m, kv = self.m, self.m.kv
         used = [0] * kv.rows
         for s in feeding:
-            r = self.crow[s.p]
-            s.off, used[r] = used[r], used[r] + len(s.feed)
+            used[self.crow[s.p]] = max(used[self.crow[s.p]], s.off + s.take)
         T = bucket(max(used))
         width, compactions = kv.width, kv.compactions
         F = kv.reserve(T, [s.uid for s in self.rows if not s.dead])
@@ -169,7 +179,7 @@ class Runtime:
         if self.graphs is not None and kv.width != width:
             self.graphs.clear()
         entries = [(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
-                   for s in feeding for j, t in enumerate(s.feed)]
+                   for s in feeding for j, t in enumerate(s.feed[:s.take])]
         dev = m.s.device
         e = on_device(entries, dev, torch.long).T
         r, q = e[0], e[1]
@@ -178,7 +188,7 @@ class Runtime:
         for x, v in ((ids, e[2]), (pos, e[3]), (owner, e[4]), (parent, e[5]), (limit, e[6])):
             x[r, q] = v
         if greedy:
-            assert all(len(s.feed) == 1 for s in feeding), "a greedy forward feeds one token per stream"
+            assert all(s.take == 1 for s in feeding), "a greedy forward feeds one token per stream"
             chosen = self.last.index_select(0, on_device([s.slot for s in feeding], dev, torch.long)).argmax(-1)
             self.fed = HostCopy(chosen)
             ids[r, q] = chosen  # one entry per stream, in feeding order
@@ -190,15 +200,73 @@ class Runtime:
         cols = torch.arange(F, F + T, device=dev)
         logits = (self.graphs or eager_forward)(m.s.model, self.backend, kv.cache, ids, pos, attn, cols)
         m.forwards += 1
+        self._score(feeding, logits)  # reads self.last before it moves on
         rows = on_device([self.crow[s.p] for s in feeding], dev)
-        ends = on_device([s.off + len(s.feed) - 1 for s in feeding], dev)
+        ends = on_device([s.off + s.take - 1 for s in feeding], dev)
         slots = on_device([s.slot for s in feeding], dev)
         self.last[slots] = logits[rows, ends].float()
         for s in feeding:
-            s.n += len(s.feed)
+            s.n += s.take
+            s.feed = s.feed[s.take:]
         kv.front = F + T
         self.logits = logits
         return logits
+
+    def _plan_rows(self, cap: int) -> list[Stream]:
+        """The streams that feed in this forward, each with its offset in its row (s.off) and
+        its number of tokens (s.take): everything, or with a cap as forward() says."""
+        feeding = [s for s in self.rows if s.feed and not s.dead]
+        used = [0] * self.m.kv.rows
+        whole = [s for s in feeding if not cap or s.kind != "score" or s.tail]  # never split
+        for s in whole:
+            r = self.crow[s.p]
+            s.off, s.take, used[r] = used[r], len(s.feed), used[r] + len(s.feed)
+        for s in feeding if cap else []:
+            if s.kind == "score" and not s.tail:
+                r = self.crow[s.p]
+                s.off, s.take = used[r], max(0, min(len(s.feed), cap - used[r]))
+                used[r] += s.take
+        self.pending = {s.p for s in feeding if s.take < len(s.feed)}
+        return [s for s in feeding if s.take]
+
+    def _score(self, feeding: list[Stream], logits: torch.Tensor) -> None:
+        """Add the NLL of the scored tokens this forward fed to their streams' sums. A token is
+        predicted by the logits after the token before it: fed in this forward, the stream's
+        newest logits (its previous chunk), or those after the committed text."""
+        m = self.m
+        here_r, here_c, here_t, here_s = [], [], [], []
+        prev_t, prev_s, prev_from = [], [], []  # prev_from: a stream's slot (>= 0) or -1 - prompt
+        for s in feeding:
+            if s.kind != "score" or s.role == "commit":
+                continue
+            new, start, first = s.plan
+            done = s.n - start  # tokens fed before this forward
+            for j in range(max(first, start + done), start + done + s.take):
+                if j - 1 >= start + done:
+                    here_r.append(self.crow[s.p]), here_c.append(s.off + j - 1 - start - done)
+                    here_t.append(new[j]), here_s.append(s.slot)
+                else:
+                    prev_t.append(new[j]), prev_s.append(s.slot)
+                    prev_from.append(s.slot if j - 1 >= start else -1 - s.p)
+            if s.tail and s.take == len(s.feed):  # the winner's next logits come from here (commit)
+                end = len(new) - s.tail
+                s.end_logits = (logits[self.crow[s.p], s.off + end - 1 - start - done].float() if end > start
+                                else None)
+        dev = m.last_logits.device
+        as_t = lambda x: on_device(x, dev)
+        if here_t:
+            lp = token_log_probs(logits[as_t(here_r), as_t(here_c)], as_t(here_t), m.eos_t)
+            self.nll.index_put_((as_t(here_s), as_t([0] * len(here_s))), -lp, accumulate=True)
+        if prev_t:
+            src = as_t(prev_from)
+            before = torch.where((src >= 0)[:, None], self.last.index_select(0, src.clamp_min(0)),
+                                 m.last_logits.index_select(0, (-1 - src).clamp_min(0)))
+            lp = token_log_probs(before, as_t(prev_t), m.eos_t)
+            self.nll.index_put_((as_t(prev_s), as_t([0] * len(prev_s))), -lp, accumulate=True)
+        counted = here_s + prev_s
+        if counted:
+            self.nll.index_put_((as_t(counted), as_t([1] * len(counted))),
+                                torch.ones(len(counted), device=dev), accumulate=True)
 
     # ---- reading the results ---------------------------------------------------
     def peek(self, streams: list[Stream], pool: int, criterion: str):
@@ -215,38 +283,20 @@ class Runtime:
         return logits.argmax(-1).tolist()
 
     def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
-        """Mean token NLL of every candidate scored in the last forward, by prompt, in one gather
-        (n_cands: prompt -> number of candidates; a candidate with no scored token is NaN)."""
-        m = self.m
-        src_r, src_c, tok, seg, use_last, prompt = [], [], [], [], [], []
-        slots: dict[tuple[int, int], int] = {}
+        """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
+        candidates), from the sums the forwards kept; a candidate with no scored token is NaN."""
+        keys, slots = [], []
         for s in self.rows:
-            if s.kind != "score" or s.dead or s.p not in n_cands or s.role == "commit":
-                continue
-            slot = slots.setdefault((s.p, s.cand), len(slots))
-            new, start, first = s.plan
-            for j in range(first, len(new)):
-                prev = j - 1 - start
-                use_last.append(prev < 0)
-                src_r.append(self.crow[s.p])
-                src_c.append(s.off + max(prev, 0))
-                tok.append(new[j])
-                seg.append(slot)
-                prompt.append(s.p)
+            if s.kind == "score" and not s.dead and s.p in n_cands and s.role != "commit":
+                keys.append((s.p, s.cand))
+                slots.append(s.slot)
         out = {p: [float("nan")] * n for p, n in n_cands.items()}
-        if not tok:
+        if not slots:
             return out
-        dev = m.last_logits.device
-        as_t = lambda x: on_device(x, dev)
-        t = as_t(tok)
-        lp = token_log_probs(self.logits[as_t(src_r), as_t(src_c)], t, m.eos_t)
-        committed = m.last_logits.index_select(0, as_t(prompt))  # logits after the committed text
-        lp = torch.where(as_t(use_last), token_log_probs(committed, t, m.eos_t), lp)
-        total = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), -lp)
-        count = torch.zeros(len(slots), device=dev).index_add_(0, as_t(seg), torch.ones_like(lp))
-        means = (total / count.clamp_min(1)).tolist()
-        for (p, c), slot in slots.items():
-            out[p][c] = means[slot]
+        sums = self.nll.index_select(0, on_device(slots, self.nll.device, torch.long))
+        means = torch.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1].clamp_min(1), float("nan")).tolist()
+        for (p, c), mean in zip(keys, means):
+            out[p][c] = mean
         return out
 
     @torch.inference_mode()
@@ -283,8 +333,7 @@ class Runtime:
             m.kv.commit_stream(self.crow[p], s.uid, hide_from=start, end=end if s.tail else None)
             if s.tail:  # the logits after the committed text, not after the extra ids
                 s.n = end
-                self.last[s.slot] = (self.logits[self.crow[p], s.off + end - 1 - start].float() if end > start
-                                     else m.last_logits[p])
+                self.last[s.slot] = s.end_logits if s.end_logits is not None else m.last_logits[p]
             m.ids[p] = new[:end]
             m.last_logits[p] = self.last[s.slot]
             s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
