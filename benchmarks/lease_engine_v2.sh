@@ -7,6 +7,12 @@
 #   scale   batch 256 and batch 1 (about 6 minutes; the b1 part may outlast a short call)
 #   b1rest  batch 1 for unite, gac, sweetspan, coolfusion, rerank (2 questions)
 #   paper   paper-scale random members at batch 32, theta 0 and 1
+# After the feed cap and the late greedy read (second lease, files h200_engine_v3_*):
+#   check   the runtime tests on CUDA (tiny members), then main3
+#   main3   anchors, adafuse and single at batch 64 against generate, with cProfile
+#   knobs   adafuse at batch 64 with feed_cap 0 / 8 / 32 and kv_slack 1024 (no generate)
+#   others  the other methods at batch 64 (no generate), and every method at batch 1 (2 questions)
+#   scale3  adafuse and single at batch 256 (no generate)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -40,6 +46,29 @@ scale)
 b1rest)  # batch 1 for the methods the first lease did not reach
   python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 2 --batch-size 1 \
       --out $O/h200_engine_v2_methods_b1_rest_t256.json 2>&1 | grep -v "Loading weights" | tail -12 ;;
+check)
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_attention.py \
+      tests/test_decoding.py -k "attention or greedy or feed_cap or stream_scores or batched" 2>&1 | tail -4
+  bash $0 main3 ;;
+main3)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json 2>&1 | tail -4
+  python .gpu-extra/attn_bench.py --out $O/attn_b64.json 2>&1 | tail -12
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --cprofile \
+      --out $O/h200_engine_v3_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -80 ;;
+knobs)
+  for kv in feed_cap=0 feed_cap=8 feed_cap=32 kv_slack=1024; do
+    python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate --set $kv \
+        --out $O/h200_engine_v3_b64_t256_$kv.json 2>&1 | grep -v "Loading weights" | tail -3
+  done ;;
+others)
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --no-generate --out $O/h200_engine_v3_others_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -8
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
+      --out $O/h200_engine_v3_methods_b1_t256.json 2>&1 | grep -v "Loading weights" | tail -12 ;;
+scale3)
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 256 --batch-size 256 --no-generate \
+      --out $O/h200_engine_v3_b256_t256.json 2>&1 | grep -v "Loading weights" | tail -12 ;;
 paper)
   P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
   for th in 0.0 1.0; do
