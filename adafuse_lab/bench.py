@@ -163,7 +163,7 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
            # forward calls per token of the average answer, per member (batched calls count once)
            "forwards_per_answer_token": [round(n * len(prompts) / max(r["new_tokens"], 1), 3)
                                          for n in r["forward_calls"]]}
-    if "generate" in result:  # forward calls against the member's own generate on the same batch
+    if result.get("generate"):  # forward calls against the member's own generate on the same batch
         gen = [g["forward_calls"] for g in result["generate"].values()]
         out["forward_calls_vs_generate"] = [round(n / g, 3) for n, g in zip(r["forward_calls"], gen)]
     if result.get("floor"):  # the method against the floor of greedy decoding with the members it runs
@@ -173,7 +173,7 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
         out["floor_ms_per_step"] = round(sum(result["floor"][name]["floor_ms_per_step"] for name in used), 3)
         steps = -(-len(prompts) // cfg.batch_size) * cfg.max_new_tokens
         out["ms_per_budget_step"] = round(wall / steps * 1e3, 3)
-    for key in [k for k in ("generate", "generate_no_cudnn") if k in result]:
+    for key in [k for k in ("generate", "generate_no_cudnn") if result.get(k)]:
         walls = [g["wall_s"] for g in result[key].values()]
         out[f"ratio_to_summed_{key}"] = round(wall / sum(walls), 3)
         out[f"ratio_to_slowest_member_{key}"] = round(wall / max(walls), 3)
