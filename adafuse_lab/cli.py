@@ -33,6 +33,23 @@ def _number(text: str):
     return int(value) if value.is_integer() else value
 
 
+def parse_sets(items: list[str], given: dict | None = None) -> dict:
+    """--set KEY=VALUE items -> {key: value}; a key given twice (or also as --theta, --M, --B,
+    --criterion) is refused rather than silently replaced by the later value."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key in out:
+            raise UsageError(f"--set names {key!r} twice ({key}={out[key]!r} and {item!r}); give it once")
+        if key in (given or {}):
+            raise UsageError(f"{key} is given twice (--{key} {given[key]} and --set {item}); give it once")
+        out[key] = _parse_value(value)
+    return out
+
+
 def _parse_value(text: str):
     """--set values: JSON when it parses (0.5, true, null, [1, 2]), else the string."""
     try:
@@ -102,11 +119,7 @@ def _add_run_options(p, defaults: dict) -> None:
 
 def _run_config(args) -> RunConfig:
     decode = {k: getattr(args, k) for k in ("theta", "M", "B", "criterion") if getattr(args, k) is not None}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        decode[key.strip()] = _parse_value(value)
+    decode.update(parse_sets(args.set, given=decode))
     return RunConfig(task=args.task, models=args.models, method=args.method, limit=args.limit,
                      source=args.source, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
                      max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode,
@@ -226,7 +239,8 @@ RESUMABLE = ("run", "demo", "tune", "quality", "figures")
 
 def _user_errors() -> tuple:
     errs = [UsageError]
-    for mod, name in (("adafuse_lab.tasks", "DataError"), ("adafuse_lab.decoding.config", "ConfigError")):
+    for mod, name in (("adafuse_lab.tasks", "DataError"), ("adafuse_lab.tasks", "UnknownTaskError"),
+                      ("adafuse_lab.decoding.config", "ConfigError")):
         try:
             errs.append(getattr(importlib.import_module(mod), name))
         except (ImportError, AttributeError):  # a module being rewritten must not hide the error itself
