@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
 
 from .runs import RunConfig, UsageError
 
@@ -83,7 +85,27 @@ def cmd_models(args) -> None:
         else:
             print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
     except (ValueError, RuntimeError) as e:  # unknown name (with the closest ones), zoo.FetchError
+        name = (getattr(args, "name", None) or "").strip()
+        zoo_names = list(getattr(zoo, "MODELS", ()))
+        if isinstance(e, ValueError) and name and name not in zoo_names:  # a member spec of another kind
+            _not_a_zoo_name(name, args.action, zoo_names)
         raise UsageError(str(e)) from e
+
+
+def _not_a_zoo_name(name: str, action: str, zoo_names: list[str]) -> None:
+    """`models fetch/info` take a zoo name; a member spec of another kind (a tiny model, a local
+    path, a hub id) is refused with what it is, not as an unknown name."""
+    names = ", ".join(zoo_names)
+    if name.startswith("tiny:"):
+        raise UsageError(f"{name} is a built-in tiny test model, not a zoo model (it is never downloaded): give it "
+                         f"to --models as it is; `models {action}` takes a zoo model ({names})")
+    path = Path(name).expanduser()
+    if path.exists() or name.endswith(".gguf") or name.startswith((".", "~", os.sep)):
+        raise UsageError(f"{name} is a local path, not a zoo model: give it to --models as it is; `models {action}` "
+                         f"takes a zoo model ({names})")
+    if name.count("/") == 1:
+        raise UsageError(f"{name} is a Hugging Face hub id, not a zoo model: give it to --models as it is (it is "
+                         f"loaded from the hub); `models {action}` takes a zoo model ({names})")
 
 
 # ---------------------------------------------------------------- run / demo
@@ -285,6 +307,12 @@ def main(argv=None) -> int:
         args.func(args)
     except SystemExit:
         raise
+    except BrokenPipeError:  # stdout closed early (`adafuse-lab models list | head -1`): not an error of ours
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit
+        except (OSError, ValueError):
+            pass
+        raise SystemExit(141) from None
     except KeyboardInterrupt:
         if debug:
             raise

@@ -416,7 +416,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_figures(args) -> dict:
-    from .runs import UsageError, check_folder
+    from .runs import UsageError, check_figure_dir, check_work_dir
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
     if args.only is not None and not only:
         raise UsageError("--only is empty; give notebook prefixes such as 00,02")
@@ -424,8 +424,8 @@ def cmd_figures(args) -> dict:
         raise UsageError(f"--retries must be >= 0, got {args.retries}")
     if args.cell_timeout is not None and not args.cell_timeout > 0:
         raise UsageError(f"--cell-timeout must be a number of seconds > 0, got {args.cell_timeout}")
-    check_folder(args.out, "--out")
-    check_folder(args.work, "--work")
+    check_figure_dir(args.out, "--out")
+    check_work_dir(args.work, "--work")
     if args.plan:
         return {"plan": str(plan(args.params, args.work, only, args.notebooks, args.kernel))}
     if args.decode:

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -612,15 +613,39 @@ def check_folder(path, flag: str) -> Path:
     return p
 
 
-# What a work folder (tune --out, quality --work) holds once we have written into it.
-_WORK_OURS = ("runs", "logs", "plan", "plan.jsonl", "plan.raw.jsonl", "quality_params.json", "figures",
-              "04_full_benchmark", "04_full_benchmark.ipynb")
+# What a work folder (tune --out, quality --work, figures --work) holds once we have written into it.
+_WORK_OURS = ("runs", "logs", "plan", "plan.jsonl", "plan.raw.jsonl", "quality_params.json", "figures")
+_NOTEBOOK_OUTPUT = re.compile(r"[0-9][0-9]_[A-Za-z0-9_]+(\.ipynb)?")  # an executed notebook and its out_dir
+_FIGURE = re.compile(r"[0-9][0-9]_[A-Za-z0-9_.-]+\.(png|pdf)")  # plots.save: NN_<name>.png and .pdf
+
+
+def _work_ours(name: str) -> bool:
+    return (name in _WORK_OURS or (name.startswith("tune_") and name.endswith(".json"))
+            or _NOTEBOOK_OUTPUT.fullmatch(name) is not None or name.endswith(".tmp"))
+
+
+def _refuse_foreign(p: Path, flag: str, ours) -> None:
+    """p holds only what ours(name) says we write (and what file browsers drop)."""
+    foreign = sorted(n.name for n in p.iterdir() if not _junk(n.name) and not ours(n.name))
+    if foreign:
+        raise UsageError(f"{flag} {p} holds files adafuse_lab did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty {flag}")
+
+
+def check_figure_dir(path, flag: str = "--out") -> Path:
+    """figures --out: as check_folder, and holding nothing but figures (NN_<name>.png/.pdf), which
+    the notebooks write again; a folder of someone else's files is refused."""
+    p = check_folder(path, flag)
+    if p.is_dir():
+        _refuse_foreign(p, flag, lambda name: _FIGURE.fullmatch(name) is not None)
+    return p
 
 
 def check_work_dir(path, flag: str) -> Path:
-    """A work folder (tune --out, quality --work) may be written: a new or empty folder, or one
-    that holds our output (runs/, tune_<task>.json, plan.jsonl, ...). An empty path, a file, or a
-    folder of someone else's files is refused, before anything runs. Returns the path."""
+    """A work folder (tune --out, quality --work, figures --work) may be written: a new or empty
+    folder, or one that holds only our output (runs/, tune_<task>.json, plan.jsonl, executed
+    notebooks, ...). An empty path, a file, or a folder with any file we did not write is refused,
+    before anything runs. Returns the path."""
     if path is None or str(path).strip() == "":
         raise UsageError(f"{flag} is empty; give the folder to write, e.g. {flag} runs/tune")
     p = Path(path).expanduser()
@@ -632,11 +657,7 @@ def check_work_dir(path, flag: str) -> Path:
         raise UsageError(f"{flag} {p} is a file, not a folder; choose a folder path")
     if not os.access(p, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {p} is not writable; choose another {flag}")
-    names = sorted(n.name for n in p.iterdir() if not _junk(n.name))
-    ours = [n for n in names if n in _WORK_OURS or (n.startswith("tune_") and n.endswith(".json"))]
-    if names and not ours:
-        raise UsageError(f"{flag} {p} holds files adafuse_lab did not write ({', '.join(names[:3])}"
-                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty {flag}")
+    _refuse_foreign(p, flag, _work_ours)
     if (p / "runs").exists() and not (p / "runs").is_dir():
         raise UsageError(f"{flag} {p}: {p / 'runs'} is a file, but runs are written there; move it away")
     return p

@@ -628,7 +628,7 @@ CASES = [
     ("eval-blank-path", ["eval", "  "], None, "empty path"),
     # models
     ("models-fetch-empty-name", ["models", "fetch", ""], None, "unknown model ''"),
-    ("models-info-tiny", ["models", "info", "tiny:bpe"], None, "unknown model 'tiny:bpe'"),
+    ("models-info-tiny", ["models", "info", "tiny:bpe"], None, "tiny:bpe is a built-in tiny test model, not a zoo model"),
     ("models-list-extra-argument", ["models", "list", "x"], None, "unrecognized arguments: x"),
     ("models-cache-under-a-file", ["models", "list"], env("ADAFUSE_CACHE", "{S}/afile.txt/c"), "afile.txt is a file"),
     ("models-info-cache-is-a-file", ["models", "info", "smollm2-135m"], env("ADAFUSE_CACHE", "{S}/afile.txt"),
@@ -721,6 +721,24 @@ CASES = [
     ("bench-data-dir-missing", BENCH(source="local", data_dir="{S}/dta"), None, "does not exist"),
     ("bench-models-missing-path", BENCH(models="./nope"), None, "does not exist"),
     ("bench-max-new-tokens-huge", BENCH(max_new_tokens=str(10 ** 7)), None, "max_new_tokens must be at most"),
+    # models fetch/info: a member spec of another kind is named for what it is
+    ("models-fetch-tiny", ["models", "fetch", "tiny:spm"], None, "tiny:spm is a built-in tiny test model"),
+    ("models-fetch-local-gguf", ["models", "fetch", "./m.gguf"], None, "./m.gguf is a local path, not a zoo model"),
+    ("models-fetch-local-folder", ["models", "fetch", "hfmodel"], None, "hfmodel is a local path, not a zoo model"),
+    ("models-fetch-hub-id", ["models", "fetch", "Qwen/Qwen2.5-0.5B"], None, "is a Hugging Face hub id, not a zoo model"),
+    # work and figure folders hold only what we write: one foreign file among ours is refused
+    ("tune-out-ours-and-foreign", TUNE(out="{S}/tw"), chain(mkdirs("tw/runs"), put("tw/notes.txt", "mine")),
+     "holds files adafuse_lab did not write (notes.txt)"),
+    ("quality-work-ours-and-foreign", QUALITY(work="{S}/qw"), chain(put("qw/plan.jsonl", ""), put("qw/data.csv", "1")),
+     "holds files adafuse_lab did not write (data.csv)"),
+    ("figures-out-foreign", FIGURES(out="{S}/notes"), None, "--out {S}/notes holds files adafuse_lab did not write"),
+    ("figures-out-figures-and-foreign", FIGURES(out="{S}/figs"),
+     chain(put("figs/00_quickstart_rounds.png", "png"), put("figs/paper.tex", "tex")),
+     "holds files adafuse_lab did not write (paper.tex)"),
+    ("figures-work-foreign", FIGURES(work="{S}/foreign"), None, "--work {S}/foreign holds files adafuse_lab did not write"),
+    ("figures-plan-work-foreign", FIGURES("--plan", work="{S}/notes"), None, "holds files adafuse_lab did not write"),
+    ("figures-decode-work-foreign", FIGURES("--decode", "{S}/plan.jsonl", work="{S}/notes"),
+     put("plan.jsonl", ""), "holds files adafuse_lab did not write"),
     # the top level
     ("no-command", [], None, "required: command"),
     ("unknown-command", ["rn"], None, "invalid choice: 'rn'"),
