@@ -226,6 +226,8 @@ def benchmark(args) -> dict:
     task = get_task(args.task)
     examples = task.load(source=args.source, data_dir=args.data_dir, limit=args.limit)
     prompts = [task.prompt(e) for e in examples]
+    from .runs import begin_work
+    begin_work()  # checked and loaded: any held-back warnings now
     cfg = DecodeConfig.from_dict({"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                   "trace": True, **({"attention": args.attention} if args.attention else {}), **extra})
     stop = task.stop_fn if args.task_stops else None

@@ -253,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS = {"datasets": "hub", "huggingface_hub": "hub", "papermill": "notebooks", "nbformat": "notebooks",
           "nbclient": "notebooks", "jupyter_client": "notebooks", "ipykernel": "notebooks", "ipywidgets": "notebooks",
           "matplotlib": "notebooks", "seaborn": "notebooks", "pandas": "notebooks", "yaml": "notebooks",
-          "accelerate": "all", "langdetect": "analysis"}
+          "langdetect": "analysis"}
+
+# Base dependencies that the code imports by name where only a broken install lacks them.
+BASE = {"gguf": "gguf>=0.10", "accelerate": "accelerate", "sacrebleu": "sacrebleu>=2.4", "tokenizers": "tokenizers",
+        "safetensors": "safetensors", "tqdm": "tqdm", "transformers": "transformers"}
 
 # Commands whose work resumes when they are run again after an interruption.
 RESUMABLE = ("run", "demo", "tune", "quality", "figures")
@@ -284,6 +288,10 @@ def describe(e: BaseException) -> tuple[str, int]:
         extra = EXTRAS[mod]
         return (f"this needs the {mod} package, which the base install leaves out: pip install "
                 f"'adafuse-lab[{extra}]' (from a checkout: pip install -e '.[{extra}]')"), 2
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in BASE:
+        mod = e.name.split(".")[0]
+        return (f"this needs the {mod} package, a base dependency of adafuse-lab that is not installed here: "
+                f"pip install '{BASE[mod]}' (or reinstall adafuse-lab)"), 2
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({_one_line(e)}); save it as UTF-8", 2
     if isinstance(e, OSError):
@@ -302,10 +310,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
     command = next((a for a in argv if not a.startswith("-")), "")
+    from . import runs
+    runs.defer_warnings()  # a command refused by a later check prints its one error line alone
     try:
         args = build_parser().parse_args([a for a in argv if a != "--debug"])
         args.func(args)
+        runs.begin_work()  # warnings of a command that started no work of its own
     except SystemExit:
+        runs.drop_warnings()
         raise
     except BrokenPipeError:  # stdout closed early (`adafuse-lab models list | head -1`): not an error of ours
         try:
@@ -314,6 +326,7 @@ def main(argv=None) -> int:
             pass
         raise SystemExit(141) from None
     except KeyboardInterrupt:
+        runs.drop_warnings()
         if debug:
             raise
         hint = ("rerun the same command to resume: finished work is kept" if command in RESUMABLE
@@ -321,6 +334,7 @@ def main(argv=None) -> int:
         print(f"error: interrupted; {hint}", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as e:
+        runs.drop_warnings()
         if debug:
             raise
         msg, code = describe(e)

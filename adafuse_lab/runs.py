@@ -138,6 +138,19 @@ def _is_path_spec(spec: str) -> bool:
     return "/" in spec and bool(head) and os.path.isdir(head)
 
 
+# What loading a GGUF needs besides transformers (both base dependencies: transformers refuses a
+# gguf_file without accelerate, and reads it with gguf).
+GGUF_NEEDS = {"gguf": "gguf>=0.10", "accelerate": "accelerate"}
+
+
+def check_gguf_support(spec: str) -> None:
+    """The packages that load a GGUF (a zoo model or a .gguf member) are installed."""
+    for mod, req in GGUF_NEEDS.items():
+        if importlib.util.find_spec(mod) is None:
+            raise UsageError(f"{spec}: loading a GGUF model needs the {mod} package, a base dependency of "
+                             f"adafuse-lab that is not installed here: pip install '{req}' (or reinstall adafuse-lab)")
+
+
 def _check_model_path(spec: str) -> None:
     """A local member path must exist and hold a model: said before anything is loaded."""
     path = Path(spec).expanduser()
@@ -155,12 +168,15 @@ def _check_model_path(spec: str) -> None:
         if magic != b"GGUF":
             raise UsageError(f"{spec!r} is not a GGUF file (it does not start with 'GGUF'): the file is damaged "
                              "or of another format; download it again")
+        check_gguf_support(spec)
         return
     weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     if not ((path / "model.gguf").is_file() or (path / "hf" / "config.json").is_file()
             or ((path / "config.json").is_file() and weights)):
         raise UsageError(f"model folder {spec!r} holds no model: expected config.json with *.safetensors weights "
                          "(a Hugging Face folder) or model.gguf (a staged zoo folder)")
+    if (path / "model.gguf").is_file() and not (path / "hf" / "config.json").is_file():
+        check_gguf_support(spec)
 
 
 def check_model_spec(spec: str) -> None:
@@ -186,6 +202,7 @@ def check_model_spec(spec: str) -> None:
     if spec not in zoo:
         raise UsageError(f"unknown model {spec!r}{closest(spec, zoo + tiny_names)}; "
                          "hub models are named owner/name, local ones by an existing path")
+    check_gguf_support(spec)
     check_cache()
 
 
@@ -204,11 +221,44 @@ _FLOORED = ("M", "B")
 _WARNED: set = set()
 
 
+# Warnings held back while a command is still being checked (the CLI turns this on): a command
+# refused by a later check prints its one error line alone; begin_work() prints them.
+_PENDING: list | None = None
+
+
 def warn(msg: str) -> None:
-    """One warning line on stderr, once per process for the same message."""
+    """One warning line on stderr, once per process for the same message (held back until
+    begin_work() while the CLI is still checking the command)."""
     if msg not in _WARNED:
         _WARNED.add(msg)
+        if _PENDING is not None:
+            _PENDING.append(msg)
+        else:
+            print(f"warning: {msg}", file=sys.stderr)
+
+
+def defer_warnings() -> None:
+    """Hold warnings back until begin_work() (or drop them with drop_warnings())."""
+    global _PENDING
+    _PENDING = []
+
+
+def begin_work(first_line: str | None = None) -> None:
+    """Everything is checked and work starts: print first_line (if any), then the held-back
+    warnings; later warnings print at once."""
+    global _PENDING
+    pending, _PENDING = _PENDING or [], None
+    if first_line:
+        print(first_line, file=sys.stderr)
+    for msg in pending:
         print(f"warning: {msg}", file=sys.stderr)
+
+
+def drop_warnings() -> None:
+    """The command was refused: its held-back warnings are not printed (and may be again)."""
+    global _PENDING
+    _WARNED.difference_update(_PENDING or [])
+    _PENDING = None
 
 
 def _finite(v) -> bool:
@@ -315,7 +365,8 @@ def check_device(device) -> None:
     import torch
     if device == "auto":
         if importlib.util.find_spec("accelerate") is None:
-            raise UsageError("--device auto needs accelerate: pip install accelerate (or the 'all' extra)")
+            raise UsageError("--device auto needs the accelerate package, a base dependency of adafuse-lab that is "
+                             "not installed here: pip install accelerate (or reinstall adafuse-lab)")
         return
     try:
         dev = torch.device(device)
@@ -916,9 +967,10 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         loaded = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit, split=cfg.split)
     except (RuntimeError, FileNotFoundError) as e:  # the hub was asked for and did not answer; no such split
         raise UsageError(str(e)) from e
+    source_line = None
     if cfg.source == "auto" and (shard is None or shard[0] == 0):  # say which source auto chose
-        print(f"data: {cfg.task} from {getattr(loaded, 'source', '?')} ({getattr(loaded, 'location', '?')}), "
-              "chosen by --source auto", file=sys.stderr)
+        source_line = (f"data: {cfg.task} from {getattr(loaded, 'source', '?')} "
+                       f"({getattr(loaded, 'location', '?')}), chosen by --source auto")
     if not len(loaded):
         dropped = len(getattr(loaded, "dropped", None) or [])
         raise UsageError(f"{getattr(loaded, 'location', None) or cfg.task} holds no examples"
@@ -954,6 +1006,7 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
     members = _load_members(cfg, sessions) if batches else []
     load_s = time.perf_counter() - t_load
     _check_context(members, mine, prompts, cfg.max_new_tokens)
+    begin_work(source_line)  # every check passed: the source line first, then any held-back warnings
 
     try:
         out.mkdir(parents=True, exist_ok=True)

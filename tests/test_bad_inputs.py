@@ -535,7 +535,7 @@ CASES = [
     ("run-device-empty", RUN("--device", ""), None, "unknown device ''"),
     ("run-device-meta", RUN("--device", "meta"), None, "--device meta: not available here"),
     ("run-device-auto-without-accelerate", RUN("--device", "auto"), without("accelerate"),
-     "--device auto needs accelerate"),
+     "--device auto needs the accelerate package, a base dependency"),
     ("run-source-hub-without-datasets", RUN(source="hub"), without("datasets"), "pip install 'adafuse-lab[hub]'"),
     ("run-dtype-empty", RUN("--dtype", ""), None, "unknown dtype ''"),
     # run: --split, --half, --source values
@@ -739,6 +739,25 @@ CASES = [
     ("figures-plan-work-foreign", FIGURES("--plan", work="{S}/notes"), None, "holds files adafuse_lab did not write"),
     ("figures-decode-work-foreign", FIGURES("--decode", "{S}/plan.jsonl", work="{S}/notes"),
      put("plan.jsonl", ""), "holds files adafuse_lab did not write"),
+    # loading a GGUF (every zoo model) needs gguf and accelerate: a broken base install is named, before anything
+    ("run-zoo-without-accelerate", RUN(models="smollm2-135m,tiny:bpe"), without("accelerate"),
+     "smollm2-135m: loading a GGUF model needs the accelerate package, a base dependency"),
+    ("run-gguf-without-gguf", RUN(models="{S}/m.gguf,tiny:bpe"), chain(put("m.gguf", b"GGUF\x03\0\0\0"), without("gguf")),
+     "needs the gguf package, a base dependency of adafuse-lab"),
+    ("bench-zoo-without-accelerate", BENCH(models="smollm2-135m,tiny:bpe"), without("accelerate"),
+     "needs the accelerate package"),
+    # a warning (degenerate ensemble, fractional M) waits until the command is checked: a refusal stays one line
+    ("run-warned-then-out-a-file", RUN("--M", "2.5", models="tiny:bpe", out="{S}/afile.txt"), None,
+     "is a file, not a folder"),
+    ("run-warned-then-other-config", RUN("--set", "weights=[0, 0]", out="{S}/run"), None,
+     "holds a run with a different config"),
+    ("demo-warned-then-out-foreign", DEMO(models="tiny:bpe,tiny:bpe", out="{S}/notes"), None,
+     "holds files adafuse_lab did not write"),
+    ("tune-warned-then-out-foreign", TUNE(models="tiny:bpe,tiny:bpe", out="{S}/notes"), None,
+     "holds files adafuse_lab did not write"),
+    ("bench-warned-then-out-a-folder", BENCH(models="tiny:bpe", out="{S}/emptydir"), None, "is a folder"),
+    ("run-auto-source-then-no-examples", RUN(source="auto", data_dir="{S}/data"), put("data/triviaqa/dev.jsonl", ""),
+     "dev.jsonl holds no examples"),
     # the top level
     ("no-command", [], None, "required: command"),
     ("unknown-command", ["rn"], None, "invalid choice: 'rn'"),
@@ -801,3 +820,11 @@ def test_a_mistyped_data_dir_never_decodes_the_samples(sandbox, capsys):
     assert err.splitlines()[0] == f"data: triviaqa from local ({sandbox / 'data' / 'triviaqa' / 'dev.jsonl'}), " \
                                   "chosen by --source auto"
     assert json.loads((sandbox / "new" / "results.json").read_text())["data"]["source"] == "local"
+
+
+def test_a_missing_base_dependency_is_named():
+    """A broken install that lacks a base dependency (gguf, accelerate) says which one, exit 2."""
+    from adafuse_lab.cli import describe
+    for mod in ("gguf", "accelerate"):
+        msg, code = describe(ModuleNotFoundError(f"No module named {mod!r}", name=mod))
+        assert code == 2 and f"needs the {mod} package, a base dependency" in msg and "pip install" in msg
