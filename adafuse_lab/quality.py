@@ -222,6 +222,8 @@ def decode_step(work: Path, slots, log=print) -> None:
     plan = work / "plan.jsonl"
     if not plan.is_file():
         raise UsageError(f"no {plan}: run the plan step first")
+    from .figures import check_plans
+    check_plans([plan])  # a damaged plan is one error line here, not a failed worker per slot
     jobs = [(f"decode_{s if s is not None else 'cpu'}", cli("figures", "--decode", str(plan), "--work", str(work)))
             for s in slots]
     spread(jobs, slots, work / "logs", log, progress=lambda: plan_progress(plan, work / "runs"))
@@ -369,6 +371,9 @@ def cmd_quality(args) -> dict:
     if "decode" in steps and "plan" not in steps and not (Path(args.work) / "plan.jsonl").is_file():
         raise UsageError(f"--steps {args.steps}: the decode step reads {Path(args.work) / 'plan.jsonl'}, which does "
                          "not exist yet; add the plan step (--steps plan,decode)")
+    if "decode" in steps and "plan" not in steps:  # the plan file the workers will read: every run valid
+        from .figures import check_plans
+        check_plans([Path(args.work) / "plan.jsonl"])
     if "plan" in steps or "table" in steps:
         import papermill  # noqa: F401  (the notebooks extra: refused here, before the work folder is made)
     if "table" in steps:

@@ -758,6 +758,16 @@ CASES = [
     ("bench-warned-then-out-a-folder", BENCH(models="tiny:bpe", out="{S}/emptydir"), None, "is a folder"),
     ("run-auto-source-then-no-examples", RUN(source="auto", data_dir="{S}/data"), put("data/triviaqa/dev.jsonl", ""),
      "dev.jsonl holds no examples"),
+    # quality --steps decode reads an existing plan: every run of it is checked before a worker starts
+    ("quality-decode-plan-bad-json", QUALITY("--steps", "decode"), put("q/plan.jsonl", "{oops\n"),
+     "plan.jsonl:1: not a plan file"),
+    ("quality-decode-plan-not-utf8", QUALITY("--steps", "decode"), put("q/plan.jsonl", b"\xff\xfe\n"),
+     "plan.jsonl: not UTF-8 text"),
+    ("quality-decode-plan-unknown-member", QUALITY("--steps", "decode"),
+     put("q/plan.jsonl", '{"task": "triviaqa", "models": ["tiny:nope"], "source": "sample"}\n'),
+     "run 1 (triviaqa adafuse): unknown tiny model 'tiny:nope'"),
+    ("set-sweetspan-words-0", RUN("--set", "sweetspan_words=0"), None, "sweetspan_words must be >= 1, got 0"),
+    ("tune-grid-sweetspan-words-negative", TUNE(grid="sweetspan_words=-1,3"), None, "sweetspan_words must be >= 1"),
     # the top level
     ("no-command", [], None, "required: command"),
     ("unknown-command", ["rn"], None, "invalid choice: 'rn'"),

@@ -88,6 +88,7 @@ class DecodeConfig:
         need(self.dyn_window >= 1 and self.branch_pool >= 1 and self.unite_k >= 1, "dyn_window, branch_pool and unite_k must be >= 1")
         need(self.outlier_ratio > 1.0, f"outlier_ratio must be > 1, got {self.outlier_ratio}")
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
+        need(self.sweetspan_words >= 1, f"sweetspan_words must be >= 1, got {self.sweetspan_words}")
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
         need(isinstance(self.compat, bool), f"compat must be true or false, got {self.compat!r}")
