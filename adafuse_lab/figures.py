@@ -61,6 +61,8 @@ def load_params(spec: str, nb_dir: Path) -> dict:
         else:
             names = sorted({p.stem for p in (nb_dir / "params").glob("*.*")})
             raise UsageError(f"no parameter file {spec!r}; choose one of {', '.join(names) or 'none'} or give a path")
+    if path.exists() and not path.is_file() and not path.is_dir():  # a pipe or device would block or never end
+        raise UsageError(f"--params {path} is not a regular file; give a YAML or JSON file")
     try:
         text = path.read_bytes().decode("utf-8")
     except IsADirectoryError:

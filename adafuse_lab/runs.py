@@ -421,7 +421,8 @@ def check_data(cfg: RunConfig, task) -> None:
         raise UsageError(f"{flag} {d} is a file; give the folder that holds <task>/{name}")
     f = d / task.name / name
     if f.exists() and not f.is_file():
-        raise UsageError(f"{flag} {d}: {f} is a folder, not a data file; give the folder that holds <task>/{name}")
+        raise UsageError(f"{flag} {d}: {f} is {'a folder' if f.is_dir() else 'not a regular file'}, not a data "
+                         f"file; give the folder that holds <task>/{name}")
     if not f.is_file():
         have = sorted(p.name for p in d.iterdir() if (p / name).is_file())
         raise UsageError(f"{flag} {d} has no {task.name}/{name}"

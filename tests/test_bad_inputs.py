@@ -81,6 +81,9 @@ def tree(root: Path) -> dict:
             if os.path.islink(p):
                 out[os.path.relpath(p, root)] = "link to " + os.readlink(p)
                 continue
+            if not os.path.isfile(p):  # a named pipe: reading it would block
+                out[os.path.relpath(p, root)] = "special"
+                continue
             with open(p, "rb") as f:
                 out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
     return out
@@ -189,6 +192,14 @@ def locked_run(s: Path, monkeypatch):
     f = open(s / "run" / ".lock", "a")
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _held.append(f)
+
+
+def fifo(rel: str):
+    """A named pipe where a file is expected (reading it would block forever)."""
+    def setup(s: Path, monkeypatch):
+        (s / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(s / rel)
+    return setup
 
 
 def mkdirs(*rels):
@@ -768,6 +779,10 @@ CASES = [
      "run 1 (triviaqa adafuse): unknown tiny model 'tiny:nope'"),
     ("set-sweetspan-words-0", RUN("--set", "sweetspan_words=0"), None, "sweetspan_words must be >= 1, got 0"),
     ("tune-grid-sweetspan-words-negative", TUNE(grid="sweetspan_words=-1,3"), None, "sweetspan_words must be >= 1"),
+    # a named pipe where a file is expected is refused, not read (it would block)
+    ("figures-params-a-pipe", FIGURES(params="{S}/p.yaml"), fifo("p.yaml"), "is not a regular file"),
+    ("data-file-a-pipe", RUN(source="local", data_dir="{S}/pd"), fifo("pd/triviaqa/dev.jsonl"),
+     "dev.jsonl is not a regular file, not a data file"),
     # the top level
     ("no-command", [], None, "required: command"),
     ("unknown-command", ["rn"], None, "invalid choice: 'rn'"),
