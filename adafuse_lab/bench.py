@@ -184,32 +184,43 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
 
 def check_args(args, specs: list[str], methods: list[str]) -> dict:
     """Refuse bad options (as `run` does) before anything loads; returns the --set values."""
-    from .cli import _parse_value
+    from .cli import parse_sets
     from .runs import RunConfig, UsageError, validate
     if not methods:
         raise UsageError("--method is empty; give a method, or several comma-separated")
-    extra = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        extra[key.strip()] = _parse_value(value)
+    if args.profile_only and not (args.profile or args.cprofile):
+        raise UsageError("--profile-only times nothing by itself; add --profile or --cprofile (or leave it out)")
+    extra = parse_sets(args.set, {"attention": args.attention} if args.attention else {})
+    dcfg = None
     for m in methods:
-        validate(RunConfig(task=args.task, models=tuple(specs), method=m, limit=args.limit, source=args.source,
-                           data_dir=args.data_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                           device=args.device, decode=extra))
+        _, dcfg = validate(RunConfig(task=args.task, models=tuple(specs), method=m, limit=args.limit,
+                                     source=args.source, data_dir=args.data_dir, batch_size=args.batch_size,
+                                     max_new_tokens=args.max_new_tokens, device=args.device, decode=extra))
     if args.out is not None:
         if str(args.out).strip() == "":
             raise UsageError("--out is empty; give a JSON file to write")
         out = Path(args.out).expanduser()
         if out.is_dir():
             raise UsageError(f"--out {out} is a folder; give a JSON file path")
+        if out.exists() and not _ours(out):
+            raise UsageError(f"--out {out} exists and is not a bench result; choose a new file (bench replaces "
+                             "only its own results)")
         node = out.parent
         while not node.exists() and node != node.parent:
             node = node.parent
         if not node.is_dir() or not os.access(node, os.W_OK):
             raise UsageError(f"--out {out}: cannot write there ({node} is not a writable folder)")
-    return extra
+    # the values as they run: types checked, whole floats as ints, a fractional M or B rounded down
+    return {k: getattr(dcfg, k) for k in extra}
+
+
+def _ours(path: Path) -> bool:
+    """Whether path holds a result that bench wrote (a JSON object with its keys)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and {"command", "decode_config"} <= set(d)
 
 
 def benchmark(args) -> dict:
@@ -218,14 +229,14 @@ def benchmark(args) -> dict:
     from .tasks import get_task
     specs = [m.strip() for m in args.models.split(",") if m.strip()]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    check_args(args, specs, methods)  # every option, before a model is loaded
+    extra = check_args(args, specs, methods)  # every option, before a model is loaded
     sessions = [load_session(m, device=args.device) for m in specs]
     device = sessions[0].device
     task = get_task(args.task)
     examples = task.load(source=args.source, data_dir=args.data_dir, limit=args.limit)
     prompts = [task.prompt(e) for e in examples]
-    extra = {k: json.loads(v) if v[:1] in "0123456789[{tfn-" else v
-             for k, v in (s.split("=", 1) for s in args.set)}
+    from .runs import begin_work
+    begin_work()  # checked and loaded: any held-back warnings now
     cfg = DecodeConfig.from_dict({"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                   "trace": True, **({"attention": args.attention} if args.attention else {}), **extra})
     stop = task.stop_fn if args.task_stops else None
@@ -335,7 +346,7 @@ def add_parser(sub) -> None:
     a("--device")
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
-    a("--attention", default=None, choices=ATTENTION,
+    a("--attention", default=None, choices=list(ATTENTION),
       help="the engine's attention backend (decoding/attention; default: auto)")
     a("--profile", action="store_true", help="also profile one batch with torch.profiler")
     a("--cprofile", action="store_true", help="also cProfile one batch (host-side time by function)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
 
 from .runs import RunConfig, UsageError
 
@@ -31,6 +33,23 @@ def _number(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
     return int(value) if value.is_integer() else value
+
+
+def parse_sets(items: list[str], given: dict | None = None) -> dict:
+    """--set KEY=VALUE items -> {key: value}; a key given twice (or also as --theta, --M, --B,
+    --criterion) is refused rather than silently replaced by the later value."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key in out:
+            raise UsageError(f"--set names {key!r} twice ({key}={out[key]!r} and {item!r}); give it once")
+        if key in (given or {}):
+            raise UsageError(f"{key} is given twice (--{key} {given[key]} and --set {item}); give it once")
+        out[key] = _parse_value(value)
+    return out
 
 
 def _parse_value(text: str):
@@ -66,7 +85,27 @@ def cmd_models(args) -> None:
         else:
             print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
     except (ValueError, RuntimeError) as e:  # unknown name (with the closest ones), zoo.FetchError
+        name = (getattr(args, "name", None) or "").strip()
+        zoo_names = list(getattr(zoo, "MODELS", ()))
+        if isinstance(e, ValueError) and name and name not in zoo_names:  # a member spec of another kind
+            _not_a_zoo_name(name, args.action, zoo_names)
         raise UsageError(str(e)) from e
+
+
+def _not_a_zoo_name(name: str, action: str, zoo_names: list[str]) -> None:
+    """`models fetch/info` take a zoo name; a member spec of another kind (a tiny model, a local
+    path, a hub id) is refused with what it is, not as an unknown name."""
+    names = ", ".join(zoo_names)
+    if name.startswith("tiny:"):
+        raise UsageError(f"{name} is a built-in tiny test model, not a zoo model (it is never downloaded): give it "
+                         f"to --models as it is; `models {action}` takes a zoo model ({names})")
+    path = Path(name).expanduser()
+    if path.exists() or name.endswith(".gguf") or name.startswith((".", "~", os.sep)):
+        raise UsageError(f"{name} is a local path, not a zoo model: give it to --models as it is; `models {action}` "
+                         f"takes a zoo model ({names})")
+    if name.count("/") == 1:
+        raise UsageError(f"{name} is a Hugging Face hub id, not a zoo model: give it to --models as it is (it is "
+                         f"loaded from the hub); `models {action}` takes a zoo model ({names})")
 
 
 # ---------------------------------------------------------------- run / demo
@@ -102,11 +141,7 @@ def _add_run_options(p, defaults: dict) -> None:
 
 def _run_config(args) -> RunConfig:
     decode = {k: getattr(args, k) for k in ("theta", "M", "B", "criterion") if getattr(args, k) is not None}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        decode[key.strip()] = _parse_value(value)
+    decode.update(parse_sets(args.set, given=decode))
     return RunConfig(task=args.task, models=args.models, method=args.method, limit=args.limit,
                      source=args.source, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
                      max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype, decode=decode,
@@ -218,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS = {"datasets": "hub", "huggingface_hub": "hub", "papermill": "notebooks", "nbformat": "notebooks",
           "nbclient": "notebooks", "jupyter_client": "notebooks", "ipykernel": "notebooks", "ipywidgets": "notebooks",
           "matplotlib": "notebooks", "seaborn": "notebooks", "pandas": "notebooks", "yaml": "notebooks",
-          "accelerate": "all", "langdetect": "analysis"}
+          "langdetect": "analysis"}
+
+# Base dependencies that the code imports by name where only a broken install lacks them.
+BASE = {"gguf": "gguf>=0.10", "accelerate": "accelerate", "sacrebleu": "sacrebleu>=2.4", "tokenizers": "tokenizers",
+        "safetensors": "safetensors", "tqdm": "tqdm", "transformers": "transformers"}
 
 # Commands whose work resumes when they are run again after an interruption.
 RESUMABLE = ("run", "demo", "tune", "quality", "figures")
@@ -226,7 +265,8 @@ RESUMABLE = ("run", "demo", "tune", "quality", "figures")
 
 def _user_errors() -> tuple:
     errs = [UsageError]
-    for mod, name in (("adafuse_lab.tasks", "DataError"), ("adafuse_lab.decoding.config", "ConfigError")):
+    for mod, name in (("adafuse_lab.tasks", "DataError"), ("adafuse_lab.tasks", "UnknownTaskError"),
+                      ("adafuse_lab.decoding.config", "ConfigError")):
         try:
             errs.append(getattr(importlib.import_module(mod), name))
         except (ImportError, AttributeError):  # a module being rewritten must not hide the error itself
@@ -248,6 +288,10 @@ def describe(e: BaseException) -> tuple[str, int]:
         extra = EXTRAS[mod]
         return (f"this needs the {mod} package, which the base install leaves out: pip install "
                 f"'adafuse-lab[{extra}]' (from a checkout: pip install -e '.[{extra}]')"), 2
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in BASE:
+        mod = e.name.split(".")[0]
+        return (f"this needs the {mod} package, a base dependency of adafuse-lab that is not installed here: "
+                f"pip install '{BASE[mod]}' (or reinstall adafuse-lab)"), 2
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({_one_line(e)}); save it as UTF-8", 2
     if isinstance(e, OSError):
@@ -266,12 +310,23 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
     command = next((a for a in argv if not a.startswith("-")), "")
+    from . import runs
+    runs.defer_warnings()  # a command refused by a later check prints its one error line alone
     try:
         args = build_parser().parse_args([a for a in argv if a != "--debug"])
         args.func(args)
+        runs.begin_work()  # warnings of a command that started no work of its own
     except SystemExit:
+        runs.drop_warnings()
         raise
+    except BrokenPipeError:  # stdout closed early (`adafuse-lab models list | head -1`): not an error of ours
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit
+        except (OSError, ValueError):
+            pass
+        raise SystemExit(141) from None
     except KeyboardInterrupt:
+        runs.drop_warnings()
         if debug:
             raise
         hint = ("rerun the same command to resume: finished work is kept" if command in RESUMABLE
@@ -279,6 +334,7 @@ def main(argv=None) -> int:
         print(f"error: interrupted; {hint}", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as e:
+        runs.drop_warnings()
         if debug:
             raise
         msg, code = describe(e)

@@ -38,9 +38,10 @@ def notebooks(nb_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
     found = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
     if only:
         keep = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
-        if not keep:
+        unmatched = [o for o in only if not any(p.stem == o or p.stem.startswith(o) for p in found)]
+        if unmatched:  # one typo among several prefixes is refused too, never dropped silently
             from .runs import UsageError
-            raise UsageError(f"--only {','.join(only)} matches none of {', '.join(p.stem for p in found)}")
+            raise UsageError(f"--only {','.join(unmatched)} matches none of {', '.join(p.stem for p in found)}")
         found = keep
     return found
 
@@ -49,6 +50,8 @@ def load_params(spec: str, nb_dir: Path) -> dict:
     """A parameter file: a name in notebooks/params ("smoke", "full") or a path; YAML or JSON.
     Returns {"common": {...}, "notebooks": {name: {...}}}."""
     from .runs import UsageError
+    if not str(spec).strip():
+        raise UsageError("--params is empty; give smoke, full or the path of a YAML or JSON file")
     path = Path(spec)
     if not path.exists():
         for ext in (".yaml", ".yml", ".json"):
@@ -58,6 +61,8 @@ def load_params(spec: str, nb_dir: Path) -> dict:
         else:
             names = sorted({p.stem for p in (nb_dir / "params").glob("*.*")})
             raise UsageError(f"no parameter file {spec!r}; choose one of {', '.join(names) or 'none'} or give a path")
+    if path.exists() and not path.is_file() and not path.is_dir():  # a pipe or device would block or never end
+        raise UsageError(f"--params {path} is not a regular file; give a YAML or JSON file")
     try:
         text = path.read_bytes().decode("utf-8")
     except IsADirectoryError:
@@ -89,6 +94,12 @@ def load_params(spec: str, nb_dir: Path) -> dict:
     unknown = set(data) - {"common", "notebooks"}
     if unknown:
         raise UsageError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; use common and notebooks")
+    names = [p.stem for p in notebooks(nb_dir)]
+    strays = [k for k in (data.get("notebooks") or {}) if k not in names]
+    if strays:  # a misspelt notebook name would leave that notebook at its defaults, silently
+        from .runs import closest
+        raise UsageError(f"{path}: notebooks.{strays[0]} names no notebook{closest(str(strays[0]), names)}; "
+                         f"the notebooks are {', '.join(names)}")
     return {"common": dict(data.get("common") or {}), "notebooks": {k: dict(v or {}) for k, v in
                                                                     (data.get("notebooks") or {}).items()},
             "path": str(path)}
@@ -150,6 +161,7 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
     from .runs import UsageError
     nb_dir = notebook_dir(nb_dir)
     pfile = load_params(params, nb_dir)
+    check_kernel(kernel)
     fig_dir, work_dir = Path(fig_dir).resolve(), Path(work_dir).resolve()
     runs_dir = work_dir / "runs"
     for nb in notebooks(nb_dir, only):  # every notebook's parameters are checked before the first one runs
@@ -187,6 +199,18 @@ def build(params: str = "full", fig_dir="figures", work_dir="runs/notebooks", on
     return report
 
 
+def check_kernel(name: str) -> None:
+    """The Jupyter kernel the notebooks run on is installed (papermill would fail only after the
+    work folder is made)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from .runs import UsageError, closest
+    names = sorted(KernelSpecManager().find_kernel_specs())
+    if name not in names:
+        raise UsageError(f"--kernel {name}: no such Jupyter kernel{closest(name, names)}; install one with "
+                         f"`python -m ipykernel install --user --name {name}` or choose an installed one")
+
+
 def notebook_values(nb: Path, pfile: dict, paths: dict) -> dict:
     """Every parameter of notebook `nb` as a run with this parameter file would see it: the
     parameters cell's literals (read, not executed), then the file's values."""
@@ -213,14 +237,21 @@ def check_values(nb: Path, pfile: dict, paths: dict) -> None:
             P = notebook_params(nb.stem, **notebook_values(nb, pfile, paths))
     except (KeyError, ValueError) as e:
         raise UsageError(f"{nb.stem}: {e.args[0] if e.args else e}") from e  # a KeyError's str() quotes it
-    if P.split == "dev":
-        return
+    from .plans import runs_of
+    from .runs import run_config, validate
+    configs = list(runs_of(nb.stem, P).values())
+    if not configs and P.task:  # 00 decodes its questions itself: its members, task and knobs
+        configs = [run_config(P.task, P.models, "adafuse", {"theta": P.theta, "M": P.M, "B": P.B,
+                                                            "criterion": P.criterion}, **P.run_kw())]
     here = Path.cwd()
-    os.chdir(nb.parent)  # the kernel runs there: a relative data_dir and the data search start from it
+    os.chdir(nb.parent)  # the kernel runs there: a relative data_dir, model path and data search start from it
     try:
-        for task in P.tasks or (P.task,):
-            check_data(RunConfig(task=task, models=P.models, source=P.source, data_dir=P.data_dir, split=P.split),
-                       _get_task(task))
+        for cfg in configs:  # every member, method, device, dtype and decode value, as `run` checks them
+            validate(cfg, warn_degenerate=False)
+        if P.split != "dev":
+            for task in P.tasks or (P.task,):
+                check_data(RunConfig(task=task, models=P.models, source=P.source, data_dir=P.data_dir,
+                                     split=P.split), _get_task(task))
     except UsageError as e:
         raise UsageError(f"{nb.stem}: {e}") from e
     finally:
@@ -274,9 +305,35 @@ def read_plan(plan_file) -> list:
     if not path.is_file():
         raise UsageError(f"no plan file {path}; write one with `figures --plan`")
     try:
-        return [RunConfig(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"{path}: not a plan file ({e})") from e
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (byte {e.start}): not a plan file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the plan file {path} ({e.strerror})") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict):
+                raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+            out.append(RunConfig(**d))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise UsageError(f"{path}:{n}: not a plan file ({e})") from e
+    return out
+
+
+def check_plans(plan_files) -> None:
+    """Every run of every plan file is valid (task, members, method, options, data), before a
+    worker makes a folder or loads a model."""
+    from .runs import UsageError, validate
+    for plan_file in plan_files:
+        for n, cfg in enumerate(read_plan(plan_file), start=1):
+            try:
+                validate(cfg, warn_degenerate=False)
+            except UsageError as e:
+                raise UsageError(f"{plan_file}: run {n} ({cfg.task} {cfg.method}): {e}") from e
 
 
 def _cost(cfg) -> float:
@@ -311,6 +368,7 @@ def decode_plan(plan_files, runs_dir, progress: bool = False, log=print) -> dict
 
     from .runs import finished_run, run
     plan_files = [plan_files] if isinstance(plan_files, (str, Path)) else list(plan_files)
+    check_plans(plan_files)
     sessions, report, seen = {}, {"decoded": [], "found": [], "busy": []}, set()
     while todo := _pending(plan_files, runs_dir, seen):
         out, cfg = todo[0]
@@ -360,7 +418,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_figures(args) -> dict:
-    from .runs import UsageError, check_folder
+    from .runs import UsageError, check_figure_dir, check_work_dir
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
     if args.only is not None and not only:
         raise UsageError("--only is empty; give notebook prefixes such as 00,02")
@@ -368,8 +426,8 @@ def cmd_figures(args) -> dict:
         raise UsageError(f"--retries must be >= 0, got {args.retries}")
     if args.cell_timeout is not None and not args.cell_timeout > 0:
         raise UsageError(f"--cell-timeout must be a number of seconds > 0, got {args.cell_timeout}")
-    check_folder(args.out, "--out")
-    check_folder(args.work, "--work")
+    check_figure_dir(args.out, "--out")
+    check_work_dir(args.work, "--work")
     if args.plan:
         return {"plan": str(plan(args.params, args.work, only, args.notebooks, args.kernel))}
     if args.decode:

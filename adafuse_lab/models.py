@@ -210,9 +210,9 @@ def _load_gguf(path: Path, tokenizer_dir: Path | None):
     folder wins over the one transformers builds from the GGUF: that build is slow
     (~30 s for 150k+ vocabularies) and, for Gemma-3, wrong in transformers 5.17
     (no <bos>, "Hello" -> "▁H el lo"); 5.23 gets it right."""
-    if importlib.util.find_spec("gguf") is None:
-        raise ImportError("loading a GGUF file needs the gguf package, a base dependency of adafuse-lab: "
-                          "pip install 'gguf>=0.10'")
+    for mod in ("gguf", "accelerate"):  # transformers reads GGUF with gguf, and refuses it without accelerate
+        if importlib.util.find_spec(mod) is None:
+            raise ModuleNotFoundError(f"loading a GGUF file needs the {mod} package", name=mod)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":

@@ -51,6 +51,8 @@ def parse_limits(items: list[str]) -> dict:
         task, eq, value = item.partition("=")
         if not eq or not task.strip():
             raise UsageError(f"--limits expects TASK=N or TASK=all, got {item!r}")
+        if task.strip() in out:
+            raise UsageError(f"--limits names {task.strip()!r} twice; give it once")
         value = value.strip().lower()
         try:
             out[task.strip()] = None if value in ("all", "none") else int(value)
@@ -220,6 +222,8 @@ def decode_step(work: Path, slots, log=print) -> None:
     plan = work / "plan.jsonl"
     if not plan.is_file():
         raise UsageError(f"no {plan}: run the plan step first")
+    from .figures import check_plans
+    check_plans([plan])  # a damaged plan is one error line here, not a failed worker per slot
     jobs = [(f"decode_{s if s is not None else 'cpu'}", cli("figures", "--decode", str(plan), "--work", str(work)))
             for s in slots]
     spread(jobs, slots, work / "logs", log, progress=lambda: plan_progress(plan, work / "runs"))
@@ -277,13 +281,18 @@ def tune_step(work: Path, opts: dict, slots, log=print) -> dict:
                    "--split", split_of(opts),
                    "--batch-size", str(kw["batch_size"]), "--max-new-tokens", str(kw["max_new_tokens"]),
                    "--n-boot", str(opts["n_boot"]), *[a for k, v in opts["grid"].items()
-                                                      for a in ("--grid", f"{k}={','.join(map(str, v))}")])
+                                                      for a in ("--grid", f"{k}={','.join(map(_grid_value, v))}")])
         for flag, key in (("--limit", "limit"), ("--data-dir", "data_dir"), ("--dtype", "dtype")):
             if kw[key] is not None:
                 argv += [flag, str(kw[key])]
         jobs.append((f"tune_{task}", argv))
     spread(jobs, slots, work / "logs", log)
     return chosen_settings(work, tasks)
+
+
+def _grid_value(v) -> str:
+    """One --grid value as tune.parse_grid reads it back (true, not Python's True; [0.6, 0.4] whole)."""
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def chosen_settings(work: Path, tasks) -> dict:
@@ -344,18 +353,32 @@ def cmd_quality(args) -> dict:
     bad = [s for s in steps if s not in STEPS]
     if bad:
         raise UsageError(f"--steps: unknown step(s) {', '.join(bad)}; choose from {', '.join(STEPS)}")
+    for flag, value in (("--steps", args.steps), ("--tasks", args.tasks), ("--methods", args.methods)):
+        if value is not None and not [v for v in value.split(",") if v.strip()]:
+            raise UsageError(f"{flag} is empty; leave it out for the default or name at least one")
     opts = {"models": args.models, "tasks": args.tasks, "source": args.source, "data_dir": args.data_dir,
             "split": args.split,
             "limit": args.limit, "limits": parse_limits(args.limits), "dtype": args.dtype, "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "n_boot": args.n_boot,
             "grid": parse_grid(args.grid or ["theta=0.5,0.7,0.9"]),
-            "methods": [m.strip() for m in args.methods.split(",")] if args.methods else None,
+            "methods": [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
             "saved_only": args.saved_only}
     if args.n_boot < 1:
         raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
     check(opts)
     from .runs import check_work_dir
     check_work_dir(args.work, "--work")
+    if "decode" in steps and "plan" not in steps and not (Path(args.work) / "plan.jsonl").is_file():
+        raise UsageError(f"--steps {args.steps}: the decode step reads {Path(args.work) / 'plan.jsonl'}, which does "
+                         "not exist yet; add the plan step (--steps plan,decode)")
+    if "decode" in steps and "plan" not in steps:  # the plan file the workers will read: every run valid
+        from .figures import check_plans
+        check_plans([Path(args.work) / "plan.jsonl"])
+    if "plan" in steps or "table" in steps:
+        import papermill  # noqa: F401  (the notebooks extra: refused here, before the work folder is made)
+    if "table" in steps:
+        from .figures import check_kernel
+        check_kernel("python3")
     slots = workers(args.gpus)
     if args.gpus is not None:
         import torch

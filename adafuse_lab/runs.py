@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,10 @@ CONFIG, SAMPLES, RESULTS = "config.json", "samples.jsonl", "results.json"
 # can move the last float bits of trace values; predictions almost never change.
 # Keep it unchanged when byte-identical files matter.)
 IGNORED_KEYS = frozenset({"batch_size"})
+
+# The most new tokens a run may ask for: more than any member's context (generation stops there),
+# and the engine reserves a KV-cache column for each one.
+MAX_NEW_TOKENS = 1 << 20
 
 # RunConfig fields that DecodeConfig also has: set on the run, not in `decode`.
 _RUN_LEVEL = ("max_new_tokens", "batch_size")
@@ -133,6 +138,19 @@ def _is_path_spec(spec: str) -> bool:
     return "/" in spec and bool(head) and os.path.isdir(head)
 
 
+# What loading a GGUF needs besides transformers (both base dependencies: transformers refuses a
+# gguf_file without accelerate, and reads it with gguf).
+GGUF_NEEDS = {"gguf": "gguf>=0.10", "accelerate": "accelerate"}
+
+
+def check_gguf_support(spec: str) -> None:
+    """The packages that load a GGUF (a zoo model or a .gguf member) are installed."""
+    for mod, req in GGUF_NEEDS.items():
+        if importlib.util.find_spec(mod) is None:
+            raise UsageError(f"{spec}: loading a GGUF model needs the {mod} package, a base dependency of "
+                             f"adafuse-lab that is not installed here: pip install '{req}' (or reinstall adafuse-lab)")
+
+
 def _check_model_path(spec: str) -> None:
     """A local member path must exist and hold a model: said before anything is loaded."""
     path = Path(spec).expanduser()
@@ -150,12 +168,15 @@ def _check_model_path(spec: str) -> None:
         if magic != b"GGUF":
             raise UsageError(f"{spec!r} is not a GGUF file (it does not start with 'GGUF'): the file is damaged "
                              "or of another format; download it again")
+        check_gguf_support(spec)
         return
     weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     if not ((path / "model.gguf").is_file() or (path / "hf" / "config.json").is_file()
             or ((path / "config.json").is_file() and weights)):
         raise UsageError(f"model folder {spec!r} holds no model: expected config.json with *.safetensors weights "
                          "(a Hugging Face folder) or model.gguf (a staged zoo folder)")
+    if (path / "model.gguf").is_file() and not (path / "hf" / "config.json").is_file():
+        check_gguf_support(spec)
 
 
 def check_model_spec(spec: str) -> None:
@@ -181,6 +202,7 @@ def check_model_spec(spec: str) -> None:
     if spec not in zoo:
         raise UsageError(f"unknown model {spec!r}{closest(spec, zoo + tiny_names)}; "
                          "hub models are named owner/name, local ones by an existing path")
+    check_gguf_support(spec)
     check_cache()
 
 
@@ -199,11 +221,44 @@ _FLOORED = ("M", "B")
 _WARNED: set = set()
 
 
+# Warnings held back while a command is still being checked (the CLI turns this on): a command
+# refused by a later check prints its one error line alone; begin_work() prints them.
+_PENDING: list | None = None
+
+
 def warn(msg: str) -> None:
-    """One warning line on stderr, once per process for the same message."""
+    """One warning line on stderr, once per process for the same message (held back until
+    begin_work() while the CLI is still checking the command)."""
     if msg not in _WARNED:
         _WARNED.add(msg)
+        if _PENDING is not None:
+            _PENDING.append(msg)
+        else:
+            print(f"warning: {msg}", file=sys.stderr)
+
+
+def defer_warnings() -> None:
+    """Hold warnings back until begin_work() (or drop them with drop_warnings())."""
+    global _PENDING
+    _PENDING = []
+
+
+def begin_work(first_line: str | None = None) -> None:
+    """Everything is checked and work starts: print first_line (if any), then the held-back
+    warnings; later warnings print at once."""
+    global _PENDING
+    pending, _PENDING = _PENDING or [], None
+    if first_line:
+        print(first_line, file=sys.stderr)
+    for msg in pending:
         print(f"warning: {msg}", file=sys.stderr)
+
+
+def drop_warnings() -> None:
+    """The command was refused: its held-back warnings are not printed (and may be again)."""
+    global _PENDING
+    _WARNED.difference_update(_PENDING or [])
+    _PENDING = None
 
 
 def _finite(v) -> bool:
@@ -211,10 +266,11 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_types(kw: dict, n_members: int) -> dict:
+def _check_types(kw: dict, n_members: int, notes: list | None = None) -> dict:
     """Each decode value has its field's type (a whole number for int fields, a finite number for
     float ones, true/false for flags, a list of n_members numbers for weights); returns kw with
-    whole floats as ints and fractional M and B rounded down (with a warning)."""
+    whole floats as ints and fractional M and B rounded down (the warning goes to `notes`, to be
+    printed once the whole config is valid: a refused command prints its one error line only)."""
     from .decoding import DecodeConfig
     import math
     types = {f.name: str(f.type) for f in dataclasses.fields(DecodeConfig)}
@@ -238,7 +294,10 @@ def _check_types(kw: dict, n_members: int) -> dict:
             if v != int(v):
                 if k not in _FLOORED:
                     raise UsageError(f"{k} must be a whole number, got {shown}")
-                warn(f"{k}={v} is not a whole number: using {k}={math.floor(v)}")
+                if math.floor(v) < 1:
+                    raise UsageError(f"{k} must be >= 1, got {shown} (a fractional {k} is rounded down)")
+                msg = f"{k}={v} is not a whole number: using {k}={math.floor(v)}"
+                warn(msg) if notes is None else notes.append(msg)
                 v = math.floor(v)
             v = int(v)
         elif base == "float":
@@ -267,7 +326,8 @@ def decode_config(cfg: RunConfig):
             raise UsageError(f"decode option names must be non-empty strings, got {k!r}")
         if k in {f.name for f in dataclasses.fields(RunConfig)}:
             raise UsageError(f"decode option {k!r} is a run option: set it with --{k.replace('_', '-')}")
-    kw = _check_types(kw, len(cfg.models))
+    notes: list = []
+    kw = _check_types(kw, len(cfg.models), notes)
     kw.update({k: getattr(cfg, k) for k in _RUN_LEVEL if k in fields})
     try:
         dcfg = DecodeConfig.from_dict(kw)
@@ -276,6 +336,8 @@ def decode_config(cfg: RunConfig):
     n = len(cfg.models)
     if not 0 <= dcfg.member < n:
         raise UsageError(f"member={dcfg.member} does not exist: {n} member(s) given, so member is 0..{n - 1}")
+    for msg in notes:
+        warn(msg)
     return dcfg
 
 
@@ -303,7 +365,8 @@ def check_device(device) -> None:
     import torch
     if device == "auto":
         if importlib.util.find_spec("accelerate") is None:
-            raise UsageError("--device auto needs accelerate: pip install accelerate (or the 'all' extra)")
+            raise UsageError("--device auto needs the accelerate package, a base dependency of adafuse-lab that is "
+                             "not installed here: pip install accelerate (or reinstall adafuse-lab)")
         return
     try:
         dev = torch.device(device)
@@ -357,6 +420,9 @@ def check_data(cfg: RunConfig, task) -> None:
     if not d.is_dir():
         raise UsageError(f"{flag} {d} is a file; give the folder that holds <task>/{name}")
     f = d / task.name / name
+    if f.exists() and not f.is_file():
+        raise UsageError(f"{flag} {d}: {f} is {'a folder' if f.is_dir() else 'not a regular file'}, not a data "
+                         f"file; give the folder that holds <task>/{name}")
     if not f.is_file():
         have = sorted(p.name for p in d.iterdir() if (p / name).is_file())
         raise UsageError(f"{flag} {d} has no {task.name}/{name}"
@@ -373,9 +439,11 @@ def _hub_possible() -> bool:
     return not offline and importlib.util.find_spec("datasets") is not None
 
 
-def validate(cfg: RunConfig):
+def validate(cfg: RunConfig, warn_degenerate: bool = True):
     """Check everything that can be checked before touching disk or loading models: options,
-    members, device, dtype, data folder and every decode value.
+    members, device, dtype, data folder and every decode value. warn_degenerate: warn about
+    ensembles that run but are probably not meant (off for plans that hold such runs on purpose,
+    such as each member alone).
 
     Returns (task, DecodeConfig)."""
     if not cfg.models:
@@ -384,6 +452,9 @@ def validate(cfg: RunConfig):
         v = getattr(cfg, k)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UsageError(f"{k} must be an integer >= 1, got {v!r}")
+    if (cfg.max_new_tokens or 0) > MAX_NEW_TOKENS:  # the engine reserves KV-cache columns for every one of them
+        raise UsageError(f"max_new_tokens must be at most {MAX_NEW_TOKENS} (no model here has a longer context), "
+                         f"got {cfg.max_new_tokens}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2 ** 32:
         raise UsageError(f"seed must be an integer in 0..{2 ** 32 - 1}, got {cfg.seed!r}")
     if cfg.half is not None and cfg.half not in HALVES:
@@ -402,7 +473,8 @@ def validate(cfg: RunConfig):
     check_device(cfg.device)
     check_data(cfg, task)
     dcfg = decode_config(cfg)
-    _warn_degenerate(cfg, dcfg)
+    if warn_degenerate:
+        _warn_degenerate(cfg, dcfg)
     return task, dcfg
 
 
@@ -513,6 +585,19 @@ def _is_run_config(path: Path) -> bool:
     return isinstance(d, dict) and {"task", "models", "method"} <= set(d)
 
 
+def _not_inside_a_run(path: Path, flag: str) -> None:
+    """path is not inside one of our run directories: a folder written there would make that run
+    hold a file it did not write, and its own command would then refuse to resume it. (A
+    sharded run's OUT/shards/<rank> is the exception: run_sharded writes it.)"""
+    path = Path(os.path.abspath(path))
+    for parent in path.parents:
+        if (parent / CONFIG).is_file() and _is_run_config(parent / CONFIG):
+            if path.relative_to(parent).parts[0] == "shards":
+                return
+            raise UsageError(f"{flag} {path} is inside the run directory {parent}, which must hold only its own "
+                             f"files; choose a folder outside it")
+
+
 def _writable_parent(path: Path, flag: str) -> None:
     """The nearest existing folder above path is a folder we may write (so path can be created)."""
     node = path.parent
@@ -531,6 +616,7 @@ def check_out(out_dir, cfg: RunConfig | None = None, flag: str = "--out") -> Pat
     if out_dir is None or str(out_dir).strip() == "":
         raise UsageError(f"{flag} is empty; give the run directory to write, e.g. {flag} runs/my_run")
     out = Path(out_dir).expanduser()
+    _not_inside_a_run(out, flag)
     if not out.exists():
         if out.is_symlink():
             raise UsageError(f"{flag} {out} is a broken symbolic link; remove it or choose another {flag}")
@@ -541,8 +627,9 @@ def check_out(out_dir, cfg: RunConfig | None = None, flag: str = "--out") -> Pat
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {out} is not writable; choose another {flag}")
     names = sorted(p.name for p in out.iterdir())
-    if (out / CONFIG).exists() and not (out / CONFIG).is_file():
-        raise UsageError(f"{flag} {out} holds a folder {CONFIG}; it is not a run directory: choose another {flag}")
+    for name in (CONFIG, SAMPLES, RESULTS):
+        if (out / name).exists() and not (out / name).is_file():
+            raise UsageError(f"{flag} {out} holds a folder {name}; it is not a run directory: choose another {flag}")
     if (out / CONFIG).is_file() and not _is_run_config(out / CONFIG):
         try:
             json.loads((out / CONFIG).read_text(encoding="utf-8"))
@@ -568,6 +655,7 @@ def check_folder(path, flag: str) -> Path:
     if path is None or str(path).strip() == "":
         raise UsageError(f"{flag} is empty; give a folder")
     p = Path(path).expanduser()
+    _not_inside_a_run(p, flag)
     if not p.exists():
         _writable_parent(p, flag)
     elif not p.is_dir():
@@ -577,18 +665,43 @@ def check_folder(path, flag: str) -> Path:
     return p
 
 
-# What a work folder (tune --out, quality --work) holds once we have written into it.
-_WORK_OURS = ("runs", "logs", "plan", "plan.jsonl", "plan.raw.jsonl", "quality_params.json", "figures",
-              "04_full_benchmark", "04_full_benchmark.ipynb")
+# What a work folder (tune --out, quality --work, figures --work) holds once we have written into it.
+_WORK_OURS = ("runs", "logs", "plan", "plan.jsonl", "plan.raw.jsonl", "quality_params.json", "figures")
+_NOTEBOOK_OUTPUT = re.compile(r"[0-9][0-9]_[A-Za-z0-9_]+(\.ipynb)?")  # an executed notebook and its out_dir
+_FIGURE = re.compile(r"[0-9][0-9]_[A-Za-z0-9_.-]+\.(png|pdf)")  # plots.save: NN_<name>.png and .pdf
+
+
+def _work_ours(name: str) -> bool:
+    return (name in _WORK_OURS or (name.startswith("tune_") and name.endswith(".json"))
+            or _NOTEBOOK_OUTPUT.fullmatch(name) is not None or name.endswith(".tmp"))
+
+
+def _refuse_foreign(p: Path, flag: str, ours) -> None:
+    """p holds only what ours(name) says we write (and what file browsers drop)."""
+    foreign = sorted(n.name for n in p.iterdir() if not _junk(n.name) and not ours(n.name))
+    if foreign:
+        raise UsageError(f"{flag} {p} holds files adafuse_lab did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty {flag}")
+
+
+def check_figure_dir(path, flag: str = "--out") -> Path:
+    """figures --out: as check_folder, and holding nothing but figures (NN_<name>.png/.pdf), which
+    the notebooks write again; a folder of someone else's files is refused."""
+    p = check_folder(path, flag)
+    if p.is_dir():
+        _refuse_foreign(p, flag, lambda name: _FIGURE.fullmatch(name) is not None)
+    return p
 
 
 def check_work_dir(path, flag: str) -> Path:
-    """A work folder (tune --out, quality --work) may be written: a new or empty folder, or one
-    that holds our output (runs/, tune_<task>.json, plan.jsonl, ...). An empty path, a file, or a
-    folder of someone else's files is refused, before anything runs. Returns the path."""
+    """A work folder (tune --out, quality --work, figures --work) may be written: a new or empty
+    folder, or one that holds only our output (runs/, tune_<task>.json, plan.jsonl, executed
+    notebooks, ...). An empty path, a file, or a folder with any file we did not write is refused,
+    before anything runs. Returns the path."""
     if path is None or str(path).strip() == "":
         raise UsageError(f"{flag} is empty; give the folder to write, e.g. {flag} runs/tune")
     p = Path(path).expanduser()
+    _not_inside_a_run(p, flag)
     if not p.exists():
         _writable_parent(p, flag)
         return p
@@ -596,11 +709,7 @@ def check_work_dir(path, flag: str) -> Path:
         raise UsageError(f"{flag} {p} is a file, not a folder; choose a folder path")
     if not os.access(p, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {p} is not writable; choose another {flag}")
-    names = sorted(n.name for n in p.iterdir() if not _junk(n.name))
-    ours = [n for n in names if n in _WORK_OURS or (n.startswith("tune_") and n.endswith(".json"))]
-    if names and not ours:
-        raise UsageError(f"{flag} {p} holds files adafuse_lab did not write ({', '.join(names[:3])}"
-                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty {flag}")
+    _refuse_foreign(p, flag, _work_ours)
     if (p / "runs").exists() and not (p / "runs").is_dir():
         raise UsageError(f"{flag} {p}: {p / 'runs'} is a file, but runs are written there; move it away")
     return p
@@ -859,9 +968,15 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         loaded = task.load(source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit, split=cfg.split)
     except (RuntimeError, FileNotFoundError) as e:  # the hub was asked for and did not answer; no such split
         raise UsageError(str(e)) from e
+    source_line = None
     if cfg.source == "auto" and (shard is None or shard[0] == 0):  # say which source auto chose
-        print(f"data: {cfg.task} from {getattr(loaded, 'source', '?')} ({getattr(loaded, 'location', '?')}), "
-              "chosen by --source auto", file=sys.stderr)
+        source_line = (f"data: {cfg.task} from {getattr(loaded, 'source', '?')} "
+                       f"({getattr(loaded, 'location', '?')}), chosen by --source auto")
+    if not len(loaded):
+        dropped = len(getattr(loaded, "dropped", None) or [])
+        raise UsageError(f"{getattr(loaded, 'location', None) or cfg.task} holds no examples"
+                         + (f" (all {dropped} repeat a few-shot demo question and were dropped)" if dropped else "")
+                         + "; give a data file with at least one example")
     examples = select_half(loaded, cfg.half)
     if not examples:
         raise UsageError(f"the {cfg.half!r} half of {len(loaded)} example(s) is empty; raise --limit")
@@ -892,6 +1007,7 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
     members = _load_members(cfg, sessions) if batches else []
     load_s = time.perf_counter() - t_load
     _check_context(members, mine, prompts, cfg.max_new_tokens)
+    begin_work(source_line)  # every check passed: the source line first, then any held-back warnings
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -1089,6 +1205,11 @@ def read_samples_strict(path: Path) -> list[dict]:
             raise UsageError(f"{path}:{n}: the record has no {', '.join(missing)}: it was not written by a run")
         if not isinstance(rec["prediction"], (str, type(None))) or not isinstance(rec["references"], list):
             raise UsageError(f"{path}:{n}: 'prediction' must be a string and 'references' a list")
+        if not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool):
+            raise UsageError(f"{path}:{n}: 'id' must be a string or an integer: the record is damaged")
+        if not all(isinstance(r, str) for r in rec["references"]) or not isinstance(rec.get("meta") or {}, dict):
+            raise UsageError(f"{path}:{n}: 'references' must be a list of strings and 'meta' an object: "
+                             "the record is damaged")
         if rec["id"] in seen:
             raise UsageError(f"{path}:{n}: example {rec['id']!r} is recorded twice")
         seen.add(rec["id"])
@@ -1122,19 +1243,31 @@ def evaluate_dir(out_dir) -> dict:
     if not records:
         raise UsageError(f"{out / SAMPLES} has no finished examples")
     old_results = _read_json_file(out / RESULTS, "results") if (out / RESULTS).exists() else None
-    if old_results is not None and not isinstance(old_results, dict):
-        raise UsageError(f"{out / RESULTS} is not a results file (a JSON object): it is damaged")
+    if old_results is not None and (not isinstance(old_results, dict)
+                                    or not isinstance(old_results.get("metrics", {}), dict)
+                                    or not isinstance(old_results.get("n_examples", 0), int)):
+        raise UsageError(f"{out / RESULTS} is not a results file (a JSON object with 'metrics' and "
+                         "'n_examples'): it is damaged; rerun the run's command to rebuild it")
     n_old = (old_results or {}).get("n_examples")
     if isinstance(n_old, int) and n_old != len(records):
         raise UsageError(f"{out / SAMPLES} holds {len(records)} records but {RESULTS} counts {n_old}: records "
                          "were lost or added after the run; rerun the run's command to rebuild them")
     rescored = []
-    for rec in records:
+    for n, rec in enumerate(records, start=1):
         ex = Example(id=rec["id"], question=rec.get("question"), references=rec["references"],
                      meta=rec.get("meta") or {})
-        scores = dict(task.score(ex, rec["prediction"]))
+        try:
+            scores = dict(task.score(ex, rec["prediction"]))
+        except (ValueError, TypeError, KeyError, IndexError) as e:  # a record the scorer cannot read
+            raise UsageError(f"{out / SAMPLES}: record {n} (example {rec['id']!r}) does not score as a {task.name} "
+                             f"record ({type(e).__name__}: {e}): the record is damaged, or {CONFIG} names the "
+                             "wrong task") from e
         rescored.append({**rec, "answer": scores.pop("answer", None), "metrics": scores})
-    metrics = json.loads(json.dumps(task.aggregate(rescored), default=_json_default))
+    try:
+        metrics = json.loads(json.dumps(task.aggregate(rescored), default=_json_default))
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"{out / SAMPLES}: its records do not score together as {task.name} ({e}): records are "
+                         f"damaged, or {CONFIG} names the wrong task") from e
     old = None if old_results is None else old_results.get("metrics")
     return {"metrics": metrics, "n_examples": len(records), "results_metrics": old,
             "matches_results": None if old is None else old == metrics}

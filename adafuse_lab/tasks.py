@@ -305,6 +305,9 @@ class Task:
                     except UnicodeDecodeError as e:
                         raise DataError(f"{folder / 'prompt.txt'}: not UTF-8 text (byte {e.start}); "
                                         "save the file as UTF-8") from None
+                elif (folder / "prompt.txt").exists():
+                    raise DataError(f"{folder / 'prompt.txt'} is not a file; make it the task's prompt text "
+                                    "(or remove it to use the embedded paper prompt)")
                 else:
                     log.warning("%s: no prompt.txt in %s, using the embedded paper prompt", self.name, folder)
             elif source == "local" or data_dir is not None or os.environ.get("ADAFUSE_DATA"):

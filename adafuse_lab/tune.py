@@ -28,7 +28,8 @@ from .runs import UsageError
 
 
 def parse_grid(items: list[str]) -> dict:
-    """["theta=0.5,0.7", "B=1,3"] -> {"theta": [0.5, 0.7], "B": [1, 3]} (values as JSON where they parse)."""
+    """["theta=0.5,0.7", "B=1,3"] -> {"theta": [0.5, 0.7], "B": [1, 3]} (values as JSON where they parse;
+    list values such as weights=[0.6,0.4],[0.5,0.5] stay whole)."""
     grid = {}
     for item in items:
         key, eq, values = item.partition("=")
@@ -37,12 +38,17 @@ def parse_grid(items: list[str]) -> dict:
             raise UsageError(f"--grid expects KEY=V1,V2,..., got {item!r}")
         if key in grid:
             raise UsageError(f"--grid names {key!r} twice")
-        parsed = []
-        for v in values.split(","):
-            try:
-                parsed.append(json.loads(v))
-            except ValueError:
-                parsed.append(v.strip())
+        try:  # the values as one JSON list: numbers, true/false, null and lists such as [0.6,0.4]
+            parsed = json.loads(f"[{values}]")
+        except ValueError:  # words among them (criterion=margin,entropy): one value per comma
+            parsed = []
+            for v in values.split(","):
+                if not v.strip():
+                    raise UsageError(f"--grid {item!r} has an empty value; give KEY=V1,V2,...")
+                try:
+                    parsed.append(json.loads(v))
+                except ValueError:
+                    parsed.append(v.strip())
         grid[key] = parsed
     return grid
 

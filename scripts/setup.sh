@@ -18,7 +18,7 @@ if [ "${1:-}" = "--test" ]; then run_tests=1; shift; fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install "torch==2.13.0"
 fi
-# Every dependency is declared once, in pyproject.toml; "all" = hub + notebooks + test + accelerate.
+# Every dependency is declared once, in pyproject.toml; "all" = hub + notebooks + test + analysis.
 "$PY" -m pip install -e ".[all]"
 # The notebooks name the kernel "python3": register this interpreter under that name, inside its
 # own prefix (a venv's or conda env's share/jupyter), so papermill and JupyterLab run it.

@@ -78,6 +78,12 @@ def tree(root: Path) -> dict:
             out[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = "dir"
         for name in filenames:
             p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                out[os.path.relpath(p, root)] = "link to " + os.readlink(p)
+                continue
+            if not os.path.isfile(p):  # a named pipe: reading it would block
+                out[os.path.relpath(p, root)] = "special"
+                continue
             with open(p, "rb") as f:
                 out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
     return out
@@ -186,6 +192,61 @@ def locked_run(s: Path, monkeypatch):
     f = open(s / "run" / ".lock", "a")
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _held.append(f)
+
+
+def fifo(rel: str):
+    """A named pipe where a file is expected (reading it would block forever)."""
+    def setup(s: Path, monkeypatch):
+        (s / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(s / rel)
+    return setup
+
+
+def mkdirs(*rels):
+    def setup(s: Path, monkeypatch):
+        for rel in rels:
+            (s / rel).mkdir(parents=True, exist_ok=True)
+    return setup
+
+
+def chain(*setups):
+    def setup(s: Path, monkeypatch):
+        for one in setups:
+            one(s, monkeypatch)
+    return setup
+
+
+def symlink(rel: str, target: str):
+    def setup(s: Path, monkeypatch):
+        os.symlink(s / target, s / rel)
+    return setup
+
+
+def records(body: str, config: str | None = None):
+    """S/run with these samples.jsonl lines, no results.json (and another config.json)."""
+    def fn(d: Path):
+        (d / "samples.jsonl").write_text(body)
+        (d / "results.json").unlink()
+        if config is not None:
+            (d / "config.json").write_text(config)
+    return edit_run(fn)
+
+
+def without(*modules):
+    """These packages are not installed: importing them fails, find_spec finds nothing."""
+    import importlib.util
+    real = importlib.util.find_spec
+
+    def setup(s: Path, monkeypatch):
+        for m in modules:
+            monkeypatch.setitem(__import__("sys").modules, m, None)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in modules else real(name, *a))
+    return setup
+
+
+def DEMO(*extra, **over):
+    base = {"--models": "tiny:bpe,tiny:spm", "--out": "{S}/demo"}
+    return _argv(["demo"], base, ("--no-progress",) + extra, over)
 
 
 def params_for_first_notebook(values: dict):
@@ -435,6 +496,296 @@ CASES = [
     ("bench-set-no-equals", BENCH("--set", "theta"), None, "--set expects KEY=VALUE"),
     ("bench-out-folder", BENCH(out="{S}/emptydir"), None, "is a folder"),
     pytest.param("bench-cuda-without-cuda", BENCH(device="cuda"), None, "CUDA is not available", marks=NO_CUDA),
+    # ---------------- added by the second round of issue 22 (robust22): cases the first table lacked
+    # run: a value given twice is refused, never silently replaced by the later one
+    ("run-theta-and-set-theta", RUN("--theta", "0.5", "--set", "theta=0.6"), None,
+     "theta is given twice (--theta 0.5 and --set theta=0.6)"),
+    ("run-set-twice", RUN("--set", "B=2", "--set", "B=3"), None, "--set names 'B' twice"),
+    # run: a fractional M or B that rounds to 0 is one error line, not a warning and an error
+    ("run-M-fraction-below-1", RUN("--M", "0.5"), None, "M must be >= 1, got 0.5 (a fractional M is rounded down)"),
+    ("set-B-fraction-below-1", RUN("--set", "B=0.9"), None, "B must be >= 1, got 0.9"),
+    ("run-M-infinite", RUN("--M", "inf"), None, "M must be a whole number, got Infinity"),
+    ("run-max-new-tokens-huge", RUN(max_new_tokens=str(10 ** 20)), None, "max_new_tokens must be at most 1048576"),
+    ("run-batch-size-negative", RUN("--batch-size", "-2"), None, "batch_size must be an integer >= 1, got -2"),
+    ("run-limit-fraction", RUN(limit="1.5"), None, "invalid int value: '1.5'"),
+    ("run-half-of-one-example", RUN("--half", "tune", limit="1"), None, "the 'tune' half of 1 example(s) is empty"),
+    # run: the new --set fields (official_gating, span_length, max_span_rounds, ...)
+    ("set-official-gating-number", RUN("--set", "official_gating=1"), None, "official_gating must be true or false, got 1"),
+    ("set-official-gating-word", RUN("--set", "official_gating=on"), None, "official_gating must be true or false, got 'on'"),
+    ("set-greedy-word2-number", RUN("--set", "greedy_word2=2"), None, "greedy_word2 must be true or false, got 2"),
+    ("set-lookahead-list", RUN("--set", "lookahead_scoring=[true]"), None, "lookahead_scoring must be true or false"),
+    ("set-span-length-text", RUN("--set", 'span_length="3"'), None, "span_length must be a whole number, got '3'"),
+    ("set-span-length-bool", RUN("--set", "span_length=true"), None, "span_length must be a whole number, got true"),
+    ("set-span-length-negative", RUN("--set", "span_length=-2"), None, "span_length must be >= 1, got -2"),
+    ("set-max-span-rounds-fraction", RUN("--set", "max_span_rounds=2.5"), None,
+     "max_span_rounds must be a whole number, got 2.5"),
+    ("set-max-span-rounds-word", RUN("--set", "max_span_rounds=five"), None, "max_span_rounds must be a whole number"),
+    ("set-compat-null", RUN("--set", "compat=null"), None, "compat needs a value, got null"),
+    ("set-attention-unknown", RUN("--set", "attention=flash"), None, "attention must be one of"),
+    ("set-threshold-typo", RUN("--set", "threshold=dynamc"), None, "threshold must be one of"),
+    ("set-dyn-quantile-1", RUN("--set", "dyn_quantile=1"), None, "dyn_quantile must be in (0, 1)"),
+    ("set-gac-threshold-2", RUN("--set", "gac_threshold=2"), None, "gac_threshold must be in [0, 1]"),
+    ("set-weights-infinite", RUN("--set", "weights=[1, Infinity]"), None, "weights must be a list of numbers"),
+    ("set-weights-bools", RUN("--set", "weights=[true, false]"), None, "weights must be a list of numbers"),
+    ("set-member-fraction", RUN("--method", "single", "--set", "member=0.5"), None, "member must be a whole number"),
+    ("set-seed", RUN("--set", "seed=3"), None, "is a run option: set it with --seed"),
+    # run: members, device, dtype
+    ("run-model-folder-with-damaged-gguf", RUN(models="{S}/zm,tiny:bpe"), put("zm/model.gguf", b"junk" * 10),
+     "zm/model.gguf: not a GGUF file"),
+    ("run-gguf-only-its-magic", RUN(models="{S}/m.gguf,tiny:bpe"), put("m.gguf", b"GGUF"), "the GGUF weights do not read"),
+    ("run-gguf-unknown-version", RUN(models="{S}/m.gguf,tiny:bpe"), put("m.gguf", b"GGUF\x63\0\0\0" + b"\0" * 16),
+     "is GGUF v99"),
+    ("run-hf-folder-broken-config", RUN(models="{S}/hfm,tiny:bpe"),
+     chain(put("hfm/config.json", "{"), put("hfm/model.safetensors", b"xx")), "could not load model"),
+    ("run-gguf-named-folder", RUN(models="{S}/x.gguf,tiny:bpe"), mkdirs("x.gguf"), "holds no model"),
+    ("run-current-folder-as-model", RUN(models=".,tiny:bpe"), None, "model folder '.' holds no model"),
+    ("run-home-path-missing", RUN(models="~/no_such_model_22,tiny:bpe"), None, "does not exist"),
+    ("run-random-unknown-arch", RUN(models="random:nope,tiny:bpe"), None, "unknown architecture 'nope'"),
+    ("run-zoo-cache-under-a-file", RUN(models="smollm2-135m,tiny:bpe"), env("ADAFUSE_CACHE", "{S}/afile.txt/cache"),
+     "afile.txt is a file"),
+    ("run-device-empty", RUN("--device", ""), None, "unknown device ''"),
+    ("run-device-meta", RUN("--device", "meta"), None, "--device meta: not available here"),
+    ("run-device-auto-without-accelerate", RUN("--device", "auto"), without("accelerate"),
+     "--device auto needs the accelerate package, a base dependency"),
+    ("run-source-hub-without-datasets", RUN(source="hub"), without("datasets"), "pip install 'adafuse-lab[hub]'"),
+    ("run-dtype-empty", RUN("--dtype", ""), None, "unknown dtype ''"),
+    # run: --split, --half, --source values
+    ("run-split-empty", RUN("--split", ""), None, "invalid choice: ''"),
+    ("run-split-upper-case", RUN("--split", "DEV"), None, "invalid choice: 'DEV'"),
+    ("run-split-validation", RUN("--split", "validation"), None, "invalid choice: 'validation'"),
+    ("run-half-empty", RUN("--half", ""), None, "invalid choice: ''"),
+    # run: data files
+    ("data-dir-empty", RUN(source="local", data_dir=""), None, "--data-dir is empty"),
+    ("data-split-file-is-a-folder", RUN(source="local", data_dir="{S}/d2"), mkdirs("d2/triviaqa/dev.jsonl"),
+     "triviaqa/dev.jsonl is a folder, not a data file"),
+    ("data-empty-file", RUN(source="local", data_dir="{S}/d2"),
+     chain(put("d2/triviaqa/dev.jsonl", ""), put("d2/triviaqa/prompt.txt", "P")), "dev.jsonl holds no examples"),
+    ("data-only-demo-questions", RUN(source="local", data_dir="{S}/data"),
+     lambda s, mp: write_data(s / "data", [{"question": "Which British king married Mary of Teck?",
+                                            "answer": ["George V"]}]), "(all 1 repeat a few-shot demo question"),
+    ("data-prompt-is-a-folder", RUN(source="local", data_dir="{S}/d2"),
+     chain(put("d2/triviaqa/dev.jsonl", json.dumps(GOOD_ROWS[0]) + "\n"), mkdirs("d2/triviaqa/prompt.txt")),
+     "prompt.txt is not a file"),
+    ("data-row-a-list", RUN(source="local", data_dir="{S}/data"), data_with(b"[1, 2]\n"),
+     "dev.jsonl:2: expected a JSON object, got list"),
+    ("data-question-null", RUN(source="local", data_dir="{S}/data"), data_with({"question": None, "answer": ["a"]}),
+     "dev.jsonl:2: 'question' must be a string"),
+    ("data-answer-empty-list", RUN(source="local", data_dir="{S}/data"), data_with({"question": "q", "answer": []}),
+     "dev.jsonl:2: 'answer' must be a non-empty list of strings"),
+    ("data-utf8-bom", RUN(source="local", data_dir="{S}/data"),
+     data_with(b'\xef\xbb\xbf{"question": "q", "answer": ["a"]}\n'), "dev.jsonl:2: invalid JSON"),
+    ("data-utf16", RUN(source="local", data_dir="{S}/data"),
+     lambda s, mp: write_data(s / "data", [json.dumps(GOOD_ROWS[0]).encode("utf-16")]), "dev.jsonl:1: not UTF-8"),
+    ("data-gsm8k-answer-without-number", RUN(source="local", data_dir="{S}/data", task="gsm8k"),
+     put("data/gsm8k/dev.jsonl", json.dumps({"question": "q", "answer": "no number"}) + "\n"),
+     "gsm8k/dev.jsonl:1: no number in the gold answer"),
+    ("data-env-is-a-file", RUN(source="auto"), env("ADAFUSE_DATA", "{S}/afile.txt"), "$ADAFUSE_DATA"),
+    ("data-env-blank", RUN(source="local"), env("ADAFUSE_DATA", " "), "$ADAFUSE_DATA is empty"),
+    # run: the output folder
+    ("out-blank", RUN(out="   "), None, "--out is empty"),
+    ("out-current-folder", RUN(out="."), None, "holds files adafuse_lab did not write"),
+    ("out-link-to-a-file", RUN(out="{S}/lnk"), symlink("lnk", "afile.txt"), "is a file, not a folder"),
+    ("out-broken-link", RUN(out="{S}/lnk"), symlink("lnk", "nowhere"), "is a broken symbolic link"),
+    ("out-only-samples", RUN(out="{S}/os"), put("os/samples.jsonl", "{}\n"), "did not write (samples.jsonl)"),
+    ("out-hidden-file", RUN(out="{S}/hid"), put("hid/.gitignore", "*"), "did not write (.gitignore)"),
+    ("out-results-is-a-folder", RUN(out="{S}/run"),
+     edit_run(lambda d: ((d / "results.json").unlink(), (d / "results.json").mkdir())), "holds a folder results.json"),
+    ("out-samples-is-a-folder", RUN(out="{S}/run"),
+     edit_run(lambda d: ((d / "samples.jsonl").unlink(), (d / "samples.jsonl").mkdir())), "holds a folder samples.jsonl"),
+    ("out-config-not-utf8", RUN(out="{S}/run"), edit_run(lambda d: (d / "config.json").write_bytes(b"\xff\xfe")),
+     "config.json does not read as JSON"),
+    ("out-subfolder-in-our-run", RUN(out="{S}/run"), mkdirs("run/sub"), "did not write (sub)"),
+    ("out-inside-a-run", RUN(out="{S}/run/inner"), None, "is inside the run directory"),
+    # demo
+    ("demo-out-empty", DEMO(out=""), None, "--out is empty"),
+    ("demo-out-foreign", DEMO(out="{S}/notes"), None, "holds files adafuse_lab did not write"),
+    ("demo-method-typo", DEMO("--method", "unit"), None, "did you mean 'unite'"),
+    ("demo-M-0", DEMO("--M", "0"), None, "M must be >= 1"),
+    ("demo-official-gating-word", DEMO("--set", "official_gating=maybe"), None, "official_gating must be true or false"),
+    ("demo-data-dir-with-samples", DEMO("--data-dir", "{S}/data"), None, "--data-dir is not read with --source sample"),
+    pytest.param("demo-cuda-without-cuda", DEMO("--device", "cuda"), None, "CUDA is not available", marks=NO_CUDA),
+    # eval: corrupt run files, each named with its line
+    ("eval-config-a-folder", ["eval", "{S}/cf"], mkdirs("cf/config.json"), "config.json is a folder"),
+    ("eval-config-task-a-number", ["eval", "{S}/run"], edit_run(lambda d: (d / "config.json").write_text('{"task": 5}')),
+     "is not a run config (no task)"),
+    ("eval-hf-model-folder", ["eval", "{S}/hfmodel"], None, "is not a run config"),
+    ("eval-samples-a-folder", ["eval", "{S}/run"],
+     edit_run(lambda d: ((d / "samples.jsonl").unlink(), (d / "samples.jsonl").mkdir())), "is a folder, not the run's records"),
+    ("eval-record-a-list", ["eval", "{S}/run"], records("[1, 2]\n"), "samples.jsonl:1: the record has no id"),
+    ("eval-record-id-a-list", ["eval", "{S}/run"], records('{"id": [1], "prediction": "x", "references": ["x"]}\n'),
+     "samples.jsonl:1: 'id' must be a string or an integer"),
+    ("eval-record-references-numbers", ["eval", "{S}/run"],
+     records('{"id": "a", "prediction": "x", "references": [1, null]}\n'),
+     "samples.jsonl:1: 'references' must be a list of strings"),
+    ("eval-record-meta-a-list", ["eval", "{S}/run"],
+     records('{"id": "a", "prediction": "x", "references": ["x"], "meta": [1]}\n'), "'meta' an object"),
+    ("eval-record-prediction-a-number", ["eval", "{S}/run"],
+     records('{"id": "a", "prediction": 5, "references": ["x"]}\n'), "samples.jsonl:1: 'prediction' must be a string"),
+    ("eval-record-twice", ["eval", "{S}/run"],
+     edit_run(lambda d: (d / "samples.jsonl").write_bytes((d / "samples.jsonl").read_bytes().splitlines(True)[0] * 2)),
+     "samples.jsonl:2: example 'triviaqa-0000' is recorded twice"),
+    ("eval-nul-bytes", ["eval", "{S}/run"], records("\0" * 20 + "\n"), "samples.jsonl:1: not a JSON record"),
+    ("eval-records-of-another-task", ["eval", "{S}/run"],
+     records('{"id": "a", "prediction": "x", "references": ["x"]}\n{"id": "b", "prediction": "x", "references": ["x", "y"]}\n',
+             '{"task": "flores_en-de", "models": ["tiny:bpe"], "method": "single"}'),
+     "do not score together as flores_en-de"),
+    ("eval-results-a-list", ["eval", "{S}/run"], edit_run(lambda d: (d / "results.json").write_text("[]")),
+     "results.json is not a results file"),
+    ("eval-results-count-a-string", ["eval", "{S}/run"],
+     edit_run(lambda d: (d / "results.json").write_text('{"n_examples": "2", "metrics": 5}')), "is not a results file"),
+    ("eval-results-not-utf8", ["eval", "{S}/run"], edit_run(lambda d: (d / "results.json").write_bytes(b"\xff")),
+     "results.json is not UTF-8"),
+    ("eval-two-folders", ["eval", "{S}/run", "{S}/run"], None, "unrecognized arguments"),
+    ("eval-blank-path", ["eval", "  "], None, "empty path"),
+    # models
+    ("models-fetch-empty-name", ["models", "fetch", ""], None, "unknown model ''"),
+    ("models-info-tiny", ["models", "info", "tiny:bpe"], None, "tiny:bpe is a built-in tiny test model, not a zoo model"),
+    ("models-list-extra-argument", ["models", "list", "x"], None, "unrecognized arguments: x"),
+    ("models-cache-under-a-file", ["models", "list"], env("ADAFUSE_CACHE", "{S}/afile.txt/c"), "afile.txt is a file"),
+    ("models-info-cache-is-a-file", ["models", "info", "smollm2-135m"], env("ADAFUSE_CACHE", "{S}/afile.txt"),
+     "is not a folder"),
+    # tune
+    ("tune-grid-empty-value", TUNE(grid="theta=0.5,,0.7"), None, "has an empty value"),
+    ("tune-grid-weights-length", TUNE(grid="weights=[0.6,0.4,0.1],[0.5,0.5]"), None, "weights has 3 value(s) for 2"),
+    ("tune-grid-official-gating-word", TUNE(grid="official_gating=yes,no"), None, "official_gating must be true or false"),
+    ("tune-grid-span-length-0", TUNE(grid="span_length=0,2"), None, "span_length must be >= 1"),
+    ("tune-grid-max-span-rounds-negative", TUNE(grid="max_span_rounds=-1,2"), None, "max_span_rounds must be >= 0"),
+    ("tune-grid-M-fraction-below-1", TUNE(grid="M=0.5,2"), None, "M must be >= 1, got 0.5"),
+    ("tune-grid-member", TUNE(grid="member=5"), None, "member=5 does not exist"),
+    ("tune-out-a-run", TUNE(out="{S}/run"), None, "holds files adafuse_lab did not write"),
+    ("tune-out-inside-a-run", TUNE(out="{S}/run/t"), None, "is inside the run directory"),
+    ("tune-limit-1", TUNE(limit="1"), None, "the 'tune' half of 1 example(s) is empty"),
+    ("tune-dtype", TUNE("--dtype", "fp8"), None, "unknown dtype 'fp8'"),
+    pytest.param("tune-cuda-without-cuda", TUNE("--device", "cuda"), None, "CUDA is not available", marks=NO_CUDA),
+    ("tune-data-not-utf8", TUNE(source="local", data_dir="{S}/data"),
+     data_with(b'{"question": "caf\xe9", "answer": ["x"]}\n'), "dev.jsonl:2: not UTF-8"),
+    # figures
+    ("figures-params-empty", FIGURES(params=""), None, "--params is empty"),
+    ("figures-params-unknown-notebook", FIGURES(params="{S}/p.json"), put("p.json", '{"notebooks": {"99_nope": {}}}'),
+     "notebooks.99_nope names no notebook"),
+    ("figures-params-misspelt-notebook", FIGURES(params="{S}/p.json"),
+     put("p.json", json.dumps({"notebooks": {NOTEBOOKS[0][:-1]: {"limit": 2}}})), f"(did you mean {NOTEBOOKS[0]!r}?)"),
+    ("figures-params-unknown-member", FIGURES(params="{S}/p.json"), params_for_first_notebook({"models": "tiny:nope"}),
+     "unknown tiny model 'tiny:nope'"),
+    ("figures-params-missing-data-dir", FIGURES(params="{S}/p.json"),
+     params_for_first_notebook({"source": "local", "data_dir": "{S}/nodata"}), "does not exist"),
+    ("figures-params-bad-limit", FIGURES(params="{S}/p.json"), params_for_first_notebook({"limit": "lots"}),
+     "parameter limit must be >= 1 or 'all'"),
+    ("figures-params-yaml-tab", FIGURES(params="{S}/p.yaml"), put("p.yaml", "common:\n\tlimit: 2\n"), "not valid YAML"),
+    ("figures-params-json-null", FIGURES(params="{S}/p.json"), put("p.json", "null"), "expected a mapping"),
+    ("figures-params-json-bom", FIGURES(params="{S}/p.json"), put("p.json", b'\xef\xbb\xbf{"common": {}}'), "not valid JSON"),
+    ("figures-only-one-typo", FIGURES("--only", "00,zz"), None, "--only zz matches none"),
+    ("figures-only-commas", FIGURES("--only", ","), None, "--only is empty"),
+    ("figures-kernel-missing", FIGURES("--kernel", "nokernel", "--only", "00"), None, "no such Jupyter kernel"),
+    ("figures-out-empty", FIGURES(out=""), None, "--out is empty"),
+    ("figures-out-inside-a-run", FIGURES(out="{S}/run/figs"), None, "is inside the run directory"),
+    ("figures-cell-timeout-nan", FIGURES("--cell-timeout", "nan"), None, "--cell-timeout must be"),
+    ("figures-without-papermill", FIGURES("--only", "00"), without("papermill"), "pip install 'adafuse-lab[notebooks]'"),
+    ("figures-plan-without-papermill", FIGURES("--plan", "--only", "00"), without("papermill"), "[notebooks]"),
+    ("figures-decode-missing-plan", FIGURES("--decode", "{S}/plan.jsonl"), None, "no plan file"),
+    ("figures-decode-bad-line", FIGURES("--decode", "{S}/plan.jsonl"), put("plan.jsonl", '{"task": "triviaqa", "models": ["tiny:bpe"]}\n{oops\n'),
+     "plan.jsonl:2: not a plan file"),
+    ("figures-decode-not-utf8", FIGURES("--decode", "{S}/plan.jsonl"), put("plan.jsonl", b'{"task": "\xff"}\n'),
+     "plan.jsonl: not UTF-8"),
+    ("figures-decode-models-a-number", FIGURES("--decode", "{S}/plan.jsonl"),
+     put("plan.jsonl", '{"task": "triviaqa", "models": 5}\n'), "plan.jsonl:1: not a plan file"),
+    ("figures-decode-unknown-task", FIGURES("--decode", "{S}/plan.jsonl"),
+     put("plan.jsonl", '{"task": "trivia", "models": ["tiny:bpe"]}\n'), "run 1 (trivia adafuse): unknown task"),
+    ("figures-decode-unknown-member", FIGURES("--decode", "{S}/plan.jsonl"),
+     put("plan.jsonl", '{"task": "triviaqa", "models": ["tiny:nope"], "source": "sample"}\n'), "unknown tiny model"),
+    ("figures-decode-bad-second-plan", FIGURES("--decode", "{S}/plan.jsonl", "{S}/plan2.jsonl"),
+     chain(put("plan.jsonl", json.dumps({"task": "triviaqa", "models": ["tiny:bpe", "tiny:spm"], "source": "sample",
+                                         "limit": 1, "max_new_tokens": 2}) + "\n"),
+           put("plan2.jsonl", '{"task": "nq", "models": ["tiny:bpe"], "method": "adafus"}\n')),
+     "plan2.jsonl: run 1 (nq adafus): unknown method 'adafus'"),
+    # quality
+    ("quality-tasks-empty", QUALITY(tasks=""), None, "--tasks is empty"),
+    ("quality-tasks-commas", QUALITY(tasks=",,"), None, "--tasks is empty"),
+    ("quality-methods-empty", QUALITY("--methods", ""), None, "--methods is empty"),
+    ("quality-steps-empty", QUALITY("--steps", ""), None, "--steps is empty"),
+    ("quality-decode-without-plan", QUALITY("--steps", "decode"), None, "add the plan step"),
+    ("quality-limits-twice", QUALITY("--limits", "triviaqa=2", "--limits", "triviaqa=3"), None,
+     "--limits names 'triviaqa' twice"),
+    ("quality-limits-negative", QUALITY("--limits", "triviaqa=-1"), None, "limits['triviaqa'] must be None or >= 1"),
+    ("quality-grid-official-gating-number", QUALITY("--grid", "official_gating=1"), None,
+     "official_gating must be true or false, got 1"),
+    ("quality-batch-size-0", QUALITY("--batch-size", "0"), None, "batch_size must be >= 1"),
+    ("quality-gpus-empty", QUALITY("--gpus", ""), None, "--gpus expects GPU numbers"),
+    pytest.param("quality-gpus-without-cuda", QUALITY("--gpus", "0"), None, "no CUDA GPU is visible", marks=NO_CUDA),
+    ("quality-work-a-run", QUALITY(work="{S}/run"), None, "holds files adafuse_lab did not write"),
+    ("quality-work-inside-a-run", QUALITY(work="{S}/run/q"), None, "is inside the run directory"),
+    ("quality-without-papermill", QUALITY(), without("papermill"), "pip install 'adafuse-lab[notebooks]'"),
+    # bench
+    ("bench-attention-unknown", BENCH("--attention", "flash"), None, "invalid choice: 'flash'"),
+    ("bench-attention-twice", BENCH("--attention", "reference", "--set", "attention=sdpa_gqa"), None,
+     "attention is given twice"),
+    ("bench-set-twice", BENCH("--set", "theta=0.5", "--set", "theta=0.6"), None, "--set names 'theta' twice"),
+    ("bench-set-official-gating-word", BENCH("--set", "official_gating=yes"), None, "official_gating must be true or false"),
+    ("bench-set-span-length-0", BENCH("--set", "span_length=0"), None, "span_length must be >= 1"),
+    ("bench-set-max-span-rounds-fraction", BENCH("--set", "max_span_rounds=1.5"), None, "must be a whole number"),
+    ("bench-out-someone-elses-file", BENCH(out="{S}/afile.txt"), None, "exists and is not a bench result"),
+    ("bench-out-someone-elses-json", BENCH(out="{S}/foreign/results.json"), None, "is not a bench result"),
+    ("bench-out-empty", BENCH(out=""), None, "--out is empty"),
+    ("bench-out-under-a-file", BENCH(out="{S}/afile.txt/x.json"), None, "is not a writable folder"),
+    ("bench-method-commas", BENCH("--method", ",,"), None, "--method is empty"),
+    ("bench-profile-only-alone", BENCH("--profile-only"), None, "--profile-only times nothing by itself"),
+    ("bench-data-dir-missing", BENCH(source="local", data_dir="{S}/dta"), None, "does not exist"),
+    ("bench-models-missing-path", BENCH(models="./nope"), None, "does not exist"),
+    ("bench-max-new-tokens-huge", BENCH(max_new_tokens=str(10 ** 7)), None, "max_new_tokens must be at most"),
+    # models fetch/info: a member spec of another kind is named for what it is
+    ("models-fetch-tiny", ["models", "fetch", "tiny:spm"], None, "tiny:spm is a built-in tiny test model"),
+    ("models-fetch-local-gguf", ["models", "fetch", "./m.gguf"], None, "./m.gguf is a local path, not a zoo model"),
+    ("models-fetch-local-folder", ["models", "fetch", "hfmodel"], None, "hfmodel is a local path, not a zoo model"),
+    ("models-fetch-hub-id", ["models", "fetch", "Qwen/Qwen2.5-0.5B"], None, "is a Hugging Face hub id, not a zoo model"),
+    # work and figure folders hold only what we write: one foreign file among ours is refused
+    ("tune-out-ours-and-foreign", TUNE(out="{S}/tw"), chain(mkdirs("tw/runs"), put("tw/notes.txt", "mine")),
+     "holds files adafuse_lab did not write (notes.txt)"),
+    ("quality-work-ours-and-foreign", QUALITY(work="{S}/qw"), chain(put("qw/plan.jsonl", ""), put("qw/data.csv", "1")),
+     "holds files adafuse_lab did not write (data.csv)"),
+    ("figures-out-foreign", FIGURES(out="{S}/notes"), None, "--out {S}/notes holds files adafuse_lab did not write"),
+    ("figures-out-figures-and-foreign", FIGURES(out="{S}/figs"),
+     chain(put("figs/00_quickstart_rounds.png", "png"), put("figs/paper.tex", "tex")),
+     "holds files adafuse_lab did not write (paper.tex)"),
+    ("figures-work-foreign", FIGURES(work="{S}/foreign"), None, "--work {S}/foreign holds files adafuse_lab did not write"),
+    ("figures-plan-work-foreign", FIGURES("--plan", work="{S}/notes"), None, "holds files adafuse_lab did not write"),
+    ("figures-decode-work-foreign", FIGURES("--decode", "{S}/plan.jsonl", work="{S}/notes"),
+     put("plan.jsonl", ""), "holds files adafuse_lab did not write"),
+    # loading a GGUF (every zoo model) needs gguf and accelerate: a broken base install is named, before anything
+    ("run-zoo-without-accelerate", RUN(models="smollm2-135m,tiny:bpe"), without("accelerate"),
+     "smollm2-135m: loading a GGUF model needs the accelerate package, a base dependency"),
+    ("run-gguf-without-gguf", RUN(models="{S}/m.gguf,tiny:bpe"), chain(put("m.gguf", b"GGUF\x03\0\0\0"), without("gguf")),
+     "needs the gguf package, a base dependency of adafuse-lab"),
+    ("bench-zoo-without-accelerate", BENCH(models="smollm2-135m,tiny:bpe"), without("accelerate"),
+     "needs the accelerate package"),
+    # a warning (degenerate ensemble, fractional M) waits until the command is checked: a refusal stays one line
+    ("run-warned-then-out-a-file", RUN("--M", "2.5", models="tiny:bpe", out="{S}/afile.txt"), None,
+     "is a file, not a folder"),
+    ("run-warned-then-other-config", RUN("--set", "weights=[0, 0]", out="{S}/run"), None,
+     "holds a run with a different config"),
+    ("demo-warned-then-out-foreign", DEMO(models="tiny:bpe,tiny:bpe", out="{S}/notes"), None,
+     "holds files adafuse_lab did not write"),
+    ("tune-warned-then-out-foreign", TUNE(models="tiny:bpe,tiny:bpe", out="{S}/notes"), None,
+     "holds files adafuse_lab did not write"),
+    ("bench-warned-then-out-a-folder", BENCH(models="tiny:bpe", out="{S}/emptydir"), None, "is a folder"),
+    ("run-auto-source-then-no-examples", RUN(source="auto", data_dir="{S}/data"), put("data/triviaqa/dev.jsonl", ""),
+     "dev.jsonl holds no examples"),
+    # quality --steps decode reads an existing plan: every run of it is checked before a worker starts
+    ("quality-decode-plan-bad-json", QUALITY("--steps", "decode"), put("q/plan.jsonl", "{oops\n"),
+     "plan.jsonl:1: not a plan file"),
+    ("quality-decode-plan-not-utf8", QUALITY("--steps", "decode"), put("q/plan.jsonl", b"\xff\xfe\n"),
+     "plan.jsonl: not UTF-8 text"),
+    ("quality-decode-plan-unknown-member", QUALITY("--steps", "decode"),
+     put("q/plan.jsonl", '{"task": "triviaqa", "models": ["tiny:nope"], "source": "sample"}\n'),
+     "run 1 (triviaqa adafuse): unknown tiny model 'tiny:nope'"),
+    ("set-sweetspan-words-0", RUN("--set", "sweetspan_words=0"), None, "sweetspan_words must be >= 1, got 0"),
+    ("tune-grid-sweetspan-words-negative", TUNE(grid="sweetspan_words=-1,3"), None, "sweetspan_words must be >= 1"),
+    # a named pipe where a file is expected is refused, not read (it would block)
+    ("figures-params-a-pipe", FIGURES(params="{S}/p.yaml"), fifo("p.yaml"), "is not a regular file"),
+    ("data-file-a-pipe", RUN(source="local", data_dir="{S}/pd"), fifo("pd/triviaqa/dev.jsonl"),
+     "dev.jsonl is not a regular file, not a data file"),
+    # the top level
+    ("no-command", [], None, "required: command"),
+    ("unknown-command", ["rn"], None, "invalid choice: 'rn'"),
 ]
 
 # cases whose environment needs more than a file: the zoo cache is a file
@@ -449,7 +800,7 @@ def _unpack(case):
 def test_the_table_is_large_enough():
     ids = [_unpack(c)[0] for c in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 60
-    commands = {_unpack(c)[1][0] for c in CASES}
+    commands = {_unpack(c)[1][0] for c in CASES if _unpack(c)[1]}
     assert commands >= {"run", "demo", "eval", "models", "tune", "figures", "quality", "bench"}
 
 
@@ -494,3 +845,11 @@ def test_a_mistyped_data_dir_never_decodes_the_samples(sandbox, capsys):
     assert err.splitlines()[0] == f"data: triviaqa from local ({sandbox / 'data' / 'triviaqa' / 'dev.jsonl'}), " \
                                   "chosen by --source auto"
     assert json.loads((sandbox / "new" / "results.json").read_text())["data"]["source"] == "local"
+
+
+def test_a_missing_base_dependency_is_named():
+    """A broken install that lacks a base dependency (gguf, accelerate) says which one, exit 2."""
+    from adafuse_lab.cli import describe
+    for mod in ("gguf", "accelerate"):
+        msg, code = describe(ModuleNotFoundError(f"No module named {mod!r}", name=mod))
+        assert code == 2 and f"needs the {mod} package, a base dependency" in msg and "pip install" in msg

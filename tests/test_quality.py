@@ -42,7 +42,7 @@ def test_workers(monkeypatch):
 
 def test_quality_command_end_to_end(tmp_path, capsys, monkeypatch):
     work = tmp_path / "w"
-    assert "plan.jsonl: run the plan step first" in fails(ARGS + ["--work", str(work), "--steps", "decode"], capsys)
+    assert "plan.jsonl, which does not exist yet; add the plan step" in fails(ARGS + ["--work", str(work), "--steps", "decode"], capsys)
     assert "unknown step(s) report" in fails(ARGS + ["--work", str(work), "--steps", "plan,report"], capsys)
     assert main(ARGS + ["--work", str(work), "--steps", "plan"]) == 0
     assert not Q.replan_due(work)  # nothing saved yet

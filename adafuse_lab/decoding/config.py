@@ -92,6 +92,7 @@ class DecodeConfig:
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
         need(isinstance(self.feed_cap, int) and self.feed_cap >= 0, f"feed_cap must be a whole number >= 0, got {self.feed_cap!r}")
         need(isinstance(self.kv_slack, int) and self.kv_slack >= 0, f"kv_slack must be a whole number >= 0, got {self.kv_slack!r}")
+        need(self.sweetspan_words >= 1, f"sweetspan_words must be >= 1, got {self.sweetspan_words}")
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
         need(isinstance(self.compat, bool), f"compat must be true or false, got {self.compat!r}")
