@@ -57,9 +57,10 @@ main3)
   python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --cprofile \
       --out $O/h200_engine_v3_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -80 ;;
 knobs)
+  # file names without "=": the device tool does not bring such names back
   for kv in feed_cap=0 feed_cap=8 feed_cap=32 kv_slack=1024; do
     python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate --set $kv \
-        --out $O/h200_engine_v3_b64_t256_$kv.json 2>&1 | grep -v "Loading weights" | tail -3
+        --out $O/h200_engine_v3_b64_t256_$(echo $kv | tr -d '=_').json 2>&1 | grep -v "Loading weights" | tail -3
   done ;;
 others)
   python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
@@ -73,7 +74,7 @@ paper)
   P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
   for th in 0.0 1.0; do
     python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
-        --out $O/h200_engine_v2_paper_theta${th}_b32_t256.json 2>&1 | grep -v "Loading weights" | tail -8
+        --out $O/h200_engine_v3_paper_theta${th}_b32_t256.json 2>&1 | grep -v "Loading weights" | tail -8
   done ;;
 esac
 ls -la $O
