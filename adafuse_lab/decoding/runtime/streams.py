@@ -162,13 +162,10 @@ class Runtime:
         on the device (s.feed holds a placeholder). self.fed then holds those tokens, copied to
         the host behind the previous forward only: the caller reads them while this one runs."""
         self.logits = None
-        feeding = self._plan_rows(cap)
+        feeding, used = self._plan_rows(cap)
         if not feeding:
             return None
         m, kv = self.m, self.m.kv
-        used = [0] * kv.rows
-        for s in feeding:
-            used[self.crow[s.p]] = max(used[self.crow[s.p]], s.off + s.take)
         T = bucket(max(used))
         width, compactions = kv.width, kv.compactions
         F = kv.reserve(T, [s.uid for s in self.rows if not s.dead])
@@ -212,9 +209,10 @@ class Runtime:
         self.logits = logits
         return logits
 
-    def _plan_rows(self, cap: int) -> list[Stream]:
+    def _plan_rows(self, cap: int) -> tuple[list[Stream], list[int]]:
         """The streams that feed in this forward, each with its offset in its row (s.off) and
-        its number of tokens (s.take): everything, or with a cap as forward() says."""
+        its number of tokens (s.take): everything, or with a cap as forward() says; and the
+        tokens each cache row feeds."""
         feeding = [s for s in self.rows if s.feed and not s.dead]
         used = [0] * self.m.kv.rows
         whole = [s for s in feeding if not cap or s.kind != "score" or s.tail]  # never split
@@ -227,7 +225,7 @@ class Runtime:
                 s.off, s.take = used[r], max(0, min(len(s.feed), cap - used[r]))
                 used[r] += s.take
         self.pending = {s.p for s in feeding if s.take < len(s.feed)}
-        return [s for s in feeding if s.take]
+        return [s for s in feeding if s.take], used
 
     def _score(self, feeding: list[Stream], logits: torch.Tensor) -> None:
         """Add the NLL of the scored tokens this forward fed to their streams' sums. A token is
@@ -252,21 +250,17 @@ class Runtime:
                 end = len(new) - s.tail
                 s.end_logits = (logits[self.crow[s.p], s.off + end - 1 - start - done].float() if end > start
                                 else None)
-        dev = m.last_logits.device
-        as_t = lambda x: on_device(x, dev)
-        if here_t:
-            lp = token_log_probs(logits[as_t(here_r), as_t(here_c)], as_t(here_t), m.eos_t)
-            self.nll.index_put_((as_t(here_s), as_t([0] * len(here_s))), -lp, accumulate=True)
-        if prev_t:
-            src = as_t(prev_from)
-            before = torch.where((src >= 0)[:, None], self.last.index_select(0, src.clamp_min(0)),
-                                 m.last_logits.index_select(0, (-1 - src).clamp_min(0)))
-            lp = token_log_probs(before, as_t(prev_t), m.eos_t)
-            self.nll.index_put_((as_t(prev_s), as_t([0] * len(prev_s))), -lp, accumulate=True)
-        counted = here_s + prev_s
-        if counted:
-            self.nll.index_put_((as_t(counted), as_t([1] * len(counted))),
-                                torch.ones(len(counted), device=dev), accumulate=True)
+        if not here_t and not prev_t:
+            return
+        as_t = lambda x: on_device(x, m.last_logits.device, torch.long)
+        src = as_t(prev_from)
+        before = torch.where((src >= 0)[:, None], self.last.index_select(0, src.clamp_min(0)),
+                             m.last_logits.index_select(0, (-1 - src).clamp_min(0)))
+        lp = torch.cat([token_log_probs(logits[as_t(here_r), as_t(here_c)], as_t(here_t), m.eos_t),
+                        token_log_probs(before, as_t(prev_t), m.eos_t)])
+        slots = as_t(here_s + prev_s)
+        self.nll[:, 0].index_add_(0, slots, -lp)
+        self.nll[:, 1].index_add_(0, slots, torch.ones_like(lp))
 
     # ---- reading the results ---------------------------------------------------
     def peek(self, streams: list[Stream], pool: int, criterion: str):
