@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import contextlib
 import logging
 import shutil
 import struct
@@ -187,12 +188,27 @@ def _load_hf(src, dtype, trust_remote_code=False, tokenizer_src=None):
                              "copy of the model, or convert it if you trust its source")
     tok = AutoTokenizer.from_pretrained(tokenizer_src or src, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
+        # a local copy loads in seconds: no "Loading weights" bar at every run and notebook cell
+        # (a hub id keeps its bars: the download may take minutes)
+        with _no_progress_bars() if isinstance(src, Path) else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code)
     except SafetensorError as e:
         raise CorruptWeights(f"{src}: the safetensors weights do not read ({e}): the file is truncated or "
                              "damaged; download it again") from e
     return model, tok
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _looks_local(spec: str) -> bool:
