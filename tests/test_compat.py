@@ -15,7 +15,7 @@ from adafuse_lab.decoding.methods.batch import make_stop, official_stop
 from adafuse_lab.decoding.runtime import Member, Runtime
 from adafuse_lab.decoding.words import official_words, split_words
 from adafuse_lab.models import load_session
-from test_decoding import (PROMPTS, _one_thread, full_nll, generate_ids, n_words, steer, tiny,  # noqa: F401 (fixtures)
+from test_decoding import (PROMPTS, _one_thread, full_nll, generate_ids, n_words, scribble_old_logits, steer, tiny,  # noqa: F401 (fixtures)
                            winners, wordy_table)
 
 
@@ -87,6 +87,20 @@ def test_compat_decodes_as_every_field_set(tiny):
     compat = [o.text for o in decode("adafuse", members, PROMPTS, dataclasses.replace(base, compat=True))]
     assert compat == [o.text for o in decode("adafuse", members, PROMPTS, every)]
     assert compat != [o.text for o in decode("adafuse", members, PROMPTS, base)]
+
+
+@pytest.mark.parametrize("cap", [0, 2])
+def test_nothing_kept_is_a_view_of_a_replayed_logits_buffer(tiny, cap, monkeypatch):
+    """With a feed cap the look-ahead scorer's stream is fed steps before its commit, which
+    needs the logits at its committed end: kept as a copy, in fp32 too (.float() is no copy)."""
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=24, compat=True, max_span_rounds=0, feed_cap=cap)
+    plain = decode("adafuse", members, PROMPTS, cfg)
+    scribble_old_logits(monkeypatch)
+    static = decode("adafuse", members, PROMPTS, cfg)
+    assert [o.text for o in static] == [o.text for o in plain]
+    flat = lambda outs: [x for o in outs for r in o.trace for c in r["candidates"] for x in c["nll"]]
+    assert flat(static) == pytest.approx(flat(plain), abs=1e-5)
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -362,6 +362,31 @@ def test_feed_cap_changes_only_how_candidates_are_fed(tiny, method):
         assert sum(o.stats["forwards"][0] for o in split) > sum(o.stats["forwards"][0] for o in whole), cap
 
 
+def scribble_old_logits(monkeypatch) -> None:
+    """Replayed CUDA graphs write each forward's logits into a buffer a later replay
+    overwrites: a CPU stand-in that scribbles over a member's logits once its next forward is
+    done (anything the runtime keeps past that must be a copy)."""
+    from adafuse_lab.decoding.runtime import streams
+    real, last = streams.eager_forward, {}
+
+    def replayed(model, *args):
+        out = real(model, *args)
+        if id(model) in last:
+            last[id(model)].normal_()
+        last[id(model)] = out
+        return out
+    monkeypatch.setattr(streams, "eager_forward", replayed)
+
+
+@pytest.mark.parametrize("method", METHODS_2)
+def test_no_method_keeps_a_view_of_a_forwards_logits(tiny, method, monkeypatch):
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=16, batch_size=4, feed_cap=2)
+    plain = decode(method, members, PROMPTS, cfg)
+    scribble_old_logits(monkeypatch)
+    assert [o.text for o in decode(method, members, PROMPTS, cfg)] == [o.text for o in plain]
+
+
 # ---- 4. members with different tokenizers, each able to win ------------------------
 
 @pytest.mark.parametrize("k", [0, 1])

@@ -248,8 +248,9 @@ class Runtime:
                     prev_from.append(s.slot if j - 1 >= start else -1 - s.p)
             if s.tail and s.take == len(s.feed):  # the winner's next logits come from here (commit)
                 end = len(new) - s.tail
-                s.end_logits = (logits[self.crow[s.p], s.off + end - 1 - start - done].float() if end > start
-                                else None)
+                # a copy: a replayed graph writes its next logits into the same buffer
+                s.end_logits = (logits[self.crow[s.p], s.off + end - 1 - start - done].to(torch.float32, copy=True)
+                                if end > start else None)
         if not here_t and not prev_t:
             return
         as_t = lambda x: on_device(x, m.last_logits.device, torch.long)
