@@ -273,10 +273,6 @@ class Runtime:
         host = torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).tolist()
         return host, top_ids.tolist(), top_lp.tolist()
 
-    def argmax(self, streams: list[Stream]) -> list[int]:
-        logits = self.last.index_select(0, on_device([s.slot for s in streams], self.last.device, torch.long))
-        return logits.argmax(-1).tolist()
-
     def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
         """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
         candidates), from the sums the forwards kept; a candidate with no scored token is NaN."""
