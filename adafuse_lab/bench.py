@@ -29,29 +29,32 @@ def _sync(device) -> None:
 
 
 class CallCounter:
-    """Counts forward calls of a model (one per batched step, whatever the batch size)."""
+    """Counts forward calls of a model (one per batched step, whatever the batch size): calls
+    through its hooks (HF generate), and the engine's own count (its captured and compiled
+    forwards bypass the hooks), with the engine's fill and time counters."""
+
+    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s")
 
     def __init__(self, model):
-        from .decoding.runtime import graphs as columns
-        from .decoding.runtime.streams import FILL
-        self.calls, self.key, self.columns, self.fill = 0, id(model), columns, FILL
-        self.start = (columns.REPLAYS[self.key], columns.CAPTURES[self.key])
-        self.fill_start = {k: FILL[self.key, k] for k in ("fed", "slots", "compactions")}
+        from .decoding.runtime.counters import COUNTS
+        self.calls, self.key, self.counts = 0, id(model), COUNTS
+        self.start = {k: COUNTS[self.key, k] for k in self.KEYS}
         self.handle = model.register_forward_pre_hook(self._hook)
 
     def _hook(self, *_):
         self.calls += 1
 
+    def engine(self, k: str):
+        return self.counts[self.key, k] - self.start[k]
+
     @property
     def n(self) -> int:
-        """Hooked calls, plus graph replays, minus the two calls each capture makes."""
-        replays = self.columns.REPLAYS[self.key] - self.start[0]
-        captures = self.columns.CAPTURES[self.key] - self.start[1]
-        return self.calls + replays - 2 * captures
+        """Forward calls: the engine's when it ran, else the hooked ones."""
+        return self.engine("forwards") or self.calls
 
     def fill_stats(self) -> dict:
         """Tokens fed, token slots computed (pads included), their ratio, and KV compactions."""
-        d = {k: self.fill[self.key, k] - v for k, v in self.fill_start.items()}
+        d = {k: self.engine(k) for k in ("fed", "slots", "compactions")}
         d["fill"] = round(d["fed"] / d["slots"], 3) if d["slots"] else None
         return d
 
@@ -152,6 +155,8 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
     starts = sum(1 for o in outs for r in (o.trace or []) for m in r["members"])
     return {"new_tokens": tokens, "forward_calls": [c.n for c in counters], "rounds": rounds,
             "engine_fill": [c.fill_stats() for c in counters],
+            "prefill_s": [round(c.engine("prefill_s"), 3) for c in counters],
+            "capture_s": [round(c.engine("capture_s"), 3) for c in counters],  # compiling included
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
 
 
@@ -173,6 +178,14 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
         out["floor_ms_per_step"] = round(sum(result["floor"][name]["floor_ms_per_step"] for name in used), 3)
         steps = -(-len(prompts) // cfg.batch_size) * cfg.max_new_tokens
         out["ms_per_budget_step"] = round(wall / steps * 1e3, 3)
+    # the decode steps alone: wall time less the prefills and the graph captures (and compiles)
+    out["decode_s"] = round(wall - sum(r["prefill_s"]) - sum(r["capture_s"]), 3)
+    if method == "single":
+        batches = -(-len(prompts) // cfg.batch_size)
+        steps = r["forward_calls"][cfg.member] - batches
+        out["ms_per_decode_step"] = round(out["decode_s"] / max(steps, 1) * 1e3, 3)
+        if result.get("floor"):
+            out["decode_step_ratio_to_floor"] = round(out["ms_per_decode_step"] / out["floor_ms_per_step"], 2)
     for key in [k for k in ("generate", "generate_no_cudnn") if result.get(k)]:
         walls = [g["wall_s"] for g in result[key].values()]
         out[f"ratio_to_summed_{key}"] = round(wall / sum(walls), 3)

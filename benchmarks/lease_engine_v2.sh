@@ -13,6 +13,11 @@
 #   knobs   adafuse at batch 64 with feed_cap 0 / 8 / 32 and kv_slack 1024 (no generate)
 #   others  the other methods at batch 64 (no generate), and every method at batch 1 (2 questions)
 #   scale3  adafuse and single at batch 256 (no generate)
+# With compile=true (torch.compile of the members' decode forwards; files h200_engine_v4_*):
+#   check4  32 GSM8K questions in fp32, adafuse and single, compile off and on: the same answers?
+#   main4   anchors; adafuse and single at batch 64 against generate (compile off), then compile on
+#   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
+#   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -75,6 +80,40 @@ paper)
   for th in 0.0 1.0; do
     python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
         --out $O/h200_engine_v3_paper_theta${th}_b32_t256.json 2>&1 | grep -v "Loading weights" | tail -8
+  done ;;
+check4)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  for meth in single adafuse; do
+    for c in false true; do
+      python -m adafuse_lab run --task gsm8k --models $M --method $meth --source local --data-dir .gpu-extra/data \
+          --limit 32 --batch-size 32 --dtype float32 --no-progress --set compile=$c --out /tmp/c4_${meth}_$c 2>&1 | tail -2
+    done
+    python benchmarks/same_samples.py /tmp/c4_${meth}_false/samples.jsonl /tmp/c4_${meth}_true/samples.jsonl \
+        2>&1 | tee $O/compile_check_${meth}_fp32.txt
+  done ;;
+main4)
+  bash $0 main3_anchors
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
+      --out $O/h200_engine_v4_b64_t256.json 2>&1 | grep -v "Loading weights" | tail -8
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --no-generate \
+      --set compile=true --out $O/h200_engine_v4_b64_t256_compiled.json 2>&1 | grep -v "Loading weights" | tail -8 ;;
+main3_anchors)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json 2>&1 | tail -4
+  python .gpu-extra/attn_bench.py --out $O/attn_b64.json 2>&1 | tail -12 ;;
+prof4)
+  for c in false true; do
+    python -m adafuse_lab bench --models $M --method single $D --limit 64 --batch-size 64 --profile --profile-only \
+        --set cuda_graphs=false --set compile=$c --out $O/h200_engine_v4_single_profile_compile_$c.json 2>&1 \
+        | grep -v "Loading weights" | tail -3
+  done ;;
+scale4)
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 256 --batch-size 256 --no-generate \
+      --set compile=true --out $O/h200_engine_v4_b256_t256_compiled.json 2>&1 | grep -v "Loading weights" | tail -6
+  P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
+  for th in 0.0 1.0; do
+    python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th --set compile=true \
+        --out $O/h200_engine_v4_paper_theta${th}_b32_t256_compiled.json 2>&1 | grep -v "Loading weights" | tail -6
   done ;;
 esac
 ls -la $O

@@ -362,6 +362,20 @@ def test_feed_cap_changes_only_how_candidates_are_fed(tiny, method):
         assert sum(o.stats["forwards"][0] for o in split) > sum(o.stats["forwards"][0] for o in whole), cap
 
 
+@pytest.mark.parametrize("method", ["single", "adafuse"])
+def test_compiled_forwards_decode_as_eager(tiny, method):
+    """compile=true runs the decode forwards through torch.compile (inductor; on CPU it builds
+    C++ kernels): the same answers and, up to float rounding, the same scores."""
+    members = [tiny["bpe"], tiny["spm"]][: 1 if method == "single" else 2]
+    cfg = DecodeConfig(max_new_tokens=12, batch_size=3, theta=0.9, feed_cap=2)
+    eager = decode(method, members, PROMPTS[:3], cfg)
+    compiled = decode(method, members, PROMPTS[:3], dataclasses.replace(cfg, compile=True))
+    assert all("_adafuse_compiled" in m.model.__dict__ for m in members)
+    assert [o.text for o in compiled] == [o.text for o in eager]
+    flat = lambda outs: [x for o in outs for r in (o.trace or []) for c in r["candidates"] for x in c["nll"]]
+    assert flat(compiled) == pytest.approx(flat(eager), abs=1e-4)
+
+
 def scribble_old_logits(monkeypatch) -> None:
     """Replayed CUDA graphs write each forward's logits into a buffer a later replay
     overwrites: a CPU stand-in that scribbles over a member's logits once its next forward is

@@ -6,19 +6,14 @@ BENCHMARKS.md) becomes one replay.
 """
 from __future__ import annotations
 
+import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from ..attention import use_backend
-
-# Forward passes that bypass the model's hooks, by id(model): replays of captured graphs, and
-# captures (which call the model twice without a step of their own: warm-up and recording).
-# bench.py counts a member's forward passes as hook calls - 2 * captures + replays.
-REPLAYS: Counter = Counter()
-CAPTURES: Counter = Counter()
+from .counters import COUNTS
 
 
 def bucket(t: int) -> int:
@@ -26,11 +21,26 @@ def bucket(t: int) -> int:
     return 1 << max(0, t - 1).bit_length()
 
 
-def eager_forward(model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
+def eager_forward(model, backend, cache, ids, pos, attn, cols, compiled: bool = False) -> torch.Tensor:
     cache.cols = cols
+    run = compiled_forward(model) if compiled else model
     with use_backend(model, backend):
-        return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                     use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
+        return run(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                   use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
+
+
+def compiled_forward(model):
+    """The model's forward through torch.compile (inductor), made once per model. The first
+    shape compiles static (one token per row: greedy decoding); a second makes the fed tokens
+    per row a dynamic size, so a run compiles about twice per member, not once per bucket.
+    The compiled forward bypasses the module's hooks; the engine counts its forwards itself."""
+    fn = model.__dict__.get("_adafuse_compiled")
+    if fn is None:
+        import torch._dynamo
+        # the default limit (8) is below what a long run can meet (cache widths, mask layouts)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        fn = model.__dict__["_adafuse_compiled"] = torch.compile(model.forward)
+    return fn
 
 
 @dataclass
@@ -43,7 +53,8 @@ class _Captured:
 class Graphs:
     """Valid while the cache keeps its buffers: clear() after the rows or the width change."""
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, compiled: bool = False):
+        self.compiled = compiled
         with torch.cuda.device(device):
             self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[int, _Captured] = {}
@@ -62,7 +73,7 @@ class Graphs:
                     self.failed, self.captured = f"{type(e).__name__}: {e}", {}
                     warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
                     torch.cuda.synchronize()
-        return eager_forward(model, backend, cache, ids, pos, attn, cols)
+        return eager_forward(model, backend, cache, ids, pos, attn, cols, self.compiled)
 
     def _replay(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
         c = self.captured.get(ids.shape[1])
@@ -70,12 +81,13 @@ class Graphs:
             c = self.captured[ids.shape[1]] = self._capture(model, backend, cache, ids, pos, attn, cols)
         _copy_into(c.inputs, {"ids": ids, "pos": pos, "attn": attn, "cols": cols})
         c.graph.replay()
-        REPLAYS[id(model)] += 1
         return c.logits
 
     def _capture(self, model, backend, cache, ids, pos, attn, cols) -> _Captured:
+        start = time.perf_counter()
         inputs = {"ids": ids.clone(), "pos": pos.clone(), "attn": _clone(attn), "cols": cols.clone()}
-        run = lambda: eager_forward(model, backend, cache, inputs["ids"], inputs["pos"], inputs["attn"], inputs["cols"])
+        run = lambda: eager_forward(model, backend, cache, inputs["ids"], inputs["pos"], inputs["attn"], inputs["cols"],
+                                    self.compiled)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph (lazy handles, workspaces)
@@ -84,7 +96,8 @@ class Graphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             logits = run()
-        CAPTURES[id(model)] += 1
+        torch.cuda.synchronize()
+        COUNTS[id(model), "capture_s"] += time.perf_counter() - start  # compiling included
         return _Captured(graph, inputs, logits)
 
 

@@ -7,12 +7,15 @@ boundary is what it would be in the committed text (leading space included).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from ...session import ModelSession
 from ..scoring import eos_tensor
+from .counters import COUNTS
 from .kv import KVCache
 
 
@@ -73,6 +76,7 @@ class Member:
         """One forward over the left-padded prompts (every prompt's last token in the last column),
         through the model's own attention; then the cache becomes fixed-width columns."""
         s, dev = self.s, self.s.device
+        start = time.perf_counter()
         width = max(len(x) for x in ids)
         tok = torch.full((len(ids), width), s.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(tok)
@@ -86,7 +90,12 @@ class Member:
                       use_cache=True, logits_to_keep=1)
         self.forwards += 1
         logits = out.logits[:, -1].to(dev).float()
-        return KVCache(cache, mask, pos, extra), logits
+        kv = KVCache(cache, mask, pos, extra)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        COUNTS[id(s.model), "forwards"] += 1
+        COUNTS[id(s.model), "prefill_s"] += time.perf_counter() - start
+        return kv, logits
 
     def text_after(self, row: int, new: list[int]) -> str:
         """Text of `new` tokens as they read after row's committed ids (keeps leading spaces)."""

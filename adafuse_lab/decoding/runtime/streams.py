@@ -15,7 +15,6 @@ text and the prompt's next main stream: no extra pass to commit.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -24,15 +23,13 @@ from ...session import spans_devices
 from ..attention import AttentionBackend, StepMeta
 from ..criteria import confidences
 from ..scoring import token_log_probs
+from .counters import COUNTS
 from .graphs import Graphs, bucket, eager_forward
 from .member import HostCopy, Member, on_device
 
 NO_STREAM = -2   # a query's parent when it has none
 PAD = -3         # the owner of a pad column: nobody reads it
 NO_LIMIT = 1 << 40
-# Per model (id): tokens fed, token slots computed (rows x T, pads included) and compactions,
-# for bench's record of how full the forwards are.
-FILL: Counter = Counter()
 
 
 @dataclass
@@ -67,7 +64,8 @@ class Runtime:
         # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
         # and cross-device copies are not worth it for members that big.
         use = cfg.cuda_graphs and session.device.type == "cuda" and not spans_devices(session.model)
-        self.graphs = Graphs(session.device) if use else None  # rows stay fixed while graphs live
+        self.graphs = Graphs(session.device, cfg.compile) if use else None
+        self.compiled = cfg.compile  # rows stay fixed while graphs or compiled shapes live
         self._uid = 0
         self.rows: list[Stream] = []
         self.spawn: list[Stream] = []
@@ -138,7 +136,7 @@ class Runtime:
     def drop_prompts(self, finished: list[int]) -> None:
         """Remove the cache rows of finished prompts (not with graphs: they need fixed shapes;
         a finished prompt's row is then fed pads)."""
-        if not finished or self.graphs is not None:
+        if not finished or self.graphs is not None or self.compiled:
             return
         alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
         self.m.kv.keep_rows(on_device([r for r, _ in alive], self.m.s.device, torch.long))
@@ -170,9 +168,10 @@ class Runtime:
         width, compactions = kv.width, kv.compactions
         F = kv.reserve(T, [s.uid for s in self.rows if not s.dead])
         key = id(m.s.model)
-        FILL[key, "fed"] += sum(used)
-        FILL[key, "slots"] += kv.rows * T
-        FILL[key, "compactions"] += kv.compactions - compactions
+        COUNTS[key, "forwards"] += 1
+        COUNTS[key, "fed"] += sum(used)
+        COUNTS[key, "slots"] += kv.rows * T
+        COUNTS[key, "compactions"] += kv.compactions - compactions
         if self.graphs is not None and kv.width != width:
             self.graphs.clear()
         entries = [(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
@@ -195,7 +194,10 @@ class Runtime:
                         limit, self.window, self.mixed)
         attn = self.backend.plan(meta)
         cols = torch.arange(F, F + T, device=dev)
-        logits = (self.graphs or eager_forward)(m.s.model, self.backend, kv.cache, ids, pos, attn, cols)
+        if self.graphs is not None:
+            logits = self.graphs(m.s.model, self.backend, kv.cache, ids, pos, attn, cols)
+        else:
+            logits = eager_forward(m.s.model, self.backend, kv.cache, ids, pos, attn, cols, self.compiled)
         m.forwards += 1
         self._score(feeding, logits)  # reads self.last before it moves on
         rows = on_device([self.crow[s.p] for s in feeding], dev)
