@@ -14,7 +14,8 @@
 #   others  the other methods at batch 64 (no generate), and every method at batch 1 (2 questions)
 #   scale3  adafuse and single at batch 256 (no generate)
 # With compile=true (torch.compile of the members' decode forwards; files h200_engine_v4_*):
-#   check4  32 GSM8K questions in fp32, adafuse and single, compile off and on: the same answers?
+#   check4  GSM8K in fp32, compile off and on: the same answers? single on 32 questions; adafuse
+#           on 8 questions of 64 tokens (32 questions of 256 tokens outlasted a 560 s call)
 #   main4   anchors; adafuse and single at batch 64 against generate (compile off), then compile on
 #   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
 #   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
@@ -84,9 +85,11 @@ paper)
 check4)
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
   for meth in single adafuse; do
+    n=32; t=256; [ $meth = adafuse ] && n=8 t=64
     for c in false true; do
       python -m adafuse_lab run --task gsm8k --models $M --method $meth --source local --data-dir .gpu-extra/data \
-          --limit 32 --batch-size 32 --dtype float32 --no-progress --set compile=$c --out /tmp/c4_${meth}_$c 2>&1 | tail -2
+          --limit $n --batch-size $n --max-new-tokens $t --dtype float32 --no-progress --set compile=$c \
+          --out /tmp/c4_${meth}_$c > $O/check4_${meth}_$c.log 2>&1
     done
     python benchmarks/same_samples.py /tmp/c4_${meth}_false/samples.jsonl /tmp/c4_${meth}_true/samples.jsonl \
         2>&1 | tee $O/compile_check_${meth}_fp32.txt

@@ -86,8 +86,15 @@ class SdpaGqa(AttentionBackend):
     kernels = [SDPBackend.CUDNN_ATTENTION, *AttentionBackend.kernels]
 
     def attend(self, module, q, k, v, mask, scaling):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=_grouped(module, q, k))
+
+
+def _grouped(module, q, k) -> bool:
+    """Do query heads share key/value heads? From the layer's config when it has one: under
+    torch.compile with dynamic shapes a comparison of head counts can be symbolic, which SDPA's
+    enable_gqa refuses (a graph break in every layer, seen on an H200)."""
+    groups = getattr(module, "num_key_value_groups", None)
+    return groups != 1 if isinstance(groups, int) else q.shape[1] != k.shape[1]
 
 
 class SdpaFold(AttentionBackend):
