@@ -369,8 +369,11 @@ def test_compiled_forwards_decode_as_eager(tiny, method):
     members = [tiny["bpe"], tiny["spm"]][: 1 if method == "single" else 2]
     cfg = DecodeConfig(max_new_tokens=12, batch_size=3, theta=0.9, feed_cap=2)
     eager = decode(method, members, PROMPTS[:3], cfg)
+    from torch._dynamo.utils import counters
+    counters.clear()
     compiled = decode(method, members, PROMPTS[:3], dataclasses.replace(cfg, compile=True))
     assert all("_adafuse_compiled" in m.model.__dict__ for m in members)
+    assert not counters["graph_break"], dict(counters["graph_break"])  # one graph per forward
     assert [o.text for o in compiled] == [o.text for o in eager]
     flat = lambda outs: [x for o in outs for r in (o.trace or []) for c in r["candidates"] for x in c["nll"]]
     assert flat(compiled) == pytest.approx(flat(eager), abs=1e-4)
