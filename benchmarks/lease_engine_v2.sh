@@ -19,6 +19,12 @@
 #   main4   anchors; adafuse and single at batch 64 against generate (compile off), then compile on
 #   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
 #   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
+# With lanes (the batch in parts that take turns on their own CUDA streams; files h200_engine_v5_*):
+#   lanes5  fp32 check (lanes 1 and 2 give the same answers?), anchors, adafuse and single at
+#           batch 64 with lanes 1 (against generate), 2 and 4
+#   scale5  adafuse at batch 256 with lanes 1, 2 and 4 (no generate)
+#   comp5   adafuse at batch 64 with compile=true and lanes 2 (no generate)
+#   others5 the other methods at batch 64 with lanes 2 (no generate)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -118,5 +124,33 @@ scale4)
     python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th --set compile=true \
         --out $O/h200_engine_v4_paper_theta${th}_b32_t256_compiled.json 2>&1 | grep -v "Loading weights" | tail -6
   done ;;
+lanes5)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  for l in 1 2; do
+    python -m adafuse_lab run --task gsm8k --models $M --method adafuse --source local --data-dir .gpu-extra/data \
+        --limit 16 --batch-size 16 --max-new-tokens 96 --dtype float32 --no-progress --set lanes=$l \
+        --out /tmp/l5_$l > $O/lanes_check_$l.log 2>&1
+  done
+  python benchmarks/same_samples.py /tmp/l5_1/samples.jsonl /tmp/l5_2/samples.jsonl 2>&1 | tee $O/lanes_check_fp32.txt
+  bash $0 main3_anchors
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
+      --out $O/h200_engine_v5_b64_t256_lanes1.json > $O/b64_lanes1.log 2>&1; tail -8 $O/b64_lanes1.log
+  for l in 2 4; do
+    python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --no-generate \
+        --set lanes=$l --out $O/h200_engine_v5_b64_t256_lanes$l.json > $O/b64_lanes$l.log 2>&1; tail -4 $O/b64_lanes$l.log
+  done ;;
+scale5)
+  for l in 1 2 4; do
+    python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+        --set lanes=$l --out $O/h200_engine_v5_b256_t256_lanes$l.json > $O/b256_lanes$l.log 2>&1; tail -4 $O/b256_lanes$l.log
+  done ;;
+comp5)
+  timeout 500 python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --set compile=true --set lanes=2 --out $O/h200_engine_v5_b64_t256_lanes2_compiled.json > $O/comp5.log 2>&1
+  tail -6 $O/comp5.log ;;
+others5)
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --no-generate --set lanes=2 --out $O/h200_engine_v5_others_b64_t256_lanes2.json > $O/others5.log 2>&1
+  tail -8 $O/others5.log ;;
 esac
 ls -la $O
