@@ -126,19 +126,22 @@ scale4)
   done ;;
 lanes5)
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  # a hung run prints its Python stacks after 150 s (benchmarks/diag/hang.py)
   for l in 1 2; do
-    python -m adafuse_lab run --task gsm8k --models $M --method adafuse --source local --data-dir .gpu-extra/data \
-        --limit 16 --batch-size 16 --max-new-tokens 96 --dtype float32 --no-progress --set lanes=$l \
-        --out /tmp/l5_$l > $O/lanes_check_$l.log 2>&1
+    t0=$SECONDS; python benchmarks/diag/hang.py 150 run --task gsm8k --models $M --method adafuse \
+        --source local --data-dir .gpu-extra/data --limit 16 --batch-size 16 --max-new-tokens 96 --dtype float32 \
+        --no-progress --set lanes=$l --out /tmp/l5_$l > $O/lanes_check_$l.log 2>&1; echo "lanes=$l: $((SECONDS - t0)) s"
   done
   python benchmarks/same_samples.py /tmp/l5_1/samples.jsonl /tmp/l5_2/samples.jsonl 2>&1 | tee $O/lanes_check_fp32.txt
-  bash $0 main3_anchors
   python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
       --out $O/h200_engine_v5_b64_t256_lanes1.json > $O/b64_lanes1.log 2>&1; tail -8 $O/b64_lanes1.log
   for l in 2 4; do
-    python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --no-generate \
-        --set lanes=$l --out $O/h200_engine_v5_b64_t256_lanes$l.json > $O/b64_lanes$l.log 2>&1; tail -4 $O/b64_lanes$l.log
-  done ;;
+    timeout 120 python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+        --set lanes=$l --out $O/h200_engine_v5_b64_t256_lanes$l.json > $O/b64_lanes$l.log 2>&1; tail -3 $O/b64_lanes$l.log
+  done
+  timeout 150 python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+      --set lanes=4 --out $O/h200_engine_v5_b256_t256_lanes4.json > $O/b256_lanes4.log 2>&1; tail -3 $O/b256_lanes4.log
+  bash $0 main3_anchors ;;
 scale5)
   for l in 1 2 4; do
     python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \

@@ -373,9 +373,30 @@ def test_lanes_take_turns_by_step(tiny):
                 yield STEP
             yield name, None
         return start
-    outs = list(interleave([Lane(rounds("a", 3), []), Lane(rounds("b", 1), [])]))
+    outs = list(interleave([Lane(rounds("a", 3)), Lane(rounds("b", 1))]))
     assert order == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]
     assert outs == [("b", None), ("a", None)]
+
+
+def test_reads_queued_after_a_forward_equal_reads_made_later(tiny):
+    """What a forward queues for the host (every stream's top tokens, every candidate's mean
+    NLL) equals what peek() and candidate_nll() compute from the runtime's tensors later."""
+    rt = runtime(tiny["bpe"], ["The cat", "A dog ran"])
+    rt.score_streams([(0, 0, " sat", False, (), False), (0, 1, " ran.", True, (), False), (1, 0, " far", False, (), False)])
+    for s in rt.rows:
+        s.feed = s.feed if s.kind == "score" else [5]
+    rt.restructure()
+    rt.forward(peek=(3, "margin"))
+    streams = list(rt.rows)
+    queued = rt.peek(streams, 3, "margin"), rt.candidate_nll({0: 2, 1: 1})
+    assert rt.read_peek is not None and rt.read_nll is not None
+    rt.read_peek = rt.read_nll = None
+    later = rt.peek(streams, 3, "margin"), rt.candidate_nll({0: 2, 1: 1})
+    assert queued[0][1] == later[0][1]                                  # top token ids
+    flat = lambda rows: [x for r in rows for x in r]
+    assert flat(queued[0][0]) == pytest.approx(flat(later[0][0])) and flat(queued[0][2]) == pytest.approx(flat(later[0][2]))
+    assert flat(queued[1].values()) == pytest.approx(flat(later[1].values()))
+    assert all(math.isfinite(x) for v in queued[1].values() for x in v)
 
 
 def test_batched_equals_unbatched_branching(tiny):

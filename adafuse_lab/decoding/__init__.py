@@ -19,7 +19,6 @@ from .config import ConfigError, DecodeConfig
 from .methods import ROUNDS, Batch, DecodeOutput, make_stop
 from .runtime import Runtime
 from .runtime.lanes import Lane, interleave, split
-from ..session import spans_devices
 
 METHODS = ("single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank")
 
@@ -48,13 +47,10 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
     check_method(method, len(members), cfg)
     sessions = [members[cfg.member]] if method == "single" else list(members)
     stop_fn = make_stop(stop)
-    # lanes take turns on their own CUDA streams; a model spread over several GPUs runs as one
-    devices = sorted({s.device for s in sessions if s.device.type == "cuda"}, key=str)
-    lanes = 1 if any(spans_devices(s.model) for s in sessions) else cfg.lanes
     for start in range(0, len(prompts), cfg.batch_size):
-        parts = split(list(range(start, min(start + cfg.batch_size, len(prompts)))), lanes)
-        rounds = [_starter(method, sessions, [prompts[i] for i in idx], idx, cfg, stop_fn) for idx in parts]
-        for i, out in interleave([Lane(r, devices if len(parts) > 1 else []) for r in rounds]):
+        parts = split(list(range(start, min(start + cfg.batch_size, len(prompts)))), cfg.lanes)
+        lanes = [Lane(_starter(method, sessions, [prompts[i] for i in idx], idx, cfg, stop_fn)) for idx in parts]
+        for i, out in interleave(lanes):
             out.stats["method"] = method
             out.stats["members"] = [s.name for s in sessions]
             yield i, out

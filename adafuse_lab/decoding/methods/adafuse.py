@@ -87,7 +87,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             rt.restructure()
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
-            rt.forward(cap=cfg.feed_cap)
+            rt.forward(cap=cfg.feed_cap, peek=(pool, cfg.criterion))
         yield STEP
         # 5. score the candidates whose tokens are all fed, pick winners, commit them
         scoring = {p: len(cands[p]) for p in live if cands[p] is not None and not any(p in rt.pending for rt in runtimes)}

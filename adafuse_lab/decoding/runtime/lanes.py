@@ -1,41 +1,29 @@
 """Lanes: a batch split into parts that take turns, so the host plans one part's step while the
 GPU runs the other's forwards.
 
-A method's rounds yield None once a step's forwards are queued (the host would next wait for
-them). Each lane queues its work on CUDA streams of its own, so reading one lane's results
-waits for that lane's forwards only, not for those another lane queued after them.
+A method's rounds yield STEP once a step's forwards are queued. What the host reads after a
+forward is copied right behind it (Runtime.forward), so a lane reading its results waits for
+its own forwards, not for those the next lane queued after them. (A CUDA stream per lane
+was tried first: its run did not finish on an H200; BENCHMARKS.md, engine v5.)
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterator
-
-import torch
 
 
 class Lane:
-    """One part of a batch: its method's rounds, run with its own streams current."""
+    """One part of a batch: its method's rounds, run a step at a time."""
 
-    def __init__(self, start: Callable[[], Iterator], devices: list[torch.device]):
-        self.streams = [torch.cuda.Stream(d) for d in devices]
-        with self.current():
-            self.rounds = start()  # the runtimes (prefill, cache) are made on the lane's streams too
-
-    @contextlib.contextmanager
-    def current(self):
-        with contextlib.ExitStack() as stack:
-            for s in self.streams:
-                stack.enter_context(torch.cuda.stream(s))
-            yield
+    def __init__(self, start: Callable[[], Iterator]):
+        self.rounds = start()
 
     def step(self) -> tuple[list, bool]:
         """Run up to the next queued step; its finished outputs, and whether the rounds are over."""
         out = []
-        with self.current():
-            for item in self.rounds:
-                if item is None:
-                    return out, False
-                out.append(item)
+        for item in self.rounds:
+            if item is None:
+                return out, False
+            out.append(item)
         return out, True
 
 
