@@ -19,9 +19,10 @@
 #   main4   anchors; adafuse and single at batch 64 against generate (compile off), then compile on
 #   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
 #   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
-# With lanes (the batch in parts that take turns on their own CUDA streams; files h200_engine_v5_*):
-#   lanes5  fp32 check (lanes 1 and 2 give the same answers?), anchors, adafuse and single at
-#           batch 64 with lanes 1 (against generate), 2 and 4
+# With lanes (the batch in parts that take turns; files h200_engine_v5_*):
+#   lanes5  fp32 check (lanes 1 and 2 give the same answers? a hang prints its stacks), adafuse
+#           and single at batch 64 with lanes 1 (against generate), adafuse with lanes 2 and 4,
+#           batch 256 with lanes 4, then the anchors
 #   scale5  adafuse at batch 256 with lanes 1, 2 and 4 (no generate)
 #   comp5   adafuse at batch 64 with compile=true and lanes 2 (no generate)
 #   others5 the other methods at batch 64 with lanes 2 (no generate)
