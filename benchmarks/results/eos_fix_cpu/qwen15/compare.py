@@ -1,0 +1,58 @@
+"""The EOS fix on the qwen2.5-coder-1.5b + 0.5b pair, TriviaQA: the new runs (defaults, score_eos
+off) against each other and against the stale runs of the same questions (H100, old engine and
+old EOS scoring: the quality table's AdaFuse run and the score_eos=false run).
+
+    python benchmarks/results/eos_fix_cpu/qwen15/compare.py NEW_DEFAULT NEW_OFF STALE_DEFAULT STALE_OFF
+
+Each argument is a samples.jsonl or samples.jsonl.xz. The new runs decode the subset folder
+(ids triviaqa-0000 ... = dev rows 250 ...; data/triviaqa/source_ids.json maps them); the stale
+ones carry dev ids. Prints markdown rows and writes summary.json beside this script.
+"""
+import json
+import lzma
+import sys
+from collections import Counter
+from pathlib import Path
+
+from adafuse_lab.stats import paired_diff, score_ci
+
+HERE = Path(__file__).resolve().parent
+SOURCE = json.loads((HERE.parent / "data/triviaqa/source_ids.json").read_text())["ids"]
+
+
+def load(path: str) -> list[dict]:
+    opener = lzma.open if path.endswith(".xz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def main() -> None:
+    new_def, new_off, stale_def, stale_off = (load(p) for p in sys.argv[1:5])
+    for r in new_def + new_off:  # subset ids to dev ids
+        r["id"] = SOURCE[int(r["id"].split("-")[1])]
+    ids = {r["id"] for r in new_def}
+    stale_def = [r for r in stale_def if r["id"] in ids]
+    stale_off = [r for r in stale_off if r["id"] in ids]
+    runs = {"defaults": new_def, "score_eos=false": new_off, "stale defaults": stale_def, "stale score_eos=false": stale_off}
+    out = {"n": len(ids), "runs": {}, "diffs": {}}
+    print("| run | lenient | EM | F1 | stops: stop rule / EOS / budget |\n|---|---|---|---|---|")
+    for name, recs in runs.items():
+        ci = {k: score_ci("triviaqa", recs, k) for k in ("lenient", "exact_match", "f1")}
+        stops = Counter(r["stats"].get("stopped_by") for r in recs)
+        out["runs"][name] = {"n": len(recs), **ci, "stops": dict(stops)}
+        lc = ci["lenient"]
+        print(f"| {name} | {lc['value']:.1f} [{lc['low']:.1f}, {lc['high']:.1f}] | {ci['exact_match']['value']:.1f} | "
+              f"{ci['f1']['value']:.1f} | {stops['stop']} / {stops['eos']} / {stops['budget']} |")
+    for a, b in (("score_eos=false", "defaults"), ("defaults", "stale defaults"),
+                 ("score_eos=false", "stale score_eos=false")):
+        d = paired_diff("triviaqa", runs[a], runs[b], "lenient")
+        pb = {r["id"]: r["prediction"] for r in runs[b]}
+        same = sum(r["prediction"] == pb.get(r["id"]) for r in runs[a])
+        out["diffs"][f"{a} - {b}"] = {**d, "same_prediction": same}
+        print(f"| {a} − {b} | {d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] | | | same prediction {same} / {d['n']} |")
+    (HERE / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
