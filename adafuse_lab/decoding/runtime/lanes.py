@@ -21,7 +21,7 @@ class Lane:
         """Run up to the next queued step; its finished outputs, and whether the rounds are over."""
         out = []
         for item in self.rounds:
-            if item is None:
+            if item is None:  # STEP (methods/batch.py): the step's forwards are queued
                 return out, False
             out.append(item)
         return out, True
