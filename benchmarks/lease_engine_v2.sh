@@ -26,6 +26,9 @@
 #   scale5  adafuse at batch 256 with lanes 1, 2 and 4 (no generate)
 #   comp5   adafuse at batch 64 with compile=true and lanes 2 (no generate)
 #   others5 the other methods at batch 64 with lanes 2 (no generate)
+#   lanes6  lanes5 with the most wanted numbers first: b64 adafuse lanes 2 (stacks after 140 s),
+#           adafuse and single lanes 1 against generate, adafuse lanes 4, then the anchors
+#   check6  the fp32 check of lanes5 (lanes 1 vs 2, the same answers?), then b256 lanes 1 and 4
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -156,5 +159,25 @@ others5)
   python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
       --no-generate --set lanes=2 --out $O/h200_engine_v5_others_b64_t256_lanes2.json > $O/others5.log 2>&1
   tail -8 $O/others5.log ;;
+lanes6)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  python benchmarks/diag/hang.py 140 bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --set lanes=2 --out $O/engine_v5_b64_t256_lanes2.json > $O/b64_lanes2.log 2>&1; tail -4 $O/b64_lanes2.log
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
+      --out $O/engine_v5_b64_t256_lanes1.json > $O/b64_lanes1.log 2>&1; tail -8 $O/b64_lanes1.log
+  python benchmarks/diag/hang.py 140 bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --set lanes=4 --out $O/engine_v5_b64_t256_lanes4.json > $O/b64_lanes4.log 2>&1; tail -4 $O/b64_lanes4.log
+  bash $0 main3_anchors ;;
+check6)
+  for l in 1 2; do
+    t0=$SECONDS; python benchmarks/diag/hang.py 120 run --task gsm8k --models $M --method adafuse \
+        --source local --data-dir .gpu-extra/data --limit 16 --batch-size 16 --max-new-tokens 96 --dtype float32 \
+        --no-progress --set lanes=$l --out /tmp/l6_$l > $O/lanes_check_$l.log 2>&1; echo "lanes=$l: $((SECONDS - t0)) s"
+  done
+  python benchmarks/same_samples.py /tmp/l6_1/samples.jsonl /tmp/l6_2/samples.jsonl 2>&1 | tee $O/lanes_check_fp32.txt
+  for l in 1 4; do
+    python benchmarks/diag/hang.py 150 bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+        --set lanes=$l --out $O/engine_v5_b256_t256_lanes$l.json > $O/b256_lanes$l.log 2>&1; tail -4 $O/b256_lanes$l.log
+  done ;;
 esac
 ls -la $O
