@@ -19,7 +19,8 @@
 #   main4   anchors; adafuse and single at batch 64 against generate (compile off), then compile on
 #   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
 #   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
-# With lanes (the batch in parts that take turns; files h200_engine_v5_*):
+# With lanes (the batch in parts that take turns; files h200_engine_v5_*). Lanes were removed after
+# these ran: the steps below need commit d358c5b.
 #   lanes5  fp32 check (lanes 1 and 2 give the same answers? a hang prints its stacks), adafuse
 #           and single at batch 64 with lanes 1 (against generate), adafuse with lanes 2 and 4,
 #           batch 256 with lanes 4, then the anchors

@@ -307,8 +307,6 @@ CASES = [
     ("set-span-words-fraction", RUN("--set", "span_words=2.5"), None, "span_words must be a whole number"),
     ("set-flag-not-bool", RUN("--set", "compat=yes"), None, "compat must be true or false"),
     ("set-compile-not-bool", RUN("--set", "compile=1"), None, "compile must be true or false"),
-    ("set-lanes-zero", RUN("--set", "lanes=0"), None, "lanes must be a whole number >= 1, got 0"),
-    ("set-lanes-text", RUN("--set", "lanes=two"), None, "lanes must be a whole number"),
     ("set-compat-field-not-bool", RUN("--set", "bare_cross_scoring=yes"), None,
      "bare_cross_scoring must be true or false, got 'yes'"),
     ("set-compat-field-number", RUN("--set", "official_text=1"), None, "official_text must be true or false, got 1"),

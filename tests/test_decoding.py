@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from adafuse_lab.decoding import ConfigError, DecodeConfig, decode, decode_iter
+from adafuse_lab.decoding import ConfigError, DecodeConfig, decode
 from adafuse_lab.decoding.criteria import Threshold
-from adafuse_lab.decoding.methods import STEP, Batch, make_stop
+from adafuse_lab.decoding.methods import Batch, make_stop
 from adafuse_lab.decoding.methods import tokens as token_methods
 from adafuse_lab.decoding.methods.proposal import _gate, _Row
 from adafuse_lab.decoding.runtime import Member, Runtime
@@ -339,66 +339,6 @@ def test_batched_equals_unbatched(tiny, method):
     assert [o.stats["tokens"] for o in one] == [o.stats["tokens"] for o in four]
 
 
-@pytest.mark.parametrize("method", ["single", "adafuse", "unite", "gac", "rerank", "sweetspan"])
-def test_lanes_decode_as_one_batch(tiny, method):
-    """A batch in lanes that take turns step by step decodes as the whole batch: the same
-    answers, traces and forwards per prompt, every prompt once."""
-    members = [tiny["char"], tiny["bpe"]]
-    cfg = DecodeConfig(max_new_tokens=12, batch_size=5, theta=0.9, feed_cap=2)
-    prompts = PROMPTS + PROMPTS[:1]
-    whole = decode(method, members, prompts, cfg)
-    for lanes in (2, 3, 8):
-        got = list(decode_iter(method, members, prompts, dataclasses.replace(cfg, lanes=lanes)))
-        assert sorted(i for i, _ in got) == list(range(len(prompts))), lanes
-        outs = [o for _, o in sorted(got, key=lambda x: x[0])]
-        assert [o.text for o in outs] == [o.text for o in whole], lanes
-        assert [o.stats["forwards"] for o in outs] == [o.stats["forwards"] for o in whole], lanes
-        rounds = lambda outs: [[(r["winner"], [c["text"] for c in r["candidates"]]) for r in o.trace or []] for o in outs]
-        assert rounds(outs) == rounds(whole), lanes
-        nll = lambda outs: [x for o in outs for r in o.trace or [] for c in r["candidates"] for x in c["nll"]]
-        assert nll(outs) == pytest.approx(nll(whole), abs=1e-4), lanes  # other rows in the batch: float rounding
-
-
-def test_lanes_take_turns_by_step(tiny):
-    """Lanes run one step each in turn (not one lane to its end, then the next)."""
-    from adafuse_lab.decoding.runtime.lanes import Lane, interleave, split
-    assert split(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
-    assert split([7], 4) == [[7]]
-    order = []
-
-    def rounds(name, steps):
-        def start():
-            for t in range(steps):
-                order.append((name, t))
-                yield STEP
-            yield name, None
-        return start
-    outs = list(interleave([Lane(rounds("a", 3)), Lane(rounds("b", 1))]))
-    assert order == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]
-    assert outs == [("b", None), ("a", None)]
-
-
-def test_reads_queued_after_a_forward_equal_reads_made_later(tiny):
-    """What a forward queues for the host (every stream's top tokens, every candidate's mean
-    NLL) equals what peek() and candidate_nll() compute from the runtime's tensors later."""
-    rt = runtime(tiny["bpe"], ["The cat", "A dog ran"])
-    rt.score_streams([(0, 0, " sat", False, (), False), (0, 1, " ran.", True, (), False), (1, 0, " far", False, (), False)])
-    for s in rt.rows:
-        s.feed = s.feed if s.kind == "score" else [5]
-    rt.restructure()
-    rt.forward(peek=(3, "margin"))
-    streams = list(rt.rows)
-    queued = rt.peek(streams, 3, "margin"), rt.candidate_nll({0: 2, 1: 1})
-    assert rt.read_peek is not None and rt.read_nll is not None
-    rt.read_peek = rt.read_nll = None
-    later = rt.peek(streams, 3, "margin"), rt.candidate_nll({0: 2, 1: 1})
-    assert queued[0][1] == later[0][1]                                  # top token ids
-    flat = lambda rows: [x for r in rows for x in r]
-    assert flat(queued[0][0]) == pytest.approx(flat(later[0][0])) and flat(queued[0][2]) == pytest.approx(flat(later[0][2]))
-    assert flat(queued[1].values()) == pytest.approx(flat(later[1].values()))
-    assert all(math.isfinite(x) for v in queued[1].values() for x in v)
-
-
 def test_batched_equals_unbatched_branching(tiny):
     members = [tiny["char"], tiny["bpe"]]
     cfg = DecodeConfig(max_new_tokens=16, batch_size=1, theta=0.9, branch_select="distinct")
@@ -660,14 +600,9 @@ def token_round(tiny, fn, cfg):
     members = [runtime(tiny["char"], prompts, max_new_tokens=1), runtime(tiny["bpe"], prompts, max_new_tokens=1)]
     set_probs(members[0].m, 0, {"q": 0.6, "y": 0.4})
     set_probs(members[1].m, 0, {" the": 0.6, "y": 0.4})
-    outs = finished(fn(members, Batch([0], cfg, make_stop(None), 2), cfg))
+    outs = list(fn(members, Batch([0], cfg, make_stop(None), 2), cfg))
     assert [i for i, _ in outs] == [0]
     return outs[0][1].text
-
-
-def finished(rounds) -> list:
-    """A method's finished outputs, without the STEP marks between its steps."""
-    return [x for x in rounds if x is not STEP]
 
 
 def test_unite_picks_highest_average_probability(tiny):
@@ -681,7 +616,7 @@ def test_unite_scores_a_missing_string_by_its_own_first_token(tiny):
     members = [runtime(tiny["char"], prompts, max_new_tokens=1), runtime(tiny["bpe"], prompts, max_new_tokens=1)]
     set_probs(members[0].m, 0, {"q": 0.5, " ": 0.5})
     set_probs(members[1].m, 0, {" the": 0.55, "q": 0.45})
-    (_, out), = finished(token_methods.unite_rounds(members, Batch([0], cfg, make_stop(None), 2), cfg))
+    (_, out), = list(token_methods.unite_rounds(members, Batch([0], cfg, make_stop(None), 2), cfg))
     assert out.text == " the"  # char: q, " ", " the" 1/3 each after renormalising; bpe: " the" .55 > q .45
 
 

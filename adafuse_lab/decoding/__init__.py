@@ -4,8 +4,8 @@
 
 Three layers: methods/ (the round logic of each method), runtime/ (each member's streams,
 forward plans, KV cache and CUDA graphs), attention/ (how the fed tokens attend over the
-token tree). decode_iter is the whole loop: per batch (split in `lanes` parts that take turns),
-one runtime per member, then the method's rounds.
+token tree). decode_iter is the whole loop: per batch, one runtime per member, then the
+method's rounds.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from .attention import get_backend
 from .config import ConfigError, DecodeConfig
 from .methods import ROUNDS, Batch, DecodeOutput, make_stop
 from .runtime import Runtime
-from .runtime.lanes import Lane, interleave, split
 
 METHODS = ("single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank")
 
@@ -48,21 +47,14 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
     sessions = [members[cfg.member]] if method == "single" else list(members)
     stop_fn = make_stop(stop)
     for start in range(0, len(prompts), cfg.batch_size):
-        parts = split(list(range(start, min(start + cfg.batch_size, len(prompts)))), cfg.lanes)
-        lanes = [Lane(_starter(method, sessions, [prompts[i] for i in idx], idx, cfg, stop_fn)) for idx in parts]
-        for i, out in interleave(lanes):
+        idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
+        runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device, s.model, len(idx)))
+                    for s in sessions]
+        batch = Batch(idx, cfg, stop_fn, len(sessions))
+        for i, out in ROUNDS[method](runtimes, batch, cfg):
             out.stats["method"] = method
             out.stats["members"] = [s.name for s in sessions]
             yield i, out
-
-
-def _starter(method, sessions, texts, idx, cfg, stop_fn):
-    """A function that makes the runtimes of one lane's prompts and starts the method's rounds."""
-    def start():
-        runtimes = [Runtime(s, texts, cfg, get_backend(cfg.attention, s.device, s.model, len(texts)))
-                    for s in sessions]
-        return ROUNDS[method](runtimes, Batch(idx, cfg, stop_fn, len(sessions)), cfg)
-    return start
 
 
 def decode(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,

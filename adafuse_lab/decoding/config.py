@@ -71,7 +71,6 @@ class DecodeConfig:
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
     compile: bool = False          # members' decode forwards through torch.compile (each shape compiles once: slow start)
-    lanes: int = 1                 # a batch in this many parts that take turns: one plans while the GPU runs the other
     attention: str = "auto"        # attention backend: auto (CUDA: the faster one measured) | sdpa_gqa | sdpa_fold | reference
 
     def __post_init__(self):
@@ -94,8 +93,6 @@ class DecodeConfig:
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
         need(isinstance(self.feed_cap, int) and self.feed_cap >= 0, f"feed_cap must be a whole number >= 0, got {self.feed_cap!r}")
         need(isinstance(self.kv_slack, int) and self.kv_slack >= 0, f"kv_slack must be a whole number >= 0, got {self.kv_slack!r}")
-        need(isinstance(self.lanes, int) and not isinstance(self.lanes, bool) and self.lanes >= 1,
-             f"lanes must be a whole number >= 1, got {self.lanes!r}")
         need(self.sweetspan_words >= 1, f"sweetspan_words must be >= 1, got {self.sweetspan_words}")
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")

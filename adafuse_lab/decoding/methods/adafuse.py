@@ -14,7 +14,7 @@ from ..criteria import Threshold
 from ..pieces import next_piece
 from ..select import combine_scores, pick, select_branches
 from ..words import official_words, split_words, starts_new_word
-from .batch import STEP, Batch, official_stop
+from .batch import Batch, official_stop
 from .proposal import Proposal, _gate, _Row, _unit
 
 
@@ -87,8 +87,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             rt.restructure()
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
-            rt.forward(cap=cfg.feed_cap, peek=(pool, cfg.criterion))
-        yield STEP
+            rt.forward(cap=cfg.feed_cap)
         # 5. score the candidates whose tokens are all fed, pick winners, commit them
         scoring = {p: len(cands[p]) for p in live if cands[p] is not None and not any(p in rt.pending for rt in runtimes)}
         nll = [rt.candidate_nll(scoring) for rt in runtimes]

@@ -7,10 +7,6 @@ from typing import Callable, Sequence
 
 StopFn = Callable[[str], "int | None"]
 
-# Every method's rounds yield STEP once a step's forwards are queued, before reading their
-# results: another lane of the batch may plan its step meanwhile (runtime/lanes.py).
-STEP = None
-
 
 @dataclass
 class DecodeOutput:

@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 
 from ..pieces import piece_table
-from .batch import STEP, Batch
+from .batch import Batch
 
 EOS = "\x00<eos>"  # the union's name for "end of text", whatever each member's EOS ids are
 
@@ -35,7 +35,6 @@ def _commit_strings(runtimes: list, batch: Batch, chosen: dict[int, str]) -> Ite
         for p in going:
             rt.commit(p, 0)
             batch.add_forwards(k, p, 1)
-    yield STEP
     for p, text in going.items():
         batch.append(p, text, False, runtimes[0].m.answer_tokens(p))
     yield from _finish(runtimes, batch, list(chosen))

@@ -76,8 +76,6 @@ class Runtime:
         self.pending: set[int] = set()         # prompts with score tokens still to feed after the last forward
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
-        self.read_nll: HostCopy | None = None  # mean NLL by slot, queued right behind the last forward
-        self.read_peek: tuple | None = None    # (pool, criterion, uid -> row, HostCopy): peek's lists, likewise
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
         self.window, self.mixed = _sliding_window(session.model.config)
 
@@ -118,7 +116,6 @@ class Runtime:
             self.last = torch.cat([last, last.new_empty((len(self.spawn), last.shape[1]))])
             self.nll = torch.cat([nll, nll.new_zeros((len(self.spawn), 2))])
         self.rows = [s for s in self.rows if not s.dead] + self.spawn
-        self.read_nll = None  # by slot: the slots move
         for i, s in enumerate(self.rows):
             s.slot = i
         self.spawn = []
@@ -149,7 +146,7 @@ class Runtime:
 
     # ---- one forward -----------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, greedy: bool = False, cap: int = 0, peek: tuple | None = None) -> torch.Tensor | None:
+    def forward(self, greedy: bool = False, cap: int = 0) -> torch.Tensor | None:
         """Feed the streams' tokens in one forward; returns its logits (rows x T x V), or None
         when nothing was fed. The plan (ids, positions, and what each token reads) is a few
         lists per stream on the host and tensor operations on the device.
@@ -161,12 +158,7 @@ class Runtime:
 
         greedy: every feeding stream feeds one token, the argmax of its newest logits, chosen
         on the device (s.feed holds a placeholder). self.fed then holds those tokens, copied to
-        the host behind the previous forward only: the caller reads them while this one runs.
-
-        peek: (pool, criterion) of the next step's peek(). What the host reads after a forward
-        (every candidate's mean NLL; with peek, every stream's top tokens) is copied right
-        behind it, so reading it waits for this forward only, not for those queued after it
-        (another lane's: runtime/lanes.py)."""
+        the host behind the previous forward only: the caller reads them while this one runs."""
         self.logits = None
         feeding, used = self._plan_rows(cap)
         if not feeding:
@@ -217,19 +209,7 @@ class Runtime:
             s.feed = s.feed[s.take:]
         kv.front = F + T
         self.logits = logits
-        self._queue_reads(peek)
         return logits
-
-    def _queue_reads(self, peek: tuple | None) -> None:
-        scoring = any(s.kind == "score" for s in self.rows)
-        self.read_nll = HostCopy(_means(self.nll)) if scoring else None
-        self.read_peek = None
-        if peek is not None:
-            pool, criterion = peek
-            host, ids, lp = _top(self.last, pool, criterion)
-            # one copy: ids are below 2**24, exact as float32
-            both = torch.cat([host, lp, ids.to(torch.float32)], 1)
-            self.read_peek = (pool, criterion, {s.uid: i for i, s in enumerate(self.rows)}, HostCopy(both))
 
     def _plan_rows(self, cap: int) -> tuple[list[Stream], list[int]]:
         """The streams that feed in this forward, each with its offset in its row (s.off) and
@@ -288,19 +268,12 @@ class Runtime:
     # ---- reading the results ---------------------------------------------------
     def peek(self, streams: list[Stream], pool: int, criterion: str):
         """For each stream's newest logits: (criterion, margin, entropy) and the top `pool`
-        token ids and log-probabilities, as host lists (queued after the last forward when it
-        was asked to, else computed now)."""
-        if self.read_peek is not None and self.read_peek[:2] == (pool, criterion):
-            index, copy = self.read_peek[2:]
-            if all(s.uid in index for s in streams):
-                rows = copy.tolist()
-                k = (len(rows[0]) - 3) // 2 if rows else 0
-                picked = [rows[index[s.uid]] for s in streams]
-                return ([r[:3] for r in picked], [[int(t) for t in r[3 + k:]] for r in picked],
-                        [r[3:3 + k] for r in picked])
+        token ids and log-probabilities, as host lists."""
         logits = self.last.index_select(0, on_device([s.slot for s in streams], self.last.device, torch.long))
-        host, ids, lp = _top(logits, pool, criterion)
-        return host.tolist(), ids.tolist(), lp.tolist()
+        conf = confidences(logits)
+        top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
+        host = torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).tolist()
+        return host, top_ids.tolist(), top_lp.tolist()
 
     def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
         """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
@@ -313,11 +286,8 @@ class Runtime:
         out = {p: [float("nan")] * n for p, n in n_cands.items()}
         if not slots:
             return out
-        if self.read_nll is not None:
-            every = self.read_nll.tolist()
-            means = [every[i] for i in slots]
-        else:
-            means = _means(self.nll.index_select(0, on_device(slots, self.nll.device, torch.long))).tolist()
+        sums = self.nll.index_select(0, on_device(slots, self.nll.device, torch.long))
+        means = torch.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1].clamp_min(1), float("nan")).tolist()
         for (p, c), mean in zip(keys, means):
             out[p][c] = mean
         return out
@@ -357,24 +327,10 @@ class Runtime:
             if s.tail:  # the logits after the committed text, not after the extra ids
                 s.n = end
                 self.last[s.slot] = s.end_logits if s.end_logits is not None else m.last_logits[p]
-                if self.read_peek is not None:
-                    self.read_peek[2].pop(s.uid, None)
             m.ids[p] = new[:end]
             m.last_logits[p] = self.last[s.slot]
             s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
             self.main[p] = s
-
-
-def _means(nll: torch.Tensor) -> torch.Tensor:
-    """Mean token NLL from (summed NLL, scored tokens) rows; NaN where nothing was scored."""
-    return torch.where(nll[:, 1] > 0, nll[:, 0] / nll[:, 1].clamp_min(1), float("nan"))
-
-
-def _top(logits: torch.Tensor, pool: int, criterion: str):
-    """(criterion, margin, entropy) per row, and the top `pool` token ids and log-probabilities."""
-    conf = confidences(logits)
-    top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
-    return torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1), top_ids, top_lp
 
 
 def _sliding_window(config) -> tuple[int | None, bool]:
