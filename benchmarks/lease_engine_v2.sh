@@ -29,6 +29,8 @@
 #   others5 the other methods at batch 64 with lanes 2 (no generate)
 #   lanes6  lanes5 with the most wanted numbers first: b64 adafuse lanes 2 (stacks after 140 s),
 #           adafuse and single lanes 1 against generate, adafuse lanes 4, then the anchors
+#   prof6   where AdaFuse's step goes: torch.profiler of one 64-token b64 batch without graphs (GPU
+#           time by kernel), then cProfile of the same batch with graphs (host time)
 #   check6  the fp32 check of lanes5 (lanes 1 vs 2, the same answers?), then b256 lanes 1 and 4
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
@@ -169,6 +171,14 @@ lanes6)
   python benchmarks/diag/hang.py 140 bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
       --set lanes=4 --out $O/engine_v5_b64_t256_lanes4.json > $O/b64_lanes4.log 2>&1; tail -4 $O/b64_lanes4.log
   bash $0 main3_anchors ;;
+prof6)
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --profile --profile-only \
+      --set cuda_graphs=false --out $O/h100_engine_v5_adafuse_b64_t64_profile_eager.json > $O/prof6_eager.log 2>&1
+  grep "Self CUDA time total\|Self CPU time total" $O/prof6_eager.log
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --cprofile --profile-only \
+      --out $O/h100_engine_v5_adafuse_b64_t64_cprofile.json > $O/prof6_cprofile.log 2>&1
+  grep "function calls" $O/prof6_cprofile.log ;;
 check6)
   for l in 1 2; do
     t0=$SECONDS; python benchmarks/diag/hang.py 120 run --task gsm8k --models $M --method adafuse \

@@ -1,0 +1,77 @@
+"""Where the host's time goes in a decoding run, apart from the model's arithmetic.
+
+Tiny members on the CPU with short prompts make the forwards cheap, so what is left is the
+engine's per-stream Python, the tokenizers and the small tensor operations of planning: the
+work that the GPU waits for between forwards (BENCHMARKS.md, engine v5). Prints the wall
+time, time by kind (torch operators, tokenizer calls, Python of the package, other Python)
+and the package's functions by own time.
+
+    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25]
+"""
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from adafuse_lab.decoding import DecodeConfig, decode
+from adafuse_lab.models import load_session
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Question: Tom has {i} apples and buys {i % 7 + 2} more. How many apples does he have?\nAnswer:"
+            for i in range(n)]
+
+
+def kind(path: str, name: str) -> str:
+    if "adafuse_lab" in path:
+        return "package Python"
+    if path == "~" and ("torch" in name or "Tensor" in name):
+        return "torch operators"
+    if "tokenizers" in name or "tokenization" in path:
+        return "tokenizers"
+    return "other (transformers, torch Python, builtins)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="adafuse")
+    ap.add_argument("--members", default="tiny:bpe,tiny:spm")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    members = [load_session(m) for m in args.members.split(",")]
+    extra = {k: type(getattr(DecodeConfig(), k))(v) for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.batch, **extra)
+    decode(args.method, members, prompts(4), DecodeConfig(max_new_tokens=8, batch_size=4))  # warm-up
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    outs = decode(args.method, members, prompts(args.batch), cfg)
+    prof.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(prof)
+    by_kind: dict[str, float] = {}
+    own = []
+    for (path, line, name), (_, _, tt, _, _) in stats.stats.items():
+        k = kind(path, name)
+        by_kind[k] = by_kind.get(k, 0.0) + tt
+        if k == "package Python":
+            own.append((tt, f"{path.split('adafuse_lab/')[-1]}:{line}({name})"))
+    tokens = sum(len(o.text) for o in outs)
+    rounds = sum(len(o.trace or []) for o in outs)
+    print(f"{args.method}, {args.batch} prompts, {args.tokens} tokens: {wall:.2f} s wall "
+          f"({tokens} answer characters, {rounds} rounds)")
+    for k, t in sorted(by_kind.items(), key=lambda x: -x[1]):
+        print(f"  {t:7.2f} s  {k}")
+    print("package functions by own time:")
+    for tt, where in sorted(own, reverse=True)[:args.top]:
+        print(f"  {tt:7.3f} s  {where}")
+
+
+if __name__ == "__main__":
+    main()
