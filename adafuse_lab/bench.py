@@ -33,7 +33,7 @@ class CallCounter:
     through its hooks (HF generate), and the engine's own count (its captured and compiled
     forwards bypass the hooks), with the engine's fill and time counters."""
 
-    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s")
+    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s", "model_gpu_s")
 
     def __init__(self, model):
         from .decoding.runtime.counters import COUNTS
@@ -141,10 +141,12 @@ def generate_baseline(session, prompts: list[str], batch_size: int, max_new_toke
 
 def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
     from .decoding import decode
+    from .decoding.runtime.counters import settle
     counters = [CallCounter(s.model) for s in sessions]
     try:
         outs = decode(method, sessions, prompts, cfg, stop)
     finally:
+        settle()
         for c in counters:
             c.close()
     # Answer length in the first member's tokens, the same count for every method (rerank's
@@ -157,6 +159,8 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "engine_fill": [c.fill_stats() for c in counters],
             "prefill_s": [round(c.engine("prefill_s"), 3) for c in counters],
             "capture_s": [round(c.engine("capture_s"), 3) for c in counters],  # compiling included
+            # GPU seconds of the members' forwards (CUDA only; graph replays: the model alone)
+            "model_gpu_s": [round(c.engine("model_gpu_s"), 3) for c in counters],
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
 
 
@@ -180,6 +184,8 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
         out["ms_per_budget_step"] = round(wall / steps * 1e3, 3)
     # the decode steps alone: wall time less the prefills and the graph captures (and compiles)
     out["decode_s"] = round(wall - sum(r["prefill_s"]) - sum(r["capture_s"]), 3)
+    if any(r["model_gpu_s"]):  # the decode time the GPU does not spend in the members' forwards
+        out["decode_outside_forwards_s"] = round(out["decode_s"] - sum(r["model_gpu_s"]), 3)
     if method == "single":
         batches = -(-len(prompts) // cfg.batch_size)
         steps = r["forward_calls"][cfg.member] - batches

@@ -927,3 +927,35 @@ def test_on_device_keeps_values_and_dtypes(device):
     assert on_device([True, False], device).dtype == torch.bool
     assert on_device([5, 6], device, torch.int32).dtype == torch.int32
     assert on_device([], device, torch.long).shape == (0,)
+
+
+def test_settle_adds_the_gpu_time_of_finished_forwards():
+    """counters.settle: without waiting, only forwards already done are added (the others stay
+    queued); waiting adds the rest. Times are the end events' elapsed ms, in seconds."""
+    from adafuse_lab.decoding.runtime.counters import COUNTS, TIMED, settle
+
+    class Event:
+        def __init__(self, done=True, ms=0.0):
+            self.done, self.ms, self.waited = done, ms, False
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.waited = True
+
+        def elapsed_time(self, end):
+            return end.ms
+
+    key = object()
+    slow = Event(done=False, ms=7.0)
+    saved = list(TIMED)
+    TIMED[:] = [(key, Event(), Event(ms=5.0)), (key, Event(), slow)]
+    try:
+        settle(wait=False)
+        assert COUNTS[key, "model_gpu_s"] == pytest.approx(0.005) and len(TIMED) == 1 and not slow.waited
+        settle()
+        assert COUNTS[key, "model_gpu_s"] == pytest.approx(0.012) and TIMED == [] and slow.waited
+    finally:
+        TIMED[:] = saved
+        COUNTS.pop((key, "model_gpu_s"), None)

@@ -1,5 +1,21 @@
 """Engine counters per member model (by id), read by bench: forwards, tokens fed, token slots
-computed (pads included), KV compactions, and seconds spent in prefill and in CUDA-graph captures."""
+computed (pads included), KV compactions, seconds spent in prefill and in CUDA-graph captures,
+and the GPU seconds of the model's forwards (`model_gpu_s`: what the decode wall time has
+beyond it is the host's planning and the small operations around each forward)."""
 from collections import Counter
 
 COUNTS: Counter = Counter()
+TIMED: list = []  # (model key, start event, end event) around forwards not yet added to COUNTS
+
+
+def settle(wait: bool = True) -> None:
+    """Add the GPU time of the timed forwards to COUNTS: all of them (waiting for the last), or
+    without waiting only those already done (so a long run keeps few events alive)."""
+    left = []
+    for key, start, end in TIMED:
+        if wait or end.query():
+            end.synchronize()
+            COUNTS[key, "model_gpu_s"] += start.elapsed_time(end) / 1000
+        else:
+            left.append((key, start, end))
+    TIMED[:] = left

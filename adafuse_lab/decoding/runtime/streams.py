@@ -23,7 +23,7 @@ from ...session import spans_devices
 from ..attention import AttentionBackend, StepMeta
 from ..criteria import confidences
 from ..scoring import token_log_probs
-from .counters import COUNTS
+from .counters import COUNTS, TIMED, settle
 from .graphs import Graphs, bucket, eager_forward
 from .member import HostCopy, Member, on_device
 
@@ -194,10 +194,17 @@ class Runtime:
                         limit, self.window, self.mixed)
         attn = self.backend.plan(meta)
         cols = torch.arange(F, F + T, device=dev)
+        # a forward that captures its graph counts in capture_s instead
+        timed = _events(dev) if self.graphs is None or T in self.graphs.captured else None
         if self.graphs is not None:
             logits = self.graphs(m.s.model, self.backend, kv.cache, ids, pos, attn, cols)
         else:
             logits = eager_forward(m.s.model, self.backend, kv.cache, ids, pos, attn, cols, self.compiled)
+        if timed:
+            timed[1].record()
+            TIMED.append((key, *timed))
+            if len(TIMED) > 512:
+                settle(wait=False)
         m.forwards += 1
         self._score(feeding, logits)  # reads self.last before it moves on
         rows = on_device([self.crow[s.p] for s in feeding], dev)
@@ -331,6 +338,16 @@ class Runtime:
             m.last_logits[p] = self.last[s.slot]
             s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
             self.main[p] = s
+
+
+def _events(dev: torch.device):
+    """A CUDA start event recorded now and an end event for after the model's forward
+    (counters.TIMED); None off CUDA."""
+    if dev.type != "cuda":
+        return None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    return start, end
 
 
 def _sliding_window(config) -> tuple[int | None, bool]:
