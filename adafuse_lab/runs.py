@@ -18,6 +18,7 @@ import errno
 import hashlib
 import importlib.util
 import json
+import lzma
 import os
 import platform
 import random
@@ -538,13 +539,14 @@ def _line(rec: dict) -> bytes:
 
 
 def read_samples(path: Path) -> list[dict]:
-    """Complete records of samples.jsonl, first occurrence of each id.
+    """Complete records of samples.jsonl (or of samples.jsonl.xz, as results are committed),
+    first occurrence of each id.
 
     A last line without its newline (killed mid-write) or a line that does not
     parse is dropped: that example is simply decoded again."""
     if not path.exists():
         return []
-    data = path.read_bytes()
+    data = lzma.decompress(path.read_bytes()) if path.suffix == ".xz" else path.read_bytes()
     lines = data.split(b"\n")[:-1]  # the piece after the last "\n" is unfinished
     out, seen = [], set()
     for raw in lines:

@@ -191,6 +191,13 @@ def test_read_samples_drops_partial_and_duplicate_lines(tmp_path):
     assert runs.read_samples(p) == [{"id": "a"}, {"id": "b"}]
 
 
+def test_read_samples_reads_committed_xz_records(tmp_path):
+    import lzma
+    p = tmp_path / "samples.jsonl.xz"
+    p.write_bytes(lzma.compress(b'{"id": "a"}\n{"id": "b", "x": [1]}\n'))
+    assert runs.read_samples(p) == [{"id": "a"}, {"id": "b", "x": [1]}]
+
+
 def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path):
     args = ["--task", "triviaqa", "--models", "tiny:char,tiny:bpe", "--method", "single", "--limit", "4",
             "--source", "sample", "--max-new-tokens", "16", "--batch-size", "1", "--no-progress"]

@@ -10,7 +10,6 @@ markdown table; --json also writes every figure.
 """
 import argparse
 import json
-import lzma
 from collections import Counter
 from pathlib import Path
 
@@ -25,10 +24,8 @@ KEYS = ("lenient", "exact_match", "f1")
 
 def samples(run: Path) -> list[dict]:
     """A run folder's records, from samples.jsonl or, as committed here, samples.jsonl.xz."""
-    if (run / "samples.jsonl").is_file():
-        return read_samples(run / "samples.jsonl")
-    with lzma.open(run / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    plain = run / "samples.jsonl"
+    return read_samples(plain if plain.is_file() else run / "samples.jsonl.xz")
 
 
 def overruled(trace) -> int:  # as benchmarks/qa_stops.py: an ending lost to its own text going on

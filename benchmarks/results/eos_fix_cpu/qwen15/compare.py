@@ -4,26 +4,24 @@ old EOS scoring: the quality table's AdaFuse run and the score_eos=false run).
 
     python benchmarks/results/eos_fix_cpu/qwen15/compare.py TASK NEW_DEFAULT NEW_OFF STALE_DEFAULT STALE_OFF
 
-Each argument is a samples.jsonl or samples.jsonl.xz. The new runs decode the subset folder
+Each argument is a samples.jsonl or samples.jsonl.xz, or several joined by commas (runs of
+consecutive slices of the subset: data_from64 keeps the subset's ids). The new runs decode the subset folder
 (ids TASK-0000 ... = dev rows 250 ...; data/TASK/source_ids.json maps them); the stale ones
 carry dev ids. Prints markdown rows and writes summary_TASK.json beside this script.
 """
 import json
-import lzma
 import sys
 from collections import Counter
 from pathlib import Path
 
+from adafuse_lab.runs import read_samples
 from adafuse_lab.stats import paired_diff, score_ci
 
 HERE = Path(__file__).resolve().parent
 
 
-def load(path: str) -> list[dict]:
-    opener = lzma.open if path.endswith(".xz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return rows
+def load(paths: str) -> list[dict]:
+    return [r for p in paths.split(",") for r in read_samples(Path(p))]
 
 
 def main() -> None:
