@@ -71,3 +71,21 @@ def test_split_words_boundaries_follow_the_rule(text):
         assert split_words(w) == [w]  # no boundary inside a word
     for prev, w in zip(words, words[1:]):
         assert starts_new_word(prev, w[0])  # and one at every cut
+
+
+def test_more_words_counts_as_splitting_the_whole_answer():
+    """Counting on from the last word after each appended piece gives split_words' count of the
+    whole answer, wherever the pieces are cut (mid-word, at spaces, newlines, punctuation)."""
+    import random
+    from adafuse_lab.decoding.words import more_words
+    rng = random.Random(0)
+    alphabet = ["a", "b", "7", " ", "\n", ".", "+", "=", "é", " x", ".\n", "  "]
+    for _ in range(300):
+        answer = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        cuts = sorted(rng.sample(range(len(answer) + 1), k=min(len(answer) + 1, rng.randint(1, 6))))
+        pieces = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)])]
+        count, last = 0, ""
+        for piece in pieces:
+            added, last = more_words(last, piece)
+            count += added
+        assert count == len(split_words(answer)), (answer, pieces)

@@ -32,6 +32,14 @@ def split_words(text: str) -> list[str]:
     return words
 
 
+def more_words(last: str, text: str) -> tuple[int, str]:
+    """Appending `text` to an answer whose last word is `last`: (how many words the answer
+    gains, its new last word). Words depend only on the word before them, so this counts as
+    split_words on the whole answer would, without re-reading it."""
+    words = split_words(last + text)
+    return len(words) - (1 if last else 0), words[-1] if words else last
+
+
 def official_words(text: str) -> str:
     """The official code's text of a span: its whitespace-separated words joined by one space,
     after one space (newlines and runs of spaces dropped); whitespace alone stays as it is."""

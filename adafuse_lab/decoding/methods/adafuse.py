@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..criteria import Threshold
 from ..pieces import next_piece
 from ..select import combine_scores, pick, select_branches
-from ..words import official_words, split_words, starts_new_word
+from ..words import more_words, official_words, starts_new_word
 from .batch import Batch, official_stop
 from .proposal import Proposal, _gate, _Row, _unit
 
@@ -36,6 +36,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
     cands: list = [None] * P          # union of candidates while a prompt is being scored
     owners: list = [None] * P
     words_so_far = [0] * P
+    last_word = [""] * P              # the answer's last word (words_so_far counts on from it)
     for rt in runtimes:
         for s in rt.main.values():
             s.st = _Row()
@@ -91,25 +92,28 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # 5. score the candidates whose tokens are all fed, pick winners, commit them
         scoring = {p: len(cands[p]) for p in live if cands[p] is not None and not any(p in rt.pending for rt in runtimes)}
         nll = [rt.candidate_nll(scoring) for rt in runtimes]
-        groups = [rt.groups() for rt in runtimes] if scoring else []
-        finished = []
+        wins = {}
         for p in scoring:
             scores = [x[p] for x in nll]
             combined = combine_scores(scores, cfg)
-            w = pick(combined)
+            w = wins[p] = pick(combined)
+            if cfg.trace:
+                batch.traces[p].append(_trace(props, p, cands[p], owners[p], scores, combined, w, fwd_round, cfg))
+        for rt in runtimes:
+            rt.commit_many(list(wins.items()), _Row)
+        finished = []
+        for p, w in wins.items():
             text, is_eos = cands[p][w]
             if is_eos and text_rule:  # the answer takes the text without the end token glued on
                 text = _own(props[owners[p][w][0]][p], text, is_eos)[0]
-            if cfg.trace:
-                batch.traces[p].append(_trace(props, p, cands[p], owners[p], scores, combined, w, fwd_round, cfg))
-            for k, rt in enumerate(runtimes):
+            for k in range(K):
                 batch.add_forwards(k, p, fwd_round[k][p])
-                rt.commit(p, w, _Row, groups[k].get(p, ()))
                 props[k][p], fwd_round[k][p] = Proposal([], []), 0
             cands[p] = owners[p] = None
             if batch.append(p, text, is_eos, runtimes[0].m.answer_tokens(p), max_rounds):
                 finished.append(p)
-            words_so_far[p] = len(split_words(batch.answers[p]))
+            added, last_word[p] = more_words(last_word[p], text)
+            words_so_far[p] += added
         for rt in runtimes:
             for p in finished:
                 rt.end_prompt(p)

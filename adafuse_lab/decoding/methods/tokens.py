@@ -32,8 +32,8 @@ def _commit_strings(runtimes: list, batch: Batch, chosen: dict[int, str]) -> Ite
         rt.score_streams([(p, 0, text, False, (), False) for p, text in going.items()])
         rt.restructure()
         rt.forward()
+        rt.commit_many([(p, 0) for p in going])
         for p in going:
-            rt.commit(p, 0)
             batch.add_forwards(k, p, 1)
     for p, text in going.items():
         batch.append(p, text, False, runtimes[0].m.answer_tokens(p))

@@ -112,17 +112,20 @@ class KVCache:
         self.cache.batch_select_indices(rows)
         self.committed, self.pos, self.owner = (x.index_select(0, rows) for x in (self.committed, self.pos, self.owner))
 
-    def commit_stream(self, row: int, owner: int, hide_from: int | None = None, end: int | None = None) -> None:
-        """The columns `owner` wrote in `row` become committed text; committed columns at
-        positions >= hide_from stop being (they were re-tokenized); so do its columns at
-        positions >= end (scored, never committed)."""
-        if hide_from is not None:
-            self.committed[row] &= self.pos[row] < hide_from
-        mine = self.owner[row] == owner
-        if end is not None:
-            mine &= self.pos[row] < end
-        self.committed[row] |= mine
-        self.owner[row].masked_fill_(self.owner[row] == owner, NOBODY)
+    def commit_streams(self, rows: list[int], owners: list[int], hide_from: list[int], ends: list[int]) -> None:
+        """For each i: the columns owners[i] wrote in rows[i] become committed text; committed
+        columns of that row at positions >= hide_from[i] stop being (they were re-tokenized);
+        so do its columns at positions >= ends[i] (scored, never committed). One row each."""
+        from .member import on_device
+        dev = self.owner.device
+        r = on_device(rows, dev, torch.long)
+        own = on_device(owners, dev, torch.int32)[:, None]
+        pos, owner = self.pos.index_select(0, r), self.owner.index_select(0, r)
+        hide, end = (on_device(x, dev, torch.long)[:, None] for x in (hide_from, ends))
+        written = owner == own
+        committed = (self.committed.index_select(0, r) & (pos < hide)) | (written & (pos < end))
+        self.committed.index_copy_(0, r, committed)
+        self.owner.index_copy_(0, r, owner.masked_fill(written, NOBODY))
 
 
 def _pad_cols(x: torch.Tensor, n: int, value=0) -> torch.Tensor:

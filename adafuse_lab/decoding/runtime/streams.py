@@ -318,26 +318,38 @@ class Runtime:
         return [nll[p][c] for p, c in keys]
 
     # ---- committing --------------------------------------------------------------
+    def commit(self, p: int, cand: int, make_state=lambda: None) -> None:
+        self.commit_many([(p, cand)], make_state)
+
     @torch.inference_mode()
-    def commit(self, p: int, cand: int, make_state=lambda: None, streams=None) -> None:
-        """Candidate `cand`'s score stream becomes prompt p's committed text and main stream;
-        p's other streams die. `streams`: p's live streams, when the caller has grouped them
-        already (committing many prompts, one groups() per step instead of one per prompt)."""
-        m = self.m
-        for s in self.groups().get(p, ()) if streams is None else streams:
-            if s.kind != "score" or s.cand != cand or s.role == "score":
-                s.dead = True
-                continue
-            new, start, _ = s.plan
-            end = len(new) - s.tail
-            m.kv.commit_stream(self.crow[p], s.uid, hide_from=start, end=end if s.tail else None)
-            if s.tail:  # the logits after the committed text, not after the extra ids
-                s.n = end
-                self.last[s.slot] = s.end_logits if s.end_logits is not None else m.last_logits[p]
-            m.ids[p] = new[:end]
-            m.last_logits[p] = self.last[s.slot]
-            s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
-            self.main[p] = s
+    def commit_many(self, wins: list[tuple[int, int]], make_state=lambda: None) -> None:
+        """For each (p, cand): candidate `cand`'s score stream becomes prompt p's committed text
+        and main stream; p's other streams die. One cache update for all of them."""
+        if not wins:
+            return
+        m, groups = self.m, self.groups()
+        rows, owners, hide, ends, slots, prompts = [], [], [], [], [], []
+        for p, cand in wins:
+            for s in groups.get(p, ()):
+                if s.kind != "score" or s.cand != cand or s.role == "score":
+                    s.dead = True
+                    continue
+                new, start, _ = s.plan
+                end = len(new) - s.tail
+                rows.append(self.crow[p]), owners.append(s.uid), hide.append(start)
+                ends.append(end if s.tail else NO_LIMIT)
+                if s.tail:  # the logits after the committed text, not after the extra ids
+                    s.n = end
+                    self.last[s.slot] = s.end_logits if s.end_logits is not None else m.last_logits[p]
+                m.ids[p] = new[:end]
+                slots.append(s.slot), prompts.append(p)
+                s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
+                self.main[p] = s
+        if not rows:
+            return
+        m.kv.commit_streams(rows, owners, hide, ends)
+        dev = self.last.device
+        m.last_logits[on_device(prompts, dev, torch.long)] = self.last.index_select(0, on_device(slots, dev, torch.long))
 
 
 def _events(dev: torch.device):
