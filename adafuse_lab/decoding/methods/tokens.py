@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 
 from ..pieces import piece_table
+from ..runtime.member import on_device
 from .batch import Batch
 
 EOS = "\x00<eos>"  # the union's name for "end of text", whatever each member's EOS ids are
@@ -55,10 +56,11 @@ def unite_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
     """UniTE: union of each member's top-k token strings; a member scores a string it did not
     propose by its own first token of that string (an ending: by all of its EOS ids);
     per-member softmax over the union, average, argmax."""
+    known = [{} for _ in runtimes]
     while live := batch.live():
         probs = [torch.softmax(rt.m.last_logits.float(), -1) for rt in runtimes]
         tops = [p.topk(min(cfg.unite_k, p.shape[-1]), -1).indices.tolist() for p in probs]
-        chosen = {}
+        unions = {}
         for p in live:
             union: dict[str, None] = {}
             for rt, top in zip(runtimes, tops):
@@ -66,16 +68,30 @@ def unite_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
                     s = _text_of(rt.m.s, t)
                     if s is not None:
                         union.setdefault(s)
-            strings = list(union)
-            avg = torch.zeros(len(strings))
-            for rt, pr in zip(runtimes, probs):
-                ids = [(rt.m.s.encode(s) or [rt.m.s.pad_token_id])[0] for s in strings]
-                x = pr[p, torch.tensor(ids, device=pr.device)]
-                x = torch.where(torch.tensor([s == EOS for s in strings], device=pr.device),
-                                pr[p, rt.m.eos_t].sum(), x).cpu()
-                avg += x / x.sum().clamp_min(1e-30)
-            chosen[p] = strings[int(avg.argmax())] if strings else EOS
+            unions[p] = list(union)
+        # every prompt's union at once: one gather and one copy to the host per member
+        rows = [p for p, strings in unions.items() for _ in strings]
+        sizes = [len(strings) for strings in unions.values()]
+        avg = torch.zeros(len(rows))
+        flat = [s for strings in unions.values() for s in strings]
+        for rt, pr, kn in zip(runtimes, probs, known):
+            r = on_device(rows, pr.device, torch.long)
+            x = pr[r, on_device([_first_id(rt.m.s, s, kn) for s in flat], pr.device, torch.long)]
+            ending = on_device([s == EOS for s in flat], pr.device, torch.bool)
+            x = torch.where(ending, pr.index_select(1, rt.m.eos_t).sum(-1)[r], x).cpu()
+            avg += torch.cat([part / part.sum().clamp_min(1e-30) for part in x.split(sizes)]) if rows else x
+        chosen = {}
+        for (p, strings), part in zip(unions.items(), avg.split(sizes)):
+            chosen[p] = strings[int(part.argmax())] if strings else EOS
         yield from _commit_strings(runtimes, batch, chosen)
+
+
+def _first_id(session, text: str, known: dict) -> int:
+    """A member's first token of a string it may not have proposed (UniTE's rule); `known`
+    keeps the strings already encoded in this batch."""
+    if text not in known:
+        known[text] = (session.encode(text) or [session.pad_token_id])[0]
+    return known[text]
 
 
 @lru_cache(maxsize=4)
