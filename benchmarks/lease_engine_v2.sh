@@ -31,7 +31,7 @@
 #           adafuse and single lanes 1 against generate, adafuse lanes 4, then the anchors
 #   prof6   where AdaFuse's step goes: torch.profiler of one 64-token b64 batch without graphs (GPU
 #           time by kernel), then cProfile of the same batch with graphs (host time)
-#   gpu6    adafuse and single at batch 64 (no generate): model_gpu_s against decode_s says how much
+#   gpu6    adafuse, single and unite at batch 64 (no generate; after the host cuts): model_gpu_s against decode_s says how much
 #           of AdaFuse's decode the GPU spends in the members' forwards (prof6's profiler did not
 #           finish a 64-token batch in 230 s)
 #   check6  the fp32 check of lanes5 (lanes 1 vs 2, the same answers?), then b256 lanes 1 and 4
@@ -184,7 +184,7 @@ prof6)
   grep "function calls" $O/prof6_cprofile.log ;;
 gpu6)
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
-  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --no-generate \
+  python -m adafuse_lab bench --models $M --method adafuse,single,unite $D --limit 64 --batch-size 64 --no-generate \
       --out $O/engine_v6_b64_t256.json > $O/gpu6.log 2>&1; tail -4 $O/gpu6.log
   python -c "import json,sys; d=json.load(open(sys.argv[1]))['methods']
 for m, r in d.items(): print(m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('decode_outside_forwards_s'))" $O/engine_v6_b64_t256.json ;;
