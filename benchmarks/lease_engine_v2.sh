@@ -19,22 +19,13 @@
 #   main4   anchors; adafuse and single at batch 64 against generate (compile off), then compile on
 #   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
 #   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
-# With lanes (the batch in parts that take turns; files h200_engine_v5_*). Lanes were removed after
-# these ran: the steps below need commit d358c5b.
-#   lanes5  fp32 check (lanes 1 and 2 give the same answers? a hang prints its stacks), adafuse
-#           and single at batch 64 with lanes 1 (against generate), adafuse with lanes 2 and 4,
-#           batch 256 with lanes 4, then the anchors
-#   scale5  adafuse at batch 256 with lanes 1, 2 and 4 (no generate)
-#   comp5   adafuse at batch 64 with compile=true and lanes 2 (no generate)
-#   others5 the other methods at batch 64 with lanes 2 (no generate)
-#   lanes6  lanes5 with the most wanted numbers first: b64 adafuse lanes 2 (stacks after 140 s),
-#           adafuse and single lanes 1 against generate, adafuse lanes 4, then the anchors
+# With lanes (files h200_engine_v5_* and engine_v5/h100_*): steps lanes5, scale5, comp5, others5,
+# lanes6 and check6 ran at commit d358c5b; lanes were removed after them (BENCHMARKS.md, engine v5).
 #   prof6   where AdaFuse's step goes: torch.profiler of one 64-token b64 batch without graphs (GPU
 #           time by kernel), then cProfile of the same batch with graphs (host time)
 #   gpu6    adafuse, single and unite at batch 64 (no generate; after the host cuts): model_gpu_s against decode_s says how much
 #           of AdaFuse's decode the GPU spends in the members' forwards (prof6's profiler did not
 #           finish a 64-token batch in 230 s)
-#   check6  the fp32 check of lanes5 (lanes 1 vs 2, the same answers?), then b256 lanes 1 and 4
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -134,46 +125,6 @@ scale4)
     python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th --set compile=true \
         --out $O/h200_engine_v4_paper_theta${th}_b32_t256_compiled.json 2>&1 | grep -v "Loading weights" | tail -6
   done ;;
-lanes5)
-  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
-  # a hung run prints its Python stacks after 150 s (benchmarks/diag/hang.py)
-  for l in 1 2; do
-    t0=$SECONDS; python benchmarks/diag/hang.py 150 run --task gsm8k --models $M --method adafuse \
-        --source local --data-dir .gpu-extra/data --limit 16 --batch-size 16 --max-new-tokens 96 --dtype float32 \
-        --no-progress --set lanes=$l --out /tmp/l5_$l > $O/lanes_check_$l.log 2>&1; echo "lanes=$l: $((SECONDS - t0)) s"
-  done
-  python benchmarks/same_samples.py /tmp/l5_1/samples.jsonl /tmp/l5_2/samples.jsonl 2>&1 | tee $O/lanes_check_fp32.txt
-  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
-      --out $O/h200_engine_v5_b64_t256_lanes1.json > $O/b64_lanes1.log 2>&1; tail -8 $O/b64_lanes1.log
-  for l in 2 4; do
-    timeout 120 python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
-        --set lanes=$l --out $O/h200_engine_v5_b64_t256_lanes$l.json > $O/b64_lanes$l.log 2>&1; tail -3 $O/b64_lanes$l.log
-  done
-  timeout 150 python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
-      --set lanes=4 --out $O/h200_engine_v5_b256_t256_lanes4.json > $O/b256_lanes4.log 2>&1; tail -3 $O/b256_lanes4.log
-  bash $0 main3_anchors ;;
-scale5)
-  for l in 1 2 4; do
-    python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
-        --set lanes=$l --out $O/h200_engine_v5_b256_t256_lanes$l.json > $O/b256_lanes$l.log 2>&1; tail -4 $O/b256_lanes$l.log
-  done ;;
-comp5)
-  timeout 500 python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
-      --set compile=true --set lanes=2 --out $O/h200_engine_v5_b64_t256_lanes2_compiled.json > $O/comp5.log 2>&1
-  tail -6 $O/comp5.log ;;
-others5)
-  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
-      --no-generate --set lanes=2 --out $O/h200_engine_v5_others_b64_t256_lanes2.json > $O/others5.log 2>&1
-  tail -8 $O/others5.log ;;
-lanes6)
-  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
-  python benchmarks/diag/hang.py 140 bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
-      --set lanes=2 --out $O/engine_v5_b64_t256_lanes2.json > $O/b64_lanes2.log 2>&1; tail -4 $O/b64_lanes2.log
-  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
-      --out $O/engine_v5_b64_t256_lanes1.json > $O/b64_lanes1.log 2>&1; tail -8 $O/b64_lanes1.log
-  python benchmarks/diag/hang.py 140 bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
-      --set lanes=4 --out $O/engine_v5_b64_t256_lanes4.json > $O/b64_lanes4.log 2>&1; tail -4 $O/b64_lanes4.log
-  bash $0 main3_anchors ;;
 prof6)
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --profile --profile-only \
@@ -188,16 +139,5 @@ gpu6)
       --out $O/engine_v6_b64_t256.json > $O/gpu6.log 2>&1; tail -4 $O/gpu6.log
   python -c "import json,sys; d=json.load(open(sys.argv[1]))['methods']
 for m, r in d.items(): print(m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('decode_outside_forwards_s'))" $O/engine_v6_b64_t256.json ;;
-check6)
-  for l in 1 2; do
-    t0=$SECONDS; python benchmarks/diag/hang.py 120 run --task gsm8k --models $M --method adafuse \
-        --source local --data-dir .gpu-extra/data --limit 16 --batch-size 16 --max-new-tokens 96 --dtype float32 \
-        --no-progress --set lanes=$l --out /tmp/l6_$l > $O/lanes_check_$l.log 2>&1; echo "lanes=$l: $((SECONDS - t0)) s"
-  done
-  python benchmarks/same_samples.py /tmp/l6_1/samples.jsonl /tmp/l6_2/samples.jsonl 2>&1 | tee $O/lanes_check_fp32.txt
-  for l in 1 4; do
-    python benchmarks/diag/hang.py 150 bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
-        --set lanes=$l --out $O/engine_v5_b256_t256_lanes$l.json > $O/b256_lanes$l.log 2>&1; tail -4 $O/b256_lanes$l.log
-  done ;;
 esac
 ls -la $O

@@ -79,7 +79,7 @@ def unite_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
             x = pr[r, on_device([_first_id(rt.m.s, s, kn) for s in flat], pr.device, torch.long)]
             ending = on_device([s == EOS for s in flat], pr.device, torch.bool)
             x = torch.where(ending, pr.index_select(1, rt.m.eos_t).sum(-1)[r], x).cpu()
-            avg += torch.cat([part / part.sum().clamp_min(1e-30) for part in x.split(sizes)]) if rows else x
+            avg += torch.cat([part / part.sum().clamp_min(1e-30) for part in x.split(sizes)])
         chosen = {}
         for (p, strings), part in zip(unions.items(), avg.split(sizes)):
             chosen[p] = strings[int(part.argmax())] if strings else EOS
