@@ -26,6 +26,12 @@
 #   gpu6    adafuse, single and unite at batch 64 (no generate; after the host cuts): model_gpu_s against decode_s says how much
 #           of AdaFuse's decode the GPU spends in the members' forwards (prof6's profiler did not
 #           finish a 64-token batch in 230 s)
+# With the triton tree-attention backend (files engine_v7/):
+#   tri7a   the attention tests on CUDA (triton compiled, against the reference), then one layer
+#           of each member's shape: SDPA backends against triton's block sizes (benchmarks/diag/attn_tree.py)
+#   tri7b   adafuse (with generate), single and unite at batch 64 on triton; adafuse on sdpa_gqa
+#   tri7c   adafuse at batch 256 on triton; the other methods at batch 64 on triton (no generate)
+#   host6   cProfile of one adafuse batch at batch 64 (64 new tokens, with graphs): the host side of gpu6
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -139,5 +145,27 @@ gpu6)
       --out $O/engine_v6_b64_t256.json > $O/gpu6.log 2>&1; tail -4 $O/gpu6.log
   python -c "import json,sys; d=json.load(open(sys.argv[1]))['methods']
 for m, r in d.items(): print(m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('decode_outside_forwards_s'))" $O/engine_v6_b64_t256.json ;;
+tri7a)
+  python -m pytest -q -x tests/test_attention.py > $O/tri7a_tests.log 2>&1; tail -3 $O/tri7a_tests.log
+  python benchmarks/diag/attn_tree.py --out $O/attn_tree_qwen05_b64.json 2>&1 | tee $O/attn_tree.log
+  python benchmarks/diag/attn_tree.py --heads 9 --kv-heads 3 --out $O/attn_tree_smollm2_b64.json 2>&1 | tee -a $O/attn_tree.log ;;
+tri7b)
+  python -m adafuse_lab bench --models $M --method adafuse,single,unite $D --limit 64 --batch-size 64 --attention triton \
+      --out $O/engine_v7_triton_b64_t256.json > $O/tri7b.log 2>&1; tail -3 $O/tri7b.log
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --attention sdpa_gqa --no-generate \
+      --out $O/engine_v7_sdpa_gqa_b64_t256.json > $O/tri7b_sdpa.log 2>&1; tail -2 $O/tri7b_sdpa.log
+  for f in $O/engine_v7_*b64_t256.json; do python -c "import json,sys; d=json.load(open(sys.argv[1]))
+print(sys.argv[1].split('/')[-1], d.get('generate'))
+for m, r in d['methods'].items(): print(' ', m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('decode_outside_forwards_s'), r.get('ms_per_decode_step'))" $f; done ;;
+tri7c)
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --attention triton --no-generate \
+      --out $O/engine_v7_triton_b256_t256.json > $O/tri7c_b256.log 2>&1; tail -2 $O/tri7c_b256.log
+  python -m adafuse_lab bench --models $M --method gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 --attention triton \
+      --no-generate --out $O/engine_v7_triton_others_b64_t256.json > $O/tri7c_others.log 2>&1; tail -2 $O/tri7c_others.log
+  for f in $O/engine_v7_triton_b256_t256.json $O/engine_v7_triton_others_b64_t256.json; do python -c "import json,sys; d=json.load(open(sys.argv[1]))
+for m, r in d['methods'].items(): print(' ', m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('seconds_per_prompt'))" $f; done ;;
+host6)
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --cprofile --profile-only --out $O/engine_v6_host_b64.json > $O/host6.log 2>&1; head -80 $O/host6.log ;;
 esac
 ls -la $O

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adafuse_lab.decoding import DecodeConfig, decode
-from adafuse_lab.decoding.attention import BACKENDS, StepMeta
+from adafuse_lab.decoding.attention import BACKENDS, StepMeta, tree_kernel
 from adafuse_lab.decoding.attention.backends import tree_mask
 from adafuse_lab.decoding.runtime import kv
 from adafuse_lab.models import load_session
@@ -50,9 +50,11 @@ def test_tree_mask_reads_what_the_tree_says():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("T", [1, 3, 8])
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("name", ["sdpa_gqa", "sdpa_fold"])
+@pytest.mark.parametrize("name", ["sdpa_gqa", "sdpa_fold", "triton"])
 def test_fast_backend_equals_reference_on_random_trees(device, T, seed, name):
-    rows, width, hq, hkv, d = 5, 40, 14, 2, 16
+    if name == "triton":
+        pytest.importorskip("triton")
+    rows, width, hq, hkv, d = 5, 150, 14, 2, 16
     meta = random_tree(rows, width, T, seed=seed, device=device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     g = torch.Generator().manual_seed(seed)
@@ -68,11 +70,29 @@ def test_fast_backend_equals_reference_on_random_trees(device, T, seed, name):
     assert torch.allclose(got, want, atol=tol, rtol=tol)
 
 
+def test_triton_backend_skips_hidden_blocks_exactly():
+    """Whole blocks of columns nobody reads (free columns past the front, dead streams) are
+    skipped: the answer is the reference's, also for a query that reads one column only."""
+    pytest.importorskip("triton")
+    rows, width, T, d = 3, 300, 4, 32
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(rows, h, n, d, generator=g) for h, n in ((6, T), (2, width), (2, width)))
+    mask = torch.zeros(rows, 1, T, width, dtype=torch.bool)
+    mask[:, :, :, :10] = True            # committed prefix
+    mask[:, :, :, 200:203] = True        # a stream's columns after a hidden stretch
+    mask[0, 0, 1] = False
+    mask[0, 0, 1, 250] = True            # reads one column only
+    want = BACKENDS["reference"].attend(None, q, k, v, mask, d ** -0.5)
+    got = BACKENDS["triton"].attend(None, q, k, v, mask, d ** -0.5)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_engine_decodes_the_same_on_every_backend():
     members = [load_session("tiny:bpe"), load_session("tiny:spm")]
     prompts = ["Question: What is 2 + 2?\nAnswer:", "Hi"]
     cfg = DecodeConfig(max_new_tokens=16, theta=0.9, attention="reference")
-    for method, name in [(m, n) for m in ("adafuse", "unite", "single") for n in ("sdpa_gqa", "sdpa_fold")]:
+    names = ("sdpa_gqa", "sdpa_fold") + (("triton",) if tree_kernel.available() else ())
+    for method, name in [(m, n) for m in ("adafuse", "unite", "single") for n in names]:
         ref = decode(method, members, prompts, cfg)
         fast = decode(method, members, prompts, dataclasses.replace(cfg, attention=name))
         assert [o.text for o in ref] == [o.text for o in fast], (method, name)

@@ -8,7 +8,7 @@ CRITERIA = ("margin", "entropy", "prob")
 THRESHOLDS = ("fixed", "dynamic")
 BRANCH_SELECT = ("topk", "distinct", "semantic")
 COMBINE = ("mean", "ppl")
-ATTENTION = ("auto", "sdpa_gqa", "sdpa_fold", "reference")
+ATTENTION = ("auto", "sdpa_gqa", "sdpa_fold", "triton", "reference")
 # The official code's behaviours (method.md, its defects), each a field whose None means
 # "as compat says": (the official code's value, ours). README "Known differences" lists them.
 OFFICIAL = {
@@ -71,7 +71,7 @@ class DecodeConfig:
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
     compile: bool = False          # members' decode forwards through torch.compile (each shape compiles once: slow start)
-    attention: str = "auto"        # attention backend: auto (CUDA: the faster one measured) | sdpa_gqa | sdpa_fold | reference
+    attention: str = "auto"        # attention backend: auto (CUDA: the fastest one measured) | sdpa_gqa | sdpa_fold | triton | reference
 
     def __post_init__(self):
         def need(ok, msg):

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import tree_kernel
+
 NAME = "adafuse"  # the attention implementation name the engine's forwards run under
 
 
@@ -115,8 +117,18 @@ class SdpaFold(AttentionBackend):
         return out.reshape(B, H, T, D)
 
 
-BACKENDS = {b.name: b for b in (Reference(), SdpaGqa(), SdpaFold())}
-FAST = ("sdpa_gqa", "sdpa_fold")  # the candidates "auto" measures on CUDA
+class TritonTree(AttentionBackend):
+    """tree_kernel.py: one program per row and K/V head over all the queries that read it."""
+    name = "triton"
+
+    def attend(self, module, q, k, v, mask, scaling):
+        from .tree_kernel import tree_attention
+        return tree_attention(q, k, v, mask, scaling if scaling is not None else q.shape[-1] ** -0.5)
+
+
+BACKENDS = {b.name: b for b in (Reference(), SdpaGqa(), SdpaFold(), TritonTree())}
+# the candidates "auto" measures on CUDA
+FAST = ("sdpa_gqa", "sdpa_fold") + (("triton",) if tree_kernel.available() else ())
 CHOSEN: dict = {}  # (model shape key) -> {"backend": name, "us": {name: time}}: what auto measured
 
 
@@ -158,7 +170,7 @@ def _time_layer(backend, heads, kv_heads, dim, rows, width, device) -> float:
                     backend.attend(None, q, k, v, mask, dim ** -0.5)
                 end.record()
                 end.synchronize()
-            except RuntimeError:  # no kernel for this shape
+            except Exception:  # no kernel for this shape (SDPA), or it does not compile (triton)
                 return float("inf")
         total += start.elapsed_time(end) * 100  # ms per 10 calls -> us per call
     return round(total, 1)
