@@ -12,8 +12,12 @@ works as a member.
              are built once), else flash / memory-efficient / math
   sdpa_fold  the query heads of each K/V head folded into query rows, SDPA's memory-efficient
              kernel with the mask (it takes a mask but not enable_gqa)
-  auto       on CUDA, whichever of the two is faster on one layer of the member's shape,
-             measured at the start of a batch (bench records both times); elsewhere sdpa_gqa
+  triton     tree_kernel.py: one Triton program per row and K/V head takes every query that
+             reads that head (G heads x T tokens as one tile), skips blocks of columns the mask
+             hides from all of them; CUDA (CPU only in Triton's interpreter, for tests)
+  auto       on CUDA, whichever of sdpa_gqa, sdpa_fold and triton (when installed) is fastest
+             on one layer of the member's shape, measured at the start of a batch (bench
+             records the times); elsewhere sdpa_gqa
 """
 from .backends import BACKENDS, AttentionBackend, StepMeta, get_backend, use_backend
 
