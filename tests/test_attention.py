@@ -2,6 +2,7 @@
 token trees, the tree mask reads what the token tree says, and the KV cache reuses the
 columns of dead streams."""
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -54,6 +55,8 @@ def test_tree_mask_reads_what_the_tree_says():
 def test_fast_backend_equals_reference_on_random_trees(device, T, seed, name):
     if name == "triton":
         pytest.importorskip("triton")
+        if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("triton runs on the CPU only in its interpreter (conftest sets it where there is no GPU)")
     rows, width, hq, hkv, d = 5, 150, 14, 2, 16
     meta = random_tree(rows, width, T, seed=seed, device=device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -74,17 +77,18 @@ def test_triton_backend_skips_hidden_blocks_exactly():
     """Whole blocks of columns nobody reads (free columns past the front, dead streams) are
     skipped: the answer is the reference's, also for a query that reads one column only."""
     pytest.importorskip("triton")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     rows, width, T, d = 3, 300, 4, 32
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(rows, h, n, d, generator=g) for h, n in ((6, T), (2, width), (2, width)))
-    mask = torch.zeros(rows, 1, T, width, dtype=torch.bool)
+    q, k, v = (torch.randn(rows, h, n, d, generator=g).to(dev) for h, n in ((6, T), (2, width), (2, width)))
+    mask = torch.zeros(rows, 1, T, width, dtype=torch.bool, device=dev)
     mask[:, :, :, :10] = True            # committed prefix
     mask[:, :, :, 200:203] = True        # a stream's columns after a hidden stretch
     mask[0, 0, 1] = False
     mask[0, 0, 1, 250] = True            # reads one column only
     want = BACKENDS["reference"].attend(None, q, k, v, mask, d ** -0.5)
     got = BACKENDS["triton"].attend(None, q, k, v, mask, d ** -0.5)
-    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 2e-3)  # fp32: tf32 dots on CUDA
 
 
 def test_engine_decodes_the_same_on_every_backend():
