@@ -122,8 +122,7 @@ class TritonTree(AttentionBackend):
     name = "triton"
 
     def attend(self, module, q, k, v, mask, scaling):
-        from .tree_kernel import tree_attention
-        return tree_attention(q, k, v, mask, scaling if scaling is not None else q.shape[-1] ** -0.5)
+        return tree_kernel.tree_attention(q, k, v, mask, scaling if scaling is not None else q.shape[-1] ** -0.5)
 
 
 BACKENDS = {b.name: b for b in (Reference(), SdpaGqa(), SdpaFold(), TritonTree())}
