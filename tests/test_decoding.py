@@ -921,12 +921,15 @@ def test_every_forward_runs_without_autograd(method):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU"))])
 def test_on_device_keeps_values_and_dtypes(device):
-    from adafuse_lab.decoding.runtime import on_device
+    from adafuse_lab.decoding.runtime.member import on_device, on_device_many
     ids = on_device([[1, 2], [3, 4]], device)
     assert ids.dtype == torch.long and ids.device.type == device and ids.tolist() == [[1, 2], [3, 4]]
     assert on_device([True, False], device).dtype == torch.bool
     assert on_device([5, 6], device, torch.int32).dtype == torch.int32
     assert on_device([], device, torch.long).shape == (0,)
+    a, empty, b = on_device_many([[1, 2, 3], [], [1 << 40]], device)
+    assert (a.tolist(), empty.tolist(), b.tolist()) == ([1, 2, 3], [], [1 << 40])
+    assert a.dtype == torch.long and a.device.type == device
 
 
 def test_settle_adds_the_gpu_time_of_finished_forwards():

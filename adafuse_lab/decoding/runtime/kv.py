@@ -116,12 +116,10 @@ class KVCache:
         """For each i: the columns owners[i] wrote in rows[i] become committed text; committed
         columns of that row at positions >= hide_from[i] stop being (they were re-tokenized);
         so do its columns at positions >= ends[i] (scored, never committed). One row each."""
-        from .member import on_device
-        dev = self.owner.device
-        r = on_device(rows, dev, torch.long)
-        own = on_device(owners, dev, torch.int32)[:, None]
+        from .member import on_device_many
+        r, own, hide, end = on_device_many([rows, owners, hide_from, ends], self.owner.device)
+        own, hide, end = own[:, None], hide[:, None], end[:, None]
         pos, owner = self.pos.index_select(0, r), self.owner.index_select(0, r)
-        hide, end = (on_device(x, dev, torch.long)[:, None] for x in (hide_from, ends))
         written = owner == own
         committed = (self.committed.index_select(0, r) & (pos < hide)) | (written & (pos < end))
         self.committed.index_copy_(0, r, committed)

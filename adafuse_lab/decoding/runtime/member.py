@@ -32,6 +32,14 @@ def on_device(data, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def on_device_many(lists, device, dtype: torch.dtype = torch.long) -> list[torch.Tensor]:
+    """Several flat lists as tensors on `device`, through one host-to-device copy (each copy costs
+    the host a pinned staging buffer and a queued transfer; a step makes dozens of them)."""
+    sizes = [len(x) for x in lists]
+    flat = [v for x in lists for v in x]
+    return list(on_device(flat, device, dtype).split(sizes))
+
+
 class HostCopy:
     """A device tensor's values on their way to the host: the copy is queued now, behind the
     work already queued (not behind what is queued later); tolist() waits for it alone."""

@@ -25,14 +25,14 @@ from ..criteria import confidences
 from ..scoring import token_log_probs
 from .counters import COUNTS, TIMED, settle
 from .graphs import Graphs, bucket, eager_forward
-from .member import HostCopy, Member, on_device
+from .member import HostCopy, Member, on_device, on_device_many
 
 NO_STREAM = -2   # a query's parent when it has none
 PAD = -3         # the owner of a pad column: nobody reads it
 NO_LIMIT = 1 << 40
 
 
-@dataclass
+@dataclass(slots=True)  # dozens are made and read per step
 class Stream:
     p: int                      # prompt row in the batch
     kind: str                   # main | branch | score
@@ -207,9 +207,8 @@ class Runtime:
                 settle(wait=False)
         m.forwards += 1
         self._score(feeding, logits)  # reads self.last before it moves on
-        rows = on_device([self.crow[s.p] for s in feeding], dev)
-        ends = on_device([s.off + s.take - 1 for s in feeding], dev)
-        slots = on_device([s.slot for s in feeding], dev)
+        rows, ends, slots = on_device_many([[self.crow[s.p] for s in feeding], [s.off + s.take - 1 for s in feeding],
+                                            [s.slot for s in feeding]], dev)
         self.last[slots] = logits[rows, ends].float()
         for s in feeding:
             s.n += s.take
@@ -262,13 +261,11 @@ class Runtime:
                                 if end > start else None)
         if not here_t and not prev_t:
             return
-        as_t = lambda x: on_device(x, m.last_logits.device, torch.long)
-        src = as_t(prev_from)
+        src, h_r, h_c, h_t, p_t, slots = on_device_many([prev_from, here_r, here_c, here_t, prev_t, here_s + prev_s],
+                                                        m.last_logits.device)
         before = torch.where((src >= 0)[:, None], self.last.index_select(0, src.clamp_min(0)),
                              m.last_logits.index_select(0, (-1 - src).clamp_min(0)))
-        lp = torch.cat([token_log_probs(logits[as_t(here_r), as_t(here_c)], as_t(here_t), m.eos_t),
-                        token_log_probs(before, as_t(prev_t), m.eos_t)])
-        slots = as_t(here_s + prev_s)
+        lp = torch.cat([token_log_probs(logits[h_r, h_c], h_t, m.eos_t), token_log_probs(before, p_t, m.eos_t)])
         self.nll[:, 0].index_add_(0, slots, -lp)
         self.nll[:, 1].index_add_(0, slots, torch.ones_like(lp))
 
@@ -348,8 +345,8 @@ class Runtime:
         if not rows:
             return
         m.kv.commit_streams(rows, owners, hide, ends)
-        dev = self.last.device
-        m.last_logits[on_device(prompts, dev, torch.long)] = self.last.index_select(0, on_device(slots, dev, torch.long))
+        prompts, slots = on_device_many([prompts, slots], self.last.device)
+        m.last_logits[prompts] = self.last.index_select(0, slots)
 
 
 def _events(dev: torch.device):
