@@ -122,10 +122,13 @@ class Member:
         `bare` (the official code's cross-scoring): `text` without its leading whitespace,
         tokenized on its own, after the committed ids as they are.
         """
-        return self.retokenize_many([(row, text, eos, bare)])[0]
+        ws, after, keep, first = self.retokenize_tails([(row, text, eos, bare)])[0]
+        return self.ids[row][:ws] + after, keep, first
 
-    def retokenize_many(self, items: list[tuple[int, str, bool, bool]]) -> list[tuple[list[int], int, int]]:
-        """retokenize() of many (row, text, eos, bare), with one call to the tokenizer."""
+    def retokenize_tails(self, items: list[tuple[int, str, bool, bool]]) -> list[tuple[int, list[int], int, int]]:
+        """retokenize() of many (row, text, eos, bare), with one call to the tokenizer, each as
+        (ws, after, keep, first_scored) with new_ids = committed ids[:ws] + after: the
+        committed prefix, some thousand ids, is not copied for every candidate."""
         plans, strings = [], []
         for row, text, eos, bare in items:
             ws, window_text = (len(self.ids[row]), "") if bare else self._window(row, self.ids[row])
@@ -133,19 +136,18 @@ class Member:
             strings.append(text.lstrip() if bare else window_text + text)
         out = []
         for (row, ws, head, eos, bare), (tail, offsets) in zip(plans, self._encode_offsets(strings)):
-            ids = self.ids[row]
             # an ending is fed as one EOS id; scoring reads it as "any EOS id" (scoring.token_log_probs)
-            new = ids[:ws] + tail + ([min(self.eos)] if eos else [])
+            after = tail + [min(self.eos)] if eos else tail
             if bare:
-                out.append((new, ws, ws))
+                out.append((ws, after, ws, ws))
                 continue
             first = next((k for k, (_, end) in enumerate(offsets) if end > head), len(tail))
-            keep = ws  # ids[:ws] are kept as they are: compare only the window
-            for a, b in zip(new[ws:], ids[ws:]):
+            ids, keep = self.ids[row], ws  # ids[:ws] are kept as they are: compare only the window
+            for a, b in zip(after, ids[ws:]):
                 if a != b:
                     break
                 keep += 1
-            out.append((new, keep, ws + first))
+            out.append((ws, after, keep, ws + first))
         return out
 
     def _window(self, row: int, ids: list[int]) -> tuple[int, str]:

@@ -96,12 +96,12 @@ class Runtime:
                 items += [(p, cand, text, eos, (), False, "commit"), (p, cand, text, eos, extra, True, "score")]
             else:
                 items.append((p, cand, text, eos, extra, bare, "both"))
-        plans = self.m.retokenize_many([(p, text, eos, bare) for p, _, text, eos, _, bare, _ in items])
-        for (p, cand, _, _, extra, _, role), (new, keep, first) in zip(items, plans):
-            new = new + list(extra)
-            n = len(self.m.ids[p])
-            start = n if keep == n else keep - 1  # re-feed one kept token to get the logits after it
-            self.new_stream(p, "score", plan=(new, start, first), cand=cand, feed=new[start:], n=start,
+        plans = self.m.retokenize_tails([(p, text, eos, bare) for p, _, text, eos, _, bare, _ in items])
+        for (p, cand, _, _, extra, _, role), (ws, after, keep, first) in zip(items, plans):
+            ids = self.m.ids[p]
+            start = len(ids) if keep == len(ids) else keep - 1  # re-feed one kept token to get the logits after it
+            seg = ids[start:ws] + after[max(0, start - ws):] + list(extra)  # the new ids from `start` on
+            self.new_stream(p, "score", plan=(seg, start, first), cand=cand, feed=seg, n=start,
                             limit=start, tail=len(extra), role=role)
 
     @torch.inference_mode()
@@ -245,17 +245,17 @@ class Runtime:
         for s in feeding:
             if s.kind != "score" or s.role == "commit":
                 continue
-            new, start, first = s.plan
+            seg, start, first = s.plan  # seg[i]: the new id at position start + i
             done = s.n - start  # tokens fed before this forward
             for j in range(max(first, start + done), start + done + s.take):
                 if j - 1 >= start + done:
                     here_r.append(self.crow[s.p]), here_c.append(s.off + j - 1 - start - done)
-                    here_t.append(new[j]), here_s.append(s.slot)
+                    here_t.append(seg[j - start]), here_s.append(s.slot)
                 else:
-                    prev_t.append(new[j]), prev_s.append(s.slot)
+                    prev_t.append(seg[j - start]), prev_s.append(s.slot)
                     prev_from.append(s.slot if j - 1 >= start else -1 - s.p)
             if s.tail and s.take == len(s.feed):  # the winner's next logits come from here (commit)
-                end = len(new) - s.tail
+                end = start + len(seg) - s.tail
                 # a copy: a replayed graph writes its next logits into the same buffer
                 s.end_logits = (logits[self.crow[s.p], s.off + end - 1 - start - done].to(torch.float32, copy=True)
                                 if end > start else None)
@@ -331,14 +331,14 @@ class Runtime:
                 if s.kind != "score" or s.cand != cand or s.role == "score":
                     s.dead = True
                     continue
-                new, start, _ = s.plan
-                end = len(new) - s.tail
+                seg, start, _ = s.plan
+                end = start + len(seg) - s.tail
                 rows.append(self.crow[p]), owners.append(s.uid), hide.append(start)
                 ends.append(end if s.tail else NO_LIMIT)
                 if s.tail:  # the logits after the committed text, not after the extra ids
                     s.n = end
                     self.last[s.slot] = s.end_logits if s.end_logits is not None else m.last_logits[p]
-                m.ids[p] = new[:end]
+                m.ids[p] = m.ids[p][:start] + seg[:end - start]
                 slots.append(s.slot), prompts.append(p)
                 s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
                 self.main[p] = s
