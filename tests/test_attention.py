@@ -127,3 +127,27 @@ def test_cache_reuses_the_columns_of_dead_streams(monkeypatch):
     assert fed[0] > width[0] and fed[1] > 2 * width[1], (fed, width)
     assert len(fronts) > 10 and not grown
     assert max(fronts) <= max(width)
+
+
+def test_dead_streams_slots_are_reused(monkeypatch):
+    """A stream's newest logits live in a slot of Runtime.last; a new stream takes a dead one's
+    slot, so the slots track the live streams, not every stream ever made, and the logits are
+    not copied to a new buffer at every step (only when the slots double)."""
+    from adafuse_lab.decoding.runtime import streams
+    seen = []
+    real = streams.Runtime.restructure
+
+    def restructure(self):
+        real(self)
+        if hasattr(self, "last"):
+            assert len({s.slot for s in self.rows}) == len(self.rows)  # no two live streams share a slot
+            assert self.last.shape[0] == self.nll.shape[0] >= len(self.rows)
+            seen.append((self.last.shape[0], len(self.rows), self._uid, self.last.data_ptr()))
+    monkeypatch.setattr(streams.Runtime, "restructure", restructure)
+    members = [load_session("tiny:bpe"), load_session("tiny:spm")]
+    out = decode("adafuse", members, ["The story begins:"], DecodeConfig(max_new_tokens=300, theta=1.0, B=3))[0]
+    assert out.stats["stopped_by"] == "budget"
+    slots, live, made = max(x[0] for x in seen), max(x[1] for x in seen), max(x[2] for x in seen)
+    assert slots <= 2 * live and made > 10 * slots, (slots, live, made)
+    buffers = len({x[3] for x in seen})
+    assert len(seen) > 100 and buffers <= 2 * 6, (len(seen), buffers)  # two members, a few doublings each

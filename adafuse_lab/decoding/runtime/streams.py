@@ -47,7 +47,7 @@ class Stream:
     tail: int = 0               # score: trailing ids scored but never committed (lookahead_scoring)
     role: str = "both"          # score: scored and committed if it wins | "score" only | "commit" only
     dead: bool = False
-    slot: int = 0               # index in Runtime.rows and Runtime.last
+    slot: int = 0               # its row of Runtime.last and Runtime.nll (reused once it dies)
     off: int = 0                # where its feed sits in its prompt's row in this step
     take: int = 0               # how many of its feed tokens this step feeds (the rest: next steps)
     end_logits: object = None   # score with tail: the logits after its committed part, kept when fed
@@ -69,10 +69,11 @@ class Runtime:
         self._uid = 0
         self.rows: list[Stream] = []
         self.spawn: list[Stream] = []
-        self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
-        self.restructure()
         self.last = m.last_logits.clone()      # newest logits of every stream, by slot
         self.nll = self.last.new_zeros((P, 2))  # score streams, by slot: summed token NLL, scored tokens
+        self.free = list(range(P - 1, -1, -1))  # slots of no live stream (main stream p takes slot p)
+        self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
+        self.restructure()
         self.pending: set[int] = set()         # prompts with score tokens still to feed after the last forward
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
@@ -106,18 +107,26 @@ class Runtime:
 
     @torch.inference_mode()
     def restructure(self) -> None:
-        """Drop dead streams and add the spawned ones (no cache copies: they share the row)."""
+        """Drop dead streams and add the spawned ones (no cache copies: they share the row).
+        A spawned stream takes the slot of a dead one: the logits of hundreds of streams are
+        not copied each step to close the gaps; the slots grow, by doubling, only when full."""
         if not self.spawn and not any(s.dead for s in self.rows):
             return
-        keep = [s.slot for s in self.rows if not s.dead]
-        if self.rows:
-            keep = on_device(keep, self.last.device, torch.long)
-            last, nll = self.last.index_select(0, keep), self.nll.index_select(0, keep)
-            self.last = torch.cat([last, last.new_empty((len(self.spawn), last.shape[1]))])
-            self.nll = torch.cat([nll, nll.new_zeros((len(self.spawn), 2))])
-        self.rows = [s for s in self.rows if not s.dead] + self.spawn
-        for i, s in enumerate(self.rows):
-            s.slot = i
+        self.free += [s.slot for s in self.rows if s.dead]
+        self.rows = [s for s in self.rows if not s.dead]
+        if self.spawn:
+            short = len(self.spawn) - len(self.free)
+            if short > 0:
+                have = self.last.shape[0]
+                grow = max(short, have)
+                self.last = torch.cat([self.last, self.last.new_empty((grow, self.last.shape[1]))])
+                self.nll = torch.cat([self.nll, self.nll.new_zeros((grow, 2))])
+                self.free += range(have + grow - 1, have - 1, -1)
+            slots = [self.free.pop() for _ in self.spawn]
+            for s, slot in zip(self.spawn, slots):
+                s.slot = slot
+            self.nll.index_fill_(0, on_device(slots, self.nll.device, torch.long), 0)
+            self.rows += self.spawn
         self.spawn = []
 
     def groups(self) -> dict[int, list[Stream]]:
