@@ -32,6 +32,9 @@
 #   tri7b   adafuse (with generate), single and unite at batch 64 on triton; adafuse on sdpa_gqa
 #   tri7c   adafuse at batch 256 on triton; the other methods at batch 64 on triton (no generate)
 #   host6   cProfile of one adafuse batch at batch 64 (64 new tokens, with graphs): the host side of gpu6
+# After the host cuts of 2026-12-05 (one copy per step's index lists, slots reused, no prefix copies; files engine_v8/):
+#   v8a     adafuse and single at batch 64 on triton, against both members' generate (default and no-cuDNN)
+#   v8b     adafuse at batch 256 on triton; every other method at batch 64 on triton (no generate)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -143,8 +146,7 @@ gpu6)
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" 2>&1 | grep -v "Loading weights" | tail -3
   python -m adafuse_lab bench --models $M --method adafuse,single,unite $D --limit 64 --batch-size 64 --no-generate \
       --out $O/engine_v6_b64_t256.json > $O/gpu6.log 2>&1; tail -4 $O/gpu6.log
-  python -c "import json,sys; d=json.load(open(sys.argv[1]))['methods']
-for m, r in d.items(): print(m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('decode_outside_forwards_s'))" $O/engine_v6_b64_t256.json ;;
+  python benchmarks/bench_summary.py $O/engine_v6_b64_t256.json ;;
 tri7a)
   python -m pytest -q -x tests/test_attention.py > $O/tri7a_tests.log 2>&1; tail -3 $O/tri7a_tests.log
   python benchmarks/diag/attn_tree.py --out $O/attn_tree_qwen05_b64.json 2>&1 | tee $O/attn_tree.log
@@ -154,16 +156,23 @@ tri7b)
       --out $O/engine_v7_triton_b64_t256.json > $O/tri7b.log 2>&1; tail -3 $O/tri7b.log
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --attention sdpa_gqa --no-generate \
       --out $O/engine_v7_sdpa_gqa_b64_t256.json > $O/tri7b_sdpa.log 2>&1; tail -2 $O/tri7b_sdpa.log
-  for f in $O/engine_v7_*b64_t256.json; do python -c "import json,sys; d=json.load(open(sys.argv[1]))
-print(sys.argv[1].split('/')[-1], d.get('generate'))
-for m, r in d['methods'].items(): print(' ', m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('decode_outside_forwards_s'), r.get('ms_per_decode_step'))" $f; done ;;
+  python benchmarks/bench_summary.py $O/engine_v7_*b64_t256.json ;;
 tri7c)
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --attention triton --no-generate \
       --out $O/engine_v7_triton_b256_t256.json > $O/tri7c_b256.log 2>&1; tail -2 $O/tri7c_b256.log
   python -m adafuse_lab bench --models $M --method gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 --attention triton \
       --no-generate --out $O/engine_v7_triton_others_b64_t256.json > $O/tri7c_others.log 2>&1; tail -2 $O/tri7c_others.log
-  for f in $O/engine_v7_triton_b256_t256.json $O/engine_v7_triton_others_b64_t256.json; do python -c "import json,sys; d=json.load(open(sys.argv[1]))
-for m, r in d['methods'].items(): print(' ', m, r['wall_s'], r['decode_s'], r.get('model_gpu_s'), r.get('seconds_per_prompt'))" $f; done ;;
+  python benchmarks/bench_summary.py $O/engine_v7_triton_b256_t256.json $O/engine_v7_triton_others_b64_t256.json ;;
+v8a)
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --attention triton \
+      --out $O/engine_v8_triton_b64_t256.json > $O/v8a.log 2>&1; tail -3 $O/v8a.log
+  python benchmarks/bench_summary.py $O/engine_v8_triton_b64_t256.json ;;
+v8b)
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --attention triton --no-generate \
+      --out $O/engine_v8_triton_b256_t256.json > $O/v8b_b256.log 2>&1; tail -2 $O/v8b_b256.log
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --attention triton --no-generate --out $O/engine_v8_triton_others_b64_t256.json > $O/v8b_others.log 2>&1; tail -2 $O/v8b_others.log
+  python benchmarks/bench_summary.py $O/engine_v8_triton_b256_t256.json $O/engine_v8_triton_others_b64_t256.json ;;
 host6)
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
       --cprofile --profile-only --out $O/engine_v6_host_b64.json > $O/host6.log 2>&1; head -80 $O/host6.log ;;
