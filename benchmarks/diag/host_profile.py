@@ -68,6 +68,11 @@ def main() -> None:
           f"({tokens} answer characters, {rounds} rounds)")
     for k, t in sorted(by_kind.items(), key=lambda x: -x[1]):
         print(f"  {t:7.2f} s  {k}")
+    calls = lambda file, name: sum(v[1] for (path, _, fn), v in stats.stats.items() if fn == name and path.endswith(file))
+    forwards = calls("runtime/streams.py", "forward")
+    if forwards:  # each a pinned staging buffer and a queued copy on a GPU host
+        print(f"host-to-device copies: {calls('runtime/member.py', 'on_device') / forwards:.1f} per forward "
+              f"({forwards} forwards)")
     print("package functions by own time:")
     for tt, where in sorted(own, reverse=True)[:args.top]:
         print(f"  {tt:7.3f} s  {where}")
