@@ -91,6 +91,44 @@ def test_triton_backend_skips_hidden_blocks_exactly():
     assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 2e-3)  # fp32: tf32 dots on CUDA
 
 
+def test_by_length_sends_one_token_steps_to_one_backend_and_longer_ones_to_the_other(monkeypatch):
+    from adafuse_lab.decoding.attention.backends import ByLength
+    calls = []
+    for name in ("sdpa_gqa", "sdpa_fold"):
+        real = BACKENDS[name].attend
+        monkeypatch.setattr(BACKENDS[name], "attend", lambda *a, _n=name, _r=real: (calls.append(_n), _r(*a))[1])
+    both = ByLength(BACKENDS["sdpa_gqa"], BACKENDS["sdpa_fold"])
+    assert both.name == "sdpa_gqa/sdpa_fold" and set(both.kernels) >= set(BACKENDS["sdpa_fold"].kernels)
+    for T, want_name in ((1, "sdpa_gqa"), (3, "sdpa_fold")):
+        meta = random_tree(4, 60, T)
+        g = torch.Generator().manual_seed(T)
+        q, k, v = (torch.randn(4, h, n, 8, generator=g) for h, n in ((6, T), (2, 60), (2, 60)))
+        mask = both.plan(meta)
+        got = both.attend(None, q, k, v, mask, 8 ** -0.5)
+        assert calls[-1] == want_name
+        assert torch.allclose(got, BACKENDS["reference"].attend(None, q, k, v, mask, 8 ** -0.5), atol=1e-5)
+
+
+@pytest.mark.parametrize("times, want", [
+    ({"sdpa_gqa": {1: 61, 8: 253}, "sdpa_fold": {1: 162, 8: 200}, "triton": {1: 85, 8: 97}}, "sdpa_gqa/triton"),
+    ({"sdpa_gqa": {1: 61, 8: 90}, "sdpa_fold": {1: 162, 8: 200}, "triton": {1: 85, 8: 97}}, "sdpa_gqa"),
+    ({"sdpa_gqa": {1: 90, 8: 253}, "sdpa_fold": {1: 162, 8: float("inf")}, "triton": {1: 85, 8: 97}}, "triton"),
+])
+def test_auto_takes_the_fastest_backend_for_each_step_length(monkeypatch, times, want):
+    """auto on CUDA: one layer timed per backend and length (faked here), the winners combined."""
+    from adafuse_lab.decoding.attention import backends
+    monkeypatch.setattr(backends, "FAST", tuple(times))
+    monkeypatch.setattr(backends, "CHOSEN", {})
+    monkeypatch.setattr(backends, "_time_layer", lambda b, *shape, device: times[b.name])
+    monkeypatch.setattr(backends, "BACKENDS", {**backends.BACKENDS})
+    config = type("C", (), {"num_attention_heads": 14, "num_key_value_heads": 2, "hidden_size": 896})()
+    model = type("M", (), {"config": config})()
+    chosen = backends.get_backend("auto", "cuda", model, rows=64)
+    assert chosen.name == want
+    assert list(backends.CHOSEN.values()) == [{"backend": want, "us": times}]
+    assert backends.get_backend("auto", "cuda", model, rows=64).name == want  # measured once per shape
+
+
 def test_engine_decodes_the_same_on_every_backend():
     members = [load_session("tiny:bpe"), load_session("tiny:spm")]
     prompts = ["Question: What is 2 + 2?\nAnswer:", "Hi"]

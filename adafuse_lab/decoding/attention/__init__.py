@@ -16,8 +16,10 @@ works as a member.
              reads that head (G heads x T tokens as one tile), skips blocks of columns the mask
              hides from all of them; CUDA (CPU only in Triton's interpreter, for tests)
   auto       on CUDA, whichever of sdpa_gqa, sdpa_fold and triton (when installed) is fastest
-             on one layer of the member's shape, measured at the start of a batch (bench
-             records the times); elsewhere sdpa_gqa
+             on one layer of the member's shape, for one new token per row and for 8, measured
+             at the start of a batch (bench records the times); when the two differ, forwards of
+             one token per row take the first and longer ones the second (ByLength); elsewhere
+             sdpa_gqa
 """
 from .backends import BACKENDS, AttentionBackend, StepMeta, get_backend, use_backend
 

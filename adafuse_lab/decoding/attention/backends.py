@@ -125,16 +125,31 @@ class TritonTree(AttentionBackend):
         return tree_kernel.tree_attention(q, k, v, mask, scaling if scaling is not None else q.shape[-1] ** -0.5)
 
 
+class ByLength(AttentionBackend):
+    """One backend for forwards that feed one token per row, another for longer ones: for one
+    token SDPA's kernel beats triton's, for several triton's beats SDPA's (BENCHMARKS.md, v7).
+    Both take the same mask; a CUDA graph is captured per length, so each keeps one kernel."""
+
+    def __init__(self, one: AttentionBackend, many: AttentionBackend):
+        self.one, self.many = one, many
+        self.name = f"{one.name}/{many.name}"
+        self.kernels = one.kernels + [k for k in many.kernels if k not in one.kernels]  # SDPA's choice (triton ignores it)
+
+    def attend(self, module, q, k, v, mask, scaling):
+        return (self.one if q.shape[2] == 1 else self.many).attend(module, q, k, v, mask, scaling)
+
+
 BACKENDS = {b.name: b for b in (Reference(), SdpaGqa(), SdpaFold(), TritonTree())}
 # the candidates "auto" measures on CUDA
 FAST = ("sdpa_gqa", "sdpa_fold") + (("triton",) if tree_kernel.available() else ())
-CHOSEN: dict = {}  # (model shape key) -> {"backend": name, "us": {name: time}}: what auto measured
+LENGTHS = (1, 8)  # new tokens per row "auto" times: a greedy step, and a step of look-ahead and candidates
+CHOSEN: dict = {}  # (model shape key) -> {"backend": name, "us": {name: {T: time}}}: what auto measured
 
 
 def get_backend(name: str, device, model=None, rows: int = 64, width: int = 2048) -> AttentionBackend:
-    """A backend by name. "auto": on CUDA, the faster of FAST on one attention layer of this
-    member's shape (rows x width, 1 and 8 new tokens per row; measured once per shape);
-    elsewhere sdpa_gqa."""
+    """A backend by name. "auto": on CUDA, for one new token per row and for 8, the faster of
+    FAST on one attention layer of this member's shape (rows x width; measured once per shape),
+    the two combined by ByLength when they differ; elsewhere sdpa_gqa."""
     if name != "auto":
         return BACKENDS[name]
     if model is None or torch.device(device).type != "cuda":
@@ -145,16 +160,22 @@ def get_backend(name: str, device, model=None, rows: int = 64, width: int = 2048
              getattr(c, "head_dim", None) or c.hidden_size // heads, rows, width)
     if shape not in CHOSEN:
         us = {b: _time_layer(BACKENDS[b], *shape, device=device) for b in FAST}
-        CHOSEN[shape] = {"backend": min(us, key=us.get), "us": us}
-    return BACKENDS[CHOSEN[shape]["backend"]]
+        CHOSEN[shape] = {"backend": _fastest(us).name, "us": us}
+    return _fastest(CHOSEN[shape]["us"])
 
 
-def _time_layer(backend, heads, kv_heads, dim, rows, width, device) -> float:
-    """Microseconds of one layer's attention (sum over 1 and 8 new tokens per row), random
+def _fastest(us: dict) -> AttentionBackend:
+    """From {backend: {new tokens: us}}: the fastest backend per length, one or a ByLength."""
+    one, many = (min(us, key=lambda b: us[b][T]) for T in LENGTHS)
+    return BACKENDS[one] if one == many else ByLength(BACKENDS[one], BACKENDS[many])
+
+
+def _time_layer(backend, heads, kv_heads, dim, rows, width, device) -> dict:
+    """Microseconds of one layer's attention per number of new tokens per row (LENGTHS), random
     data, a mask that hides a third of the columns."""
-    total = 0.0
+    out = {}
     gen = torch.Generator(device=device).manual_seed(0)
-    for T in (1, 8):
+    for T in LENGTHS:
         q = torch.randn(rows, heads, T, dim, device=device, dtype=torch.bfloat16, generator=gen)
         k = torch.randn(rows, kv_heads, width, dim, device=device, dtype=torch.bfloat16, generator=gen)
         v = torch.randn_like(k)
@@ -169,10 +190,10 @@ def _time_layer(backend, heads, kv_heads, dim, rows, width, device) -> float:
                     backend.attend(None, q, k, v, mask, dim ** -0.5)
                 end.record()
                 end.synchronize()
+                out[T] = round(start.elapsed_time(end) * 100, 1)  # ms per 10 calls -> us per call
             except Exception:  # no kernel for this shape (SDPA), or it does not compile (triton)
-                return float("inf")
-        total += start.elapsed_time(end) * 100  # ms per 10 calls -> us per call
-    return round(total, 1)
+                out[T] = float("inf")
+    return out
 
 
 _active: list[AttentionBackend] = []
