@@ -285,8 +285,11 @@ class Runtime:
         logits = self.last.index_select(0, on_device([s.slot for s in streams], self.last.device, torch.long))
         conf = confidences(logits)
         top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
-        host = torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).tolist()
-        return host, top_ids.tolist(), top_lp.tolist()
+        # one copy to the host (float64 holds the float32 values and the ids exactly)
+        rows = torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).double(), top_lp.double(),
+                          top_ids.double()], 1).tolist()
+        k = top_ids.shape[1]
+        return [r[:3] for r in rows], [[int(t) for t in r[3 + k:]] for r in rows], [r[3:3 + k] for r in rows]
 
     def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
         """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
