@@ -166,7 +166,10 @@ tri7c)
 v8a)
   python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --attention triton \
       --out $O/engine_v8_triton_b64_t256.json > $O/v8a.log 2>&1; tail -3 $O/v8a.log
-  python benchmarks/bench_summary.py $O/engine_v8_triton_b64_t256.json ;;
+  python benchmarks/bench_summary.py $O/engine_v8_triton_b64_t256.json
+  # the anchors, in the same lease (the hardware floor, HF's forward eager and as a graph; one attention layer)
+  timeout 150 python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -4 $O/floor.log
+  timeout 90 python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -12 $O/attn.log ;;
 v8b)
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --attention triton --no-generate \
       --out $O/engine_v8_triton_b256_t256.json > $O/v8b_b256.log 2>&1; tail -2 $O/v8b_b256.log
