@@ -6,7 +6,10 @@ work that the GPU waits for between forwards (BENCHMARKS.md, engine v5). Prints 
 time, time by kind (torch operators, tokenizer calls, Python of the package, other Python)
 and the package's functions by own time.
 
-    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25]
+    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25] [--ops]
+
+--ops counts instead the tensor operators dispatched outside the members' forwards (each one
+kernel launch or more on a GPU, where a forward is one graph replay), by name, per forward.
 """
 import argparse
 import cProfile
@@ -41,6 +44,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--ops", action="store_true", help="count tensor operators outside the forwards instead")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -48,6 +52,8 @@ def main() -> None:
     extra = {k: type(getattr(DecodeConfig(), k))(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.batch, **extra)
     decode(args.method, members, prompts(4), DecodeConfig(max_new_tokens=8, batch_size=4))  # warm-up
+    if args.ops:
+        return count_ops(args.method, members, prompts(args.batch), cfg, args.top)
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
@@ -76,6 +82,44 @@ def main() -> None:
     print("package functions by own time:")
     for tt, where in sorted(own, reverse=True)[:args.top]:
         print(f"  {tt:7.3f} s  {where}")
+
+
+def count_ops(method, members, batch, cfg, top) -> None:
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from adafuse_lab.decoding.runtime import streams
+
+    ops, paused = Counter(), [False]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not paused[0]:
+                ops[func.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    inner, forwards = streams.eager_forward, [0]
+
+    def forward(*a, **k):  # one graph replay on a GPU: not counted
+        paused[0] = True
+        forwards[0] += 1
+        try:
+            return inner(*a, **k)
+        finally:
+            paused[0] = False
+
+    streams.eager_forward = forward
+    try:
+        with Count():
+            decode(method, members, batch, cfg)
+    finally:
+        streams.eager_forward = inner
+    n = max(forwards[0], 1)
+    print(f"{method}, {len(batch)} prompts, {cfg.max_new_tokens} tokens: {sum(ops.values())} tensor operators "
+          f"outside {forwards[0]} forwards, {sum(ops.values()) / n:.0f} per forward")
+    for name, c in ops.most_common(top):
+        print(f"  {c / n:7.1f}  {name}")
 
 
 if __name__ == "__main__":
