@@ -72,6 +72,9 @@ def main() -> None:
     rounds = sum(len(o.trace or []) for o in outs)
     print(f"{args.method}, {args.batch} prompts, {args.tokens} tokens: {wall:.2f} s wall "
           f"({tokens} answer characters, {rounds} rounds)")
+    inside = sum(v[3] for (path, _, fn), v in stats.stats.items()
+                 if fn == "eager_forward" and path.endswith("runtime/graphs.py"))
+    print(f"  in the members' forwards {inside:.2f} s (one graph replay each on a GPU), outside {wall - inside:.2f} s")
     for k, t in sorted(by_kind.items(), key=lambda x: -x[1]):
         print(f"  {t:7.2f} s  {k}")
     calls = lambda file, name: sum(v[1] for (path, _, fn), v in stats.stats.items() if fn == name and path.endswith(file))
