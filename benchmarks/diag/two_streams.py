@@ -27,10 +27,15 @@ def captured_forward(model, batch: int, prompt: int, tokens: int):
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(100, 1000, (batch, prompt), generator=g).cuda()
     cache = StaticCache(config=model.config, max_cache_len=prompt + tokens)
-    model(ids, past_key_values=cache, cache_position=torch.arange(prompt, device="cuda"), use_cache=True)
+    model(ids, past_key_values=cache, cache_position=torch.arange(prompt, device="cuda"), use_cache=True,
+          logits_to_keep=1)
     new = ids[:, :tokens].clone()
     pos = torch.arange(prompt, prompt + tokens, device="cuda")
-    step = lambda: model(new, past_key_values=cache, cache_position=pos, use_cache=True).logits
+    # an explicit 4-D mask, as the engine passes: the model builds none inside the captured graph
+    cols = torch.arange(prompt + tokens, device="cuda")
+    mask = (cols[None, :] <= pos[:, None])[None, None].expand(batch, 1, tokens, prompt + tokens)
+    step = lambda: model(new, attention_mask=mask, past_key_values=cache, cache_position=pos,
+                         position_ids=pos[None].expand(batch, tokens), use_cache=True).logits
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the graph
@@ -76,10 +81,17 @@ def main() -> None:
         sys.exit("two_streams.py: needs a CUDA device (it times CUDA streams)")
     from adafuse_lab.models import load_session
 
-    graphs = [captured_forward(load_session(m, device="cuda", dtype=torch.bfloat16).model.eval(),
-                               a.batch, a.prompt, a.tokens) for m in a.members]
     res = {"members": a.members, "batch": a.batch, "prompt": a.prompt, "tokens": a.tokens, "steps": a.steps,
            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    try:
+        graphs = [captured_forward(load_session(m, device="cuda", dtype=torch.bfloat16).model.eval(),
+                                   a.batch, a.prompt, a.tokens) for m in a.members]
+    except Exception as e:  # say why, in the result file too
+        res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        print(json.dumps(res))
+        if a.out:
+            open(a.out, "w").write(json.dumps(res, indent=1))
+        sys.exit(1)
     for name, g in zip(a.members, graphs):
         res[f"alone_ms {name}"] = round(ms_per_step([g], [None], a.steps), 3)
     res["serial_ms"] = round(ms_per_step(graphs, [None, None], a.steps), 3)
