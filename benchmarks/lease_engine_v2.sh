@@ -31,14 +31,14 @@
 #           of each member's shape: SDPA backends against triton's block sizes (benchmarks/diag/attn_tree.py)
 #   tri7b   adafuse (with generate), single and unite at batch 64 on triton; adafuse on sdpa_gqa
 #   tri7c   adafuse at batch 256 on triton; the other methods at batch 64 on triton (no generate)
-#   v8c     single and adafuse at batch 64 on auto (per step length), no generate
-#   v8d     single on auto at batch 64, then adafuse at batch 256 on triton (both without generate)
-#   streams9 the two members' captured forwards on one stream against two (benchmarks/diag/two_streams.py), 1 and 16 tokens per row
-#   host8   host6 after the host cuts, on triton, 256 tokens
 #   host6   cProfile of one adafuse batch at batch 64 (64 new tokens, with graphs): the host side of gpu6
 # After the host cuts of 2026-12-05 (one copy per step's index lists, slots reused, no prefix copies; files engine_v8/):
 #   v8a     adafuse and single at batch 64 on triton, against both members' generate (default and no-cuDNN)
 #   v8b     adafuse at batch 256 on triton; every other method at batch 64 on triton (no generate)
+#   v8c     single and adafuse at batch 64 on auto (per step length), no generate
+#   v8d     single on auto at batch 64, then adafuse at batch 256 on triton (both without generate)
+#   streams9 the two members' captured forwards on one stream against two (benchmarks/diag/two_streams.py), 1 and 16 tokens per row
+#   host8   cProfile of one adafuse batch on triton after the host cuts (64 new tokens, as host6)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -193,10 +193,10 @@ v8d)  # the short form of v8c and v8b for a lease with little time: single on au
   python benchmarks/bench_summary.py $O/engine_v8_triton_b256_t256.json ;;
 streams9)  # what two CUDA streams could save: both members' captured forwards serial against side by side
   for T in 1 16; do
-    python benchmarks/diag/two_streams.py $M --batch 64 --tokens $T --out $O/two_streams_b64_t$T.json > $O/streams9_t$T.log 2>&1
+    python benchmarks/diag/two_streams.py ${M/,/ } --batch 64 --tokens $T --out $O/two_streams_b64_t$T.json > $O/streams9_t$T.log 2>&1
     tail -1 $O/streams9_t$T.log
   done ;;
-host8)  # host6 on triton after the host cuts, whole answers (256 tokens): where the 7 s outside the forwards go
+host8)  # host6 on triton after the host cuts (bench's --cprofile profiles one batch of at most 64 tokens)
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate --attention triton \
       --cprofile --profile-only --out $O/engine_v8_host_b64.json > $O/host8.log 2>&1; grep -v "Converting\|Loading\|Writing" $O/host8.log | head -75 ;;
 host6)

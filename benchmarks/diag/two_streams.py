@@ -88,18 +88,20 @@ def main() -> None:
                                    a.batch, a.prompt, a.tokens) for m in a.members]
     except Exception as e:  # say why, in the result file too
         res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        print(json.dumps(res))
-        if a.out:
-            open(a.out, "w").write(json.dumps(res, indent=1))
+        report(res, a.out)
         sys.exit(1)
     for name, g in zip(a.members, graphs):
         res[f"alone_ms {name}"] = round(ms_per_step([g], [None], a.steps), 3)
     res["serial_ms"] = round(ms_per_step(graphs, [None, None], a.steps), 3)
     res["concurrent_ms"] = round(ms_per_step(graphs, [torch.cuda.Stream(), torch.cuda.Stream()], a.steps), 3)
     res["concurrent_over_serial"] = round(res["concurrent_ms"] / res["serial_ms"], 3)
+    report(res, a.out)
+
+
+def report(res: dict, out: str | None) -> None:
     print(json.dumps(res))
-    if a.out:
-        open(a.out, "w").write(json.dumps(res, indent=1))
+    if out:
+        open(out, "w").write(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
