@@ -39,6 +39,11 @@
 #   v8d     single on auto at batch 64, then adafuse at batch 256 on triton (both without generate)
 #   streams9 the two members' captured forwards on one stream against two (benchmarks/diag/two_streams.py), 1 and 16 tokens per row
 #   host8   cProfile of one adafuse batch on triton after the host cuts (64 new tokens, as host6)
+# Where an engine forward's time goes (files engine_v9/):
+#   cost9   benchmarks/diag/forward_cost.py: one member forward by tokens per row (1 .. 32) on the
+#           engine's runtime, replay alone and with its host plan; both members one stream against two;
+#           kernels of one eager forward of 16 tokens per row
+#   b1v9    every method at batch 1 (2 questions) with generate (issue 20, target 4's b1 column)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -191,6 +196,12 @@ v8d)  # the short form of v8c and v8b for a lease with little time: single on au
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --attention triton --no-generate \
       --out $O/engine_v8_triton_b256_t256.json > $O/v8b_b256.log 2>&1; tail -2 $O/v8b_b256.log
   python benchmarks/bench_summary.py $O/engine_v8_triton_b256_t256.json ;;
+cost9)
+  python benchmarks/diag/forward_cost.py $M --data-dir .gpu-extra/data --attention auto --profile 16 \
+      --out $O/forward_cost_auto_b64.json 2>&1 | grep -v "Loading weights" | tail -60 ;;
+b1v9)
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
+      --out $O/engine_v9_methods_b1_t256.json 2>&1 | grep -v "Loading weights" | tail -40 ;;
 streams9)  # what two CUDA streams could save: both members' captured forwards serial against side by side
   for T in 1 16; do
     python benchmarks/diag/two_streams.py ${M/,/ } --batch 64 --tokens $T --out $O/two_streams_b64_t$T.json > $O/streams9_t$T.log 2>&1
