@@ -44,23 +44,29 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
     def budget(rt, p):
         return max(1, cfg.max_new_tokens - rt.m.answer_tokens(p))
 
-    while live := batch.live():
-        # 1. every main (look-ahead) and branch stream decides what it feeds next
-        for k, rt in enumerate(runtimes):
-            for s in rt.rows:
-                if s.kind != "score":  # a score stream may have tokens left from the last forward
-                    s.feed = []
-            deciding = [s for s in rt.rows if s.kind != "score" and not s.dead and cands[s.p] is None
-                        and not batch.done[s.p] and not s.st.done]
-            if deciding:
-                host, top_ids, top_lp = rt.peek(deciding, pool, cfg.criterion)
-                for s, h, ids, lps in zip(deciding, host, top_ids, top_lp):
-                    if s.kind == "main":
-                        _lookahead(rt, s, cfg, ids, lps, h, thresholds[k], props[k][s.p], words_so_far[s.p],
-                                   budget(rt, s.p), span)
-                    else:
-                        _branch_step(rt, s, cfg, ids[0], lps[0], budget(rt, s.p), span.tail)
-        # 2. proposals that are complete: a stopped look-ahead whose branches are all done
+    # Early scoring: each member scores the candidates of all members as they grow, so a round
+    # whose candidates are complete is scored, picked and committed before the step's forwards,
+    # and the next round starts in that step (the plain order spends a forward per round on
+    # scoring). Not where the scored text is not the growing text (bare, official text, tails).
+    early = cfg.early_scoring and not (bare or text_rule or span.tail)
+
+    def decide(k, rt):
+        """Every main and branch stream not yet decided this step decides what it feeds next."""
+        deciding = [s for s in rt.rows if s.kind != "score" and not s.dead and not s.feed and cands[s.p] is None
+                    and not batch.done[s.p] and not s.st.done]
+        if not deciding:
+            return
+        host, top_ids, top_lp = rt.peek(deciding, pool, cfg.criterion)
+        for s, h, ids, lps in zip(deciding, host, top_ids, top_lp):
+            if s.kind == "main":
+                _lookahead(rt, s, cfg, ids, lps, h, thresholds[k], props[k][s.p], words_so_far[s.p],
+                           budget(rt, s.p), span)
+            else:
+                _branch_step(rt, s, cfg, ids[0], lps[0], budget(rt, s.p), span.tail)
+
+    def propose(live):
+        """Proposals that are complete (a stopped look-ahead whose branches are all done); the
+        union of a prompt's proposals once all are in, with its score streams in every member."""
         for k, rt in enumerate(runtimes):
             groups = rt.groups()
             for p in live:
@@ -72,7 +78,6 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                     _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg, text_rule)
                     for b in branches:
                         b.dead = True
-        # 3. prompts whose proposals are all in: the union, scored by every member
         reqs = [[] for _ in runtimes]
         for p in live:
             if cands[p] is None and all(pr[p].texts for pr in props):
@@ -83,14 +88,14 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                                                       text_rule))
         for rt, r in zip(runtimes, reqs):
             rt.score_streams(r)
-        # 4. one forward per member over all its streams
-        for k, rt in enumerate(runtimes):
-            rt.restructure()
-            for p in {s.p for s in rt.rows if s.feed}:
-                fwd_round[k][p] += 1
-            rt.forward(cap=cfg.feed_cap)
-        # 5. score the candidates whose tokens are all fed, pick winners, commit them
-        scoring = {p: len(cands[p]) for p in live if cands[p] is not None and not any(p in rt.pending for rt in runtimes)}
+
+    def settle(live) -> tuple[list[int], list[int]]:
+        """Score the prompts whose candidates are all fed, pick the winners, commit them; the
+        prompts committed and, of them, those finished."""
+        unfed = set().union(*(rt.unfed() for rt in runtimes))
+        scoring = {p: len(cands[p]) for p in live if cands[p] is not None and p not in unfed}
+        if not scoring:
+            return [], []
         nll = [rt.candidate_nll(scoring) for rt in runtimes]
         wins = {}
         for p in scoring:
@@ -119,8 +124,53 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 rt.end_prompt(p)
             rt.restructure()
             rt.drop_prompts(finished)
-        for p in finished:
-            yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
+        return list(wins), finished
+
+    while batch.live():
+        for rt in runtimes:
+            for s in rt.rows:
+                if s.kind != "score":  # a score stream may have tokens left from the last forward
+                    s.feed = []
+        # 1-3. decide, propose, score what is complete; a prompt whose round ends here starts
+        # its next round in this step
+        while True:
+            live = batch.live()
+            for k, rt in enumerate(runtimes):
+                decide(k, rt)
+            propose(live)
+            committed, finished = settle(live)
+            for p in finished:
+                yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
+            if len(committed) == len(finished):
+                break
+        if not batch.live():
+            break
+        if early:
+            for rt in runtimes:
+                rt.grow_early(_growing(runtimes, props, [p for p in batch.live() if cands[p] is None]))
+        # 4. one forward per member over all its streams
+        for k, rt in enumerate(runtimes):
+            rt.restructure()
+            for p in {s.p for s in rt.rows if s.feed}:
+                fwd_round[k][p] += 1
+            rt.forward(cap=cfg.feed_cap)
+
+
+def _growing(runtimes, props, prompts: list[int]) -> dict[int, list[str]]:
+    """The candidate texts of each prompt's round as they stand: each member's proposal where
+    it is complete, else its look-ahead's text, or the texts of its branches as they grow."""
+    out = {p: set() for p in prompts}
+    for rt, prop in zip(runtimes, props):
+        groups = rt.groups()
+        for p in prompts:
+            if prop[p].texts:
+                out[p].update(prop[p].texts)
+                continue
+            st = rt.main[p].st
+            out[p].add(st.text)
+            if st.branch is not None:
+                out[p].update(st.text + b.st.text for b in groups.get(p, ()) if b.kind == "branch")
+    return {p: sorted(t for t in texts if t) for p, texts in out.items()}
 
 
 def _trace(props, p, cands, owners, nll, combined, w, fwd_round, cfg) -> dict:

@@ -75,6 +75,7 @@ class Runtime:
         self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
         self.restructure()
         self.pending: set[int] = set()         # prompts with score tokens still to feed after the last forward
+        self.early: dict[int, dict[str, Stream]] = {}  # grow_early's score streams: prompt -> text -> stream
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
@@ -90,20 +91,58 @@ class Runtime:
     def score_streams(self, reqs) -> None:
         """A stream per (p, cand, text, eos, extra, bare): it feeds `text` (and an EOS id) after
         prompt p's committed text, then the `extra` ids, which are scored too but never
-        committed; `bare`: `text` tokenized alone. One tokenizer call for all of them."""
+        committed; `bare`: `text` tokenized alone. One tokenizer call for all of them.
+        A stream that grow_early() fed for the same text is taken over where its tokens are
+        the start of the candidate's: only the rest is fed (often nothing)."""
         items = []
         for p, cand, text, eos, extra, bare in reqs:
             if bare and not eos:  # scored tokenized alone, committed as the text reads
                 items += [(p, cand, text, eos, (), False, "commit"), (p, cand, text, eos, extra, True, "score")]
             else:
                 items.append((p, cand, text, eos, extra, bare, "both"))
-        plans = self.m.retokenize_tails([(p, text, eos, bare) for p, _, text, eos, _, bare, _ in items])
-        for (p, cand, _, _, extra, _, role), (ws, after, keep, first) in zip(items, plans):
+        early = {p: self.early.pop(p, {}) for p in {it[0] for it in items}}
+        for (p, cand, text, eos, extra, bare, role), plan in zip(items, self._plans(
+                [(p, text, eos, bare, extra) for p, _, text, eos, extra, bare, _ in items])):
+            s = early[p].pop(text, None) if role == "both" and not extra and not bare else None
+            if s is None or not _extend(s, plan):
+                s = self.new_stream(p, "score", plan=plan, feed=list(plan[0]), n=plan[1], limit=plan[1],
+                                    tail=len(extra), role=role)
+            s.cand = cand
+        for left in early.values():
+            for s in left.values():
+                s.dead = True
+
+    def grow_early(self, wanted: dict[int, list[str]]) -> None:
+        """Early scoring: for each prompt, a score stream per text in wanted[p] (the candidates
+        of a round still growing, one token per step), fed as the text grows, so that the
+        round needs no forward of its own to score them once they are complete. A stream whose
+        tokens are the start of a longer text's goes on with it; the streams of texts no longer
+        wanted die."""
+        todo, spares = [], []
+        for p, texts in wanted.items():
+            have = self.early.pop(p, {})
+            self.early[p] = {t: have.pop(t) for t in texts if t in have}
+            spares.append(have)  # streams of texts no longer wanted: extended, or they die
+            todo += [(p, t, have) for t in texts if t not in self.early[p]]
+        for (p, text, spare), plan in zip(todo, self._plans([(p, t, False, False, ()) for p, t, _ in todo])):
+            old = next((t for t, s in spare.items() if text.startswith(t) and _extend(s, plan)), None)
+            self.early[p][text] = spare.pop(old) if old is not None else self.new_stream(
+                p, "score", plan=plan, feed=list(plan[0]), n=plan[1], limit=plan[1])
+        for spare in spares:
+            for s in spare.values():
+                s.dead = True
+
+    def _plans(self, items) -> list[tuple[list[int], int, int]]:
+        """(seg, start, first_scored) of (p, text, eos, bare, extra) items: the ids a score
+        stream feeds from position `start` on (re-feeding one kept committed token to get the
+        logits after it), in one tokenizer call."""
+        out = []
+        for (p, _, _, _, extra), (ws, after, keep, first) in zip(items, self.m.retokenize_tails(
+                [(p, text, eos, bare) for p, text, eos, bare, _ in items])):
             ids = self.m.ids[p]
-            start = len(ids) if keep == len(ids) else keep - 1  # re-feed one kept token to get the logits after it
-            seg = ids[start:ws] + after[max(0, start - ws):] + list(extra)  # the new ids from `start` on
-            self.new_stream(p, "score", plan=(seg, start, first), cand=cand, feed=seg, n=start,
-                            limit=start, tail=len(extra), role=role)
+            start = len(ids) if keep == len(ids) else keep - 1
+            out.append((ids[start:ws] + after[max(0, start - ws):] + list(extra), start, first))
+        return out
 
     @torch.inference_mode()
     def restructure(self) -> None:
@@ -138,9 +177,14 @@ class Runtime:
         return out
 
     def end_prompt(self, p: int) -> None:
+        self.early.pop(p, None)
         for s in self.rows + self.spawn:
             if s.p == p:
                 s.dead = True
+
+    def unfed(self) -> set[int]:
+        """Prompts with score streams that have tokens left to feed."""
+        return {s.p for s in self.rows + self.spawn if s.kind == "score" and s.feed and not s.dead}
 
     def drop_prompts(self, finished: list[int]) -> None:
         """Remove the cache rows of finished prompts (not with graphs: they need fixed shapes;
@@ -339,6 +383,7 @@ class Runtime:
         m, groups = self.m, self.groups()
         rows, owners, hide, ends, slots, prompts = [], [], [], [], [], []
         for p, cand in wins:
+            self.early.pop(p, None)
             for s in groups.get(p, ()):
                 if s.kind != "score" or s.cand != cand or s.role == "score":
                     s.dead = True
@@ -359,6 +404,17 @@ class Runtime:
         m.kv.commit_streams(rows, owners, hide, ends)
         prompts, slots = on_device_many([prompts, slots], self.last.device)
         m.last_logits[prompts] = self.last.index_select(0, slots)
+
+
+def _extend(s: Stream, plan: tuple) -> bool:
+    """Make score stream s feed `plan` instead of its own plan when that only adds ids after
+    them (same start, same first scored position): the ids it fed or queued stay; True if so."""
+    seg, start, first = s.plan
+    if s.dead or (start, first) != plan[1:] or plan[0][:len(seg)] != seg:
+        return False
+    s.feed += plan[0][len(seg):]
+    s.plan = plan
+    return True
 
 
 def _events(dev: torch.device):
