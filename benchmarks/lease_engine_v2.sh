@@ -43,6 +43,9 @@
 #   cost9   benchmarks/diag/forward_cost.py: one member forward by tokens per row (1 .. 32) on the
 #           engine's runtime, replay alone and with its host plan; both members one stream against two;
 #           kernels of one eager forward of 16 tokens per row
+#   v9      early scoring: adafuse and single at batch 64 on auto with generate; adafuse with
+#           early_scoring=false; the floor; then cost9
+#   v9c     adafuse at batch 256 on auto (no generate); every other method at batch 64 on auto
 #   b1v9    every method at batch 1 (2 questions) with generate (issue 20, target 4's b1 column)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
@@ -196,6 +199,22 @@ v8d)  # the short form of v8c and v8b for a lease with little time: single on au
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --attention triton --no-generate \
       --out $O/engine_v8_triton_b256_t256.json > $O/v8b_b256.log 2>&1; tail -2 $O/v8b_b256.log
   python benchmarks/bench_summary.py $O/engine_v8_triton_b256_t256.json ;;
+v9)
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
+      --out $O/engine_v9_auto_b64_t256.json > $O/v9a.log 2>&1; tail -3 $O/v9a.log
+  python benchmarks/bench_summary.py $O/engine_v9_auto_b64_t256.json
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --set early_scoring=false --out $O/engine_v9_auto_b64_t256_early_off.json > $O/v9b.log 2>&1; tail -2 $O/v9b.log
+  python benchmarks/bench_summary.py $O/engine_v9_auto_b64_t256_early_off.json
+  timeout 150 python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -4 $O/floor.log
+  bash $0 cost9 ;;
+v9c)
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+      --out $O/engine_v9_auto_b256_t256.json > $O/v9c.log 2>&1; tail -2 $O/v9c.log
+  python benchmarks/bench_summary.py $O/engine_v9_auto_b256_t256.json
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --no-generate --out $O/engine_v9_auto_others_b64_t256.json > $O/v9_others.log 2>&1; tail -2 $O/v9_others.log
+  python benchmarks/bench_summary.py $O/engine_v9_auto_others_b64_t256.json ;;
 cost9)
   python benchmarks/diag/forward_cost.py $M --data-dir .gpu-extra/data --attention auto --profile 16 \
       --out $O/forward_cost_auto_b64.json 2>&1 | grep -v "Loading weights" | tail -60 ;;
