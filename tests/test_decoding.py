@@ -362,6 +362,37 @@ def test_feed_cap_changes_only_how_candidates_are_fed(tiny, method):
         assert sum(o.stats["forwards"][0] for o in split) > sum(o.stats["forwards"][0] for o in whole), cap
 
 
+@pytest.mark.parametrize("method,pair,theta", [("adafuse", "char+bpe", 0.9), ("adafuse", "bpe+spm", 1.0),
+                                                ("adafuse", "spm+char", 0.0), ("sweetspan", "char+bpe", 0.9),
+                                                ("coolfusion", "bpe+spm", 0.9)])
+def test_early_scoring_changes_only_when_candidates_are_fed(tiny, method, pair, theta, monkeypatch):
+    """Candidates scored as they grow decode, score and trace as candidates scored after they
+    are complete, in fewer forwards (a round no longer spends one on scoring)."""
+    steps = []
+    forward = Runtime.forward
+    monkeypatch.setattr(Runtime, "forward", lambda self, *a, **k: (steps.append(1), forward(self, *a, **k))[1])
+    members = [tiny[m] for m in pair.split("+")]
+    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, early_scoring=False)
+    late = decode(method, members, PROMPTS, cfg)
+    late_steps, steps[:] = len(steps), []
+    early = decode(method, members, PROMPTS, dataclasses.replace(cfg, early_scoring=True))
+    flat = lambda outs: [x for o in outs for r in o.trace for c in r["candidates"] for x in c["nll"]]
+    assert [o.text for o in early] == [o.text for o in late]
+    assert [[r["winner"] for r in o.trace] for o in early] == [[r["winner"] for r in o.trace] for o in late]
+    assert flat(early) == pytest.approx(flat(late), abs=1e-4)
+    assert len(steps) < late_steps * 0.9, (len(steps), late_steps)
+
+
+def test_early_scoring_stays_off_where_the_scored_text_is_not_the_grown_one(tiny):
+    """Under the official code's behaviours (compat: bare cross-scoring, official text, look-ahead
+    tails) candidates are scored after they are complete, early_scoring or not."""
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=16, batch_size=4, compat=True)
+    on, off = (decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, early_scoring=e)) for e in (True, False))
+    assert [o.stats["forwards"] for o in on] == [o.stats["forwards"] for o in off]
+    assert [o.text for o in on] == [o.text for o in off]
+
+
 @pytest.mark.parametrize("method", ["single", "adafuse"])
 def test_compiled_forwards_decode_as_eager(tiny, method):
     """compile=true runs the decode forwards through torch.compile (inductor; on CPU it builds
