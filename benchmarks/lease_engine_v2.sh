@@ -46,6 +46,8 @@
 #   v9      early scoring: adafuse and single at batch 64 on auto with generate; adafuse with
 #           early_scoring=false; the floor; then cost9
 #   v9c     adafuse at batch 256 on auto (no generate); every other method at batch 64 on auto
+#   v9e     after the reorder (each member's early score streams planned just before its forward):
+#           adafuse at batch 64 and 256 on auto, early scoring on and off, no generate
 #   b1v9    every method at batch 1 (2 questions) with generate (issue 20, target 4's b1 column)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
@@ -215,6 +217,12 @@ v9c)
   python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
       --no-generate --out $O/engine_v9_auto_others_b64_t256.json > $O/v9_others.log 2>&1; tail -2 $O/v9_others.log
   python benchmarks/bench_summary.py $O/engine_v9_auto_others_b64_t256.json ;;
+v9e)
+  for b in 64 256; do for e in true false; do
+    python -m adafuse_lab bench --models $M --method adafuse $D --limit $b --batch-size $b --no-generate \
+        --set early_scoring=$e --out $O/engine_v9e_auto_b${b}_early_$e.json > $O/v9e_b${b}_$e.log 2>&1
+    python benchmarks/bench_summary.py $O/engine_v9e_auto_b${b}_early_$e.json | tail -1
+  done; done ;;
 cost9)
   python benchmarks/diag/forward_cost.py $M --data-dir .gpu-extra/data --attention auto --profile 16 \
       --out $O/forward_cost_auto_b64.json 2>&1 | grep -v "Loading weights" | tail -60 ;;

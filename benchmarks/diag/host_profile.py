@@ -27,6 +27,15 @@ def prompts(n: int) -> list[str]:
             for i in range(n)]
 
 
+def parse(default, text: str):
+    """A --set value as the field's type (bool("false") would be True)."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"host_profile.py: expected true or false, got {text!r}")
+        return text.lower() == "true"
+    return type(default)(text)
+
+
 def kind(path: str, name: str) -> str:
     if "adafuse_lab" in path:
         return "package Python"
@@ -49,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     members = [load_session(m) for m in args.members.split(",")]
-    extra = {k: type(getattr(DecodeConfig(), k))(v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra = {k: parse(getattr(DecodeConfig(), k), v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.batch, **extra)
     decode(args.method, members, prompts(4), DecodeConfig(max_new_tokens=8, batch_size=4))  # warm-up
     if args.ops:

@@ -145,11 +145,12 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 break
         if not batch.live():
             break
-        if early:
-            for rt in runtimes:
-                rt.grow_early(_growing(runtimes, props, [p for p in batch.live() if cands[p] is None]))
-        # 4. one forward per member over all its streams
+        growing = _growing(runtimes, props, [p for p in batch.live() if cands[p] is None]) if early else None
+        # 4. one forward per member over all its streams (a member's early score streams are
+        # planned while the GPU runs the forward before)
         for k, rt in enumerate(runtimes):
+            if early:
+                rt.grow_early(growing)
             rt.restructure()
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
