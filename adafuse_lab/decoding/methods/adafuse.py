@@ -150,28 +150,34 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # planned while the GPU runs the forward before)
         for k, rt in enumerate(runtimes):
             if early:
-                rt.grow_early(growing)
+                rt.grow_early(growing[k])
             rt.restructure()
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
             rt.forward(cap=cfg.feed_cap)
 
 
-def _growing(runtimes, props, prompts: list[int]) -> dict[int, list[str]]:
+def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
     """The candidate texts of each prompt's round as they stand: each member's proposal where
-    it is complete, else its look-ahead's text, or the texts of its branches as they grow."""
-    out = {p: set() for p in prompts}
-    for rt, prop in zip(runtimes, props):
+    it is complete, else its look-ahead's text, or the texts of its branches as they grow.
+    Per member: {prompt: {text: the member's own tokens of it where it decoded it, else None}}."""
+    mine = [{p: {} for p in prompts} for _ in runtimes]
+    for k, (rt, prop) in enumerate(zip(runtimes, props)):
         groups = rt.groups()
         for p in prompts:
             if prop[p].texts:
-                out[p].update(prop[p].texts)
+                mine[k][p].update((t, None) for t in prop[p].texts)
                 continue
             st = rt.main[p].st
-            out[p].add(st.text)
+            mine[k][p][st.text] = st.toks
             if st.branch is not None:
-                out[p].update(st.text + b.st.text for b in groups.get(p, ()) if b.kind == "branch")
-    return {p: sorted(t for t in texts if t) for p, texts in out.items()}
+                mine[k][p].update((st.text + b.st.text, b.st.base + b.st.toks) for b in groups.get(p, ())
+                                  if b.kind == "branch")
+    out = []
+    for own in mine:
+        out.append({p: {t: toks for t, toks in {**{t: None for m in mine for t in m[p]}, **own[p]}.items() if t}
+                    for p in prompts})
+    return out
 
 
 def _trace(props, p, cands, owners, nll, combined, w, fwd_round, cfg) -> dict:

@@ -104,7 +104,10 @@ class Runtime:
         for (p, cand, text, eos, extra, bare, role), plan in zip(items, self._plans(
                 [(p, text, eos, bare, extra) for p, _, text, eos, extra, bare, _ in items])):
             s = early[p].pop(text, None) if role == "both" and not extra and not bare else None
-            if s is None or not _extend(s, plan):
+            if s is not None and not _extend(s, plan):
+                s.dead = True  # its tokens are not how the candidate tokenizes
+                s = None
+            if s is None:
                 s = self.new_stream(p, "score", plan=plan, feed=list(plan[0]), n=plan[1], limit=plan[1],
                                     tail=len(extra), role=role)
             s.cand = cand
@@ -112,19 +115,24 @@ class Runtime:
             for s in left.values():
                 s.dead = True
 
-    def grow_early(self, wanted: dict[int, list[str]]) -> None:
+    def grow_early(self, wanted: dict[int, dict[str, list[int] | None]]) -> None:
         """Early scoring: for each prompt, a score stream per text in wanted[p] (the candidates
         of a round still growing, one token per step), fed as the text grows, so that the
         round needs no forward of its own to score them once they are complete. A stream whose
         tokens are the start of a longer text's goes on with it; the streams of texts no longer
-        wanted die."""
+        wanted die. A text this member decoded itself comes with its tokens, fed as they are:
+        the tokenizer runs for the other members' texts only. (Where they are not how the text
+        tokenizes, score_streams finds out once the candidate is complete and feeds it anew.)"""
         todo, spares = [], []
         for p, texts in wanted.items():
             have = self.early.pop(p, {})
             self.early[p] = {t: have.pop(t) for t in texts if t in have}
             spares.append(have)  # streams of texts no longer wanted: extended, or they die
-            todo += [(p, t, have) for t in texts if t not in self.early[p]]
-        for (p, text, spare), plan in zip(todo, self._plans([(p, t, False, False, ()) for p, t, _ in todo])):
+            todo += [(p, t, toks, have) for t, toks in texts.items() if t not in self.early[p]]
+        told = iter(self._plans([(p, t, False, False, ()) for p, t, toks, _ in todo if toks is None]))
+        for p, text, toks, spare in todo:
+            n = len(self.m.ids[p])
+            plan = next(told) if toks is None else (list(toks), n, n)
             old = next((t for t, s in spare.items() if text.startswith(t) and _extend(s, plan)), None)
             self.early[p][text] = spare.pop(old) if old is not None else self.new_stream(
                 p, "score", plan=plan, feed=list(plan[0]), n=plan[1], limit=plan[1])
