@@ -37,7 +37,6 @@
 #   v8b     adafuse at batch 256 on triton; every other method at batch 64 on triton (no generate)
 #   v8c     single and adafuse at batch 64 on auto (per step length), no generate
 #   v8d     single on auto at batch 64, then adafuse at batch 256 on triton (both without generate)
-#   streams9 the two members' captured forwards on one stream against two (benchmarks/diag/two_streams.py), 1 and 16 tokens per row
 #   host8   cProfile of one adafuse batch on triton after the host cuts (64 new tokens, as host6)
 # Where an engine forward's time goes (files engine_v9/):
 #   cost9   benchmarks/diag/forward_cost.py: one member forward by tokens per row (1 .. 32) on the
@@ -229,11 +228,6 @@ cost9)
 b1v9)
   python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
       --out $O/engine_v9_methods_b1_t256.json 2>&1 | grep -v "Loading weights" | tail -40 ;;
-streams9)  # what two CUDA streams could save: both members' captured forwards serial against side by side
-  for T in 1 16; do
-    python benchmarks/diag/two_streams.py ${M/,/ } --batch 64 --tokens $T --out $O/two_streams_b64_t$T.json > $O/streams9_t$T.log 2>&1
-    tail -1 $O/streams9_t$T.log
-  done ;;
 host8)  # host6 on triton after the host cuts (bench's --cprofile profiles one batch of at most 64 tokens)
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate --attention triton \
       --cprofile --profile-only --out $O/engine_v8_host_b64.json > $O/host8.log 2>&1; grep -v "Converting\|Loading\|Writing" $O/host8.log | head -75 ;;
