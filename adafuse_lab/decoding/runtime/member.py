@@ -7,6 +7,7 @@ boundary is what it would be in the committed text (leading space included).
 """
 from __future__ import annotations
 
+import bisect
 import time
 
 import numpy as np
@@ -135,13 +136,13 @@ class Member:
             plans.append((row, ws, len(window_text), eos, bare))
             strings.append(text.lstrip() if bare else window_text + text)
         out = []
-        for (row, ws, head, eos, bare), (tail, offsets) in zip(plans, self._encode_offsets(strings)):
+        encoded = self._encode_first(strings, [head for _, _, head, _, _ in plans])
+        for (row, ws, head, eos, bare), (tail, first) in zip(plans, encoded):
             # an ending is fed as one EOS id; scoring reads it as "any EOS id" (scoring.token_log_probs)
             after = tail + [min(self.eos)] if eos else tail
             if bare:
                 out.append((ws, after, ws, ws))
                 continue
-            first = next((k for k, (_, end) in enumerate(offsets) if end > head), len(tail))
             ids, keep = self.ids[row], ws  # ids[:ws] are kept as they are: compare only the window
             for a, b in zip(after, ids[ws:]):
                 if a != b:
@@ -160,16 +161,30 @@ class Member:
             self._windows[row] = hit
         return hit[1], hit[2]
 
-    def _encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        """Ids and character offsets of each text, in one batch from the Rust tokenizer when
-        there is one (it spreads the batch over threads)."""
+    def _encode_first(self, texts: list[str], heads: list[int]) -> list[tuple[list[int], int]]:
+        """Ids of each text and the index of its first token that ends after character heads[i]
+        (len(ids) if none), in one batch from the Rust tokenizer when there is one (it spreads
+        the batch over threads). Token ends do not decrease, so a bisection asks for a few
+        tokens' characters instead of turning every offset into Python."""
         backend = getattr(self.s.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        if backend is None:
+            out = []
+            for text, head in zip(texts, heads):
+                enc = self.s.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ends = [end for _, end in enc["offset_mapping"]]
+                out.append((enc["input_ids"], bisect.bisect_right(ends, head)))
+            return out
         out = []
-        for text in texts:
-            enc = self.s.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            out.append((enc["input_ids"], enc["offset_mapping"]))
+        for head, e in zip(heads, backend.encode_batch(texts, add_special_tokens=False)):
+            ids = e.ids
+            lo, hi = 0, len(ids)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if (e.token_to_chars(mid) or e.offsets[mid])[1] > head:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            out.append((ids, lo))
         return out
 
     def _starts_char(self, ids: list[int]) -> bool:
