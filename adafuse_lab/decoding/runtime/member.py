@@ -176,15 +176,8 @@ class Member:
             return out
         out = []
         for head, e in zip(heads, backend.encode_batch(texts, add_special_tokens=False)):
-            ids = e.ids
-            lo, hi = 0, len(ids)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if (e.token_to_chars(mid) or e.offsets[mid])[1] > head:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            out.append((ids, lo))
+            end = lambda i, e=e: (e.token_to_chars(i) or e.offsets[i])[1]
+            out.append((e.ids, bisect.bisect_right(range(len(e.ids)), head, key=end)))
         return out
 
     def _starts_char(self, ids: list[int]) -> bool:
