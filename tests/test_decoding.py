@@ -303,8 +303,8 @@ def test_stream_scores_equal_full_forward(tiny, pair, slack, cap, monkeypatch):
     real = kv.KVCache.compact
     monkeypatch.setattr(kv.KVCache, "compact", lambda self, need, live: (compactions.append(need), real(self, need, live))[1])
     split = []  # forwards that left a prompt's candidates partly fed
-    plan = Runtime._plan_rows
-    monkeypatch.setattr(Runtime, "_plan_rows", lambda self, c: (plan(self, c), split.append(bool(self.pending)))[0])
+    forward = Runtime.forward
+    monkeypatch.setattr(Runtime, "forward", lambda self, *a, **k: (forward(self, *a, **k), split.append(bool(self.unfed())))[0])
     a, b = pair.split("+")
     members = [tiny[a], tiny[b] if b in tiny else sliding(tiny[a], b)]
     cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=16, kv_slack=slack, feed_cap=cap)

@@ -74,7 +74,6 @@ class Runtime:
         self.free = list(range(P - 1, -1, -1))  # slots of no live stream (main stream p takes slot p)
         self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
         self.restructure()
-        self.pending: set[int] = set()         # prompts with score tokens still to feed after the last forward
         self.early: dict[int, dict[str, Stream]] = {}  # grow_early's score streams: prompt -> text -> stream
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
@@ -214,8 +213,8 @@ class Runtime:
 
         cap: at most this many tokens per row (0: no cap). Look-ahead and branch tokens always
         go in; score streams fill what is left and feed the rest in later forwards, so one
-        prompt's long candidates do not widen every row's forward. self.pending names the
-        prompts left with score tokens to feed; their scores are read once it is empty of them.
+        prompt's long candidates do not widen every row's forward (unfed() names the prompts
+        left with score tokens to feed; their scores are read once none are).
 
         greedy: every feeding stream feeds one token, the argmax of its newest logits, chosen
         on the device (s.feed holds a placeholder). self.fed then holds those tokens, copied to
@@ -293,7 +292,6 @@ class Runtime:
                 r = self.crow[s.p]
                 s.off, s.take = used[r], max(0, min(len(s.feed), cap - used[r]))
                 used[r] += s.take
-        self.pending = {s.p for s in feeding if s.take < len(s.feed)}
         return [s for s in feeding if s.take], used
 
     def _score(self, feeding: list[Stream], logits: torch.Tensor) -> None:
