@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from adafuse_lab.cli import parse_sets
 from adafuse_lab.decoding import DecodeConfig, decode
 from adafuse_lab.models import load_session
 
@@ -25,15 +26,6 @@ from adafuse_lab.models import load_session
 def prompts(n: int) -> list[str]:
     return [f"Question: Tom has {i} apples and buys {i % 7 + 2} more. How many apples does he have?\nAnswer:"
             for i in range(n)]
-
-
-def parse(default, text: str):
-    """A --set value as the field's type (bool("false") would be True)."""
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise SystemExit(f"host_profile.py: expected true or false, got {text!r}")
-        return text.lower() == "true"
-    return type(default)(text)
 
 
 def kind(path: str, name: str) -> str:
@@ -54,11 +46,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--ops", action="store_true", help="count tensor operators outside the forwards instead")
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields (as the CLI's --set)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     members = [load_session(m) for m in args.members.split(",")]
-    extra = {k: parse(getattr(DecodeConfig(), k), v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra = parse_sets(args.set)
     cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.batch, **extra)
     decode(args.method, members, prompts(4), DecodeConfig(max_new_tokens=8, batch_size=4))  # warm-up
     if args.ops:

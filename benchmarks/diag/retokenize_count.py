@@ -8,6 +8,7 @@ import argparse
 import json
 import time
 
+from adafuse_lab.cli import parse_sets
 from adafuse_lab.decoding import DecodeConfig, decode
 from adafuse_lab.decoding.runtime import member
 from adafuse_lab.models import load_session
@@ -20,12 +21,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields (JSON values)")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields (as the CLI's --set)")
     a = ap.parse_args()
     task = get_task("gsm8k")
     prompts = [task.prompt(e) for e in task.load(source="local", data_dir=a.data_dir, limit=a.n)]
     members = [load_session(m) for m in a.members.split(",")]
-    extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    extra = parse_sets(a.set)
     count = {"calls": 0, "texts": 0, "seconds": 0.0}
     real = member.Member.retokenize_tails
 
