@@ -393,6 +393,26 @@ def test_early_scoring_stays_off_where_the_scored_text_is_not_the_grown_one(tiny
     assert [o.text for o in on] == [o.text for o in off]
 
 
+@pytest.mark.parametrize("theta,tail", [(0.0, False), (0.5, False), (1.0, False), (0.5, True)])
+def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
+    """Runtime.prefetch() queues the next step's confidences and top-k right behind a member's
+    forward: the peeks it serves (nearly all of them) give what peeks computed when asked give,
+    and a write to the newest logits after it (a commit with a look-ahead tail) is not missed."""
+    from adafuse_lab.decoding.runtime.streams import _Peeked
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, B=2 if tail else 3, lookahead_scoring=tail)
+    asked, served = [], []
+    peek, rows = Runtime.peek, _Peeked.rows
+    monkeypatch.setattr(Runtime, "peek", lambda self, *a: (asked.append(1), peek(self, *a))[1])
+    monkeypatch.setattr(_Peeked, "rows", lambda self: (served.append(1), rows(self))[1])
+    prefetched = decode("adafuse", members, PROMPTS, cfg)
+    assert len(served) > 0.8 * len(asked), (len(served), len(asked))
+    monkeypatch.setattr(Runtime, "prefetch", lambda self, *a: None)
+    fresh = decode("adafuse", members, PROMPTS, cfg)
+    assert [o.text for o in prefetched] == [o.text for o in fresh]
+    assert [o.trace for o in prefetched] == [o.trace for o in fresh]
+
+
 @pytest.mark.parametrize("method", ["single", "adafuse"])
 def test_compiled_forwards_decode_as_eager(tiny, method):
     """compile=true runs the decode forwards through torch.compile (inductor; on CPU it builds

@@ -146,8 +146,10 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         if not batch.live():
             break
         growing = _growing(runtimes, props, [p for p in batch.live() if cands[p] is None]) if early else None
-        # 4. one forward per member over all its streams (a member's early score streams are
-        # planned while the GPU runs the forward before)
+        # 4. one forward per member over all its streams; the host plans a member's forward (its
+        # early score streams too) while the GPU runs the member's before, and the next step's
+        # decide(k) reads member k's peek, queued right behind its forward, while the GPU runs
+        # the members after it
         for k, rt in enumerate(runtimes):
             if early:
                 rt.grow_early(growing[k])
@@ -155,6 +157,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
             rt.forward(cap=cfg.feed_cap)
+            rt.prefetch(pool, cfg.criterion)
 
 
 def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:

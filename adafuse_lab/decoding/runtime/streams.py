@@ -77,6 +77,8 @@ class Runtime:
         self.early: dict[int, dict[str, Stream]] = {}  # grow_early's score streams: prompt -> text -> stream
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
+        self.version = 0                       # counts the writes to self.last (prefetch() is valid until one)
+        self.peeked: _Peeked | None = None
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
         self.window, self.mixed = _sliding_window(session.model.config)
 
@@ -270,6 +272,7 @@ class Runtime:
         rows, ends, slots = on_device_many([[self.crow[s.p] for s in feeding], [s.off + s.take - 1 for s in feeding],
                                             [s.slot for s in feeding]], dev)
         self.last[slots] = logits[rows, ends].float()
+        self.version += 1
         for s in feeding:
             s.n += s.take
             s.feed = s.feed[s.take:]
@@ -331,15 +334,28 @@ class Runtime:
     # ---- reading the results ---------------------------------------------------
     def peek(self, streams: list[Stream], pool: int, criterion: str):
         """For each stream's newest logits: (criterion, margin, entropy) and the top `pool`
-        token ids and log-probabilities, as host lists."""
-        logits = self.last.index_select(0, on_device([s.slot for s in streams], self.last.device, torch.long))
-        conf = confidences(logits)
-        top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
-        # one copy to the host (float64 holds the float32 values and the ids exactly)
-        rows = torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).double(), top_lp.double(),
-                          top_ids.double()], 1).tolist()
-        k = top_ids.shape[1]
+        token ids and log-probabilities, as host lists; from prefetch() where it covers them."""
+        pre = self.peeked
+        if pre is not None and pre.key == (self.version, pool, criterion) and all(s.slot in pre.index for s in streams):
+            rows = pre.rows()
+            rows = [rows[pre.index[s.slot]] for s in streams]
+        else:
+            rows = _peek_rows(self.last, on_device([s.slot for s in streams], self.last.device, torch.long),
+                              pool, criterion).tolist()
+        k = (len(rows[0]) - 3) // 2 if rows else 0
         return [r[:3] for r in rows], [[int(t) for t in r[3 + k:]] for r in rows], [r[3:3 + k] for r in rows]
+
+    def prefetch(self, pool: int, criterion: str) -> None:
+        """Queue peek()'s work for every stream fed to its end, right behind this member's
+        forward, with its copy to the host: the next peek() then waits for this forward only,
+        and the host decides for this member while the GPU runs the next member's forward."""
+        streams = [s for s in self.rows if not s.dead and not s.feed]
+        if not streams:
+            self.peeked = None
+            return
+        slots = [s.slot for s in streams]
+        rows = _peek_rows(self.last, on_device(slots, self.last.device, torch.long), pool, criterion)
+        self.peeked = _Peeked((self.version, pool, criterion), {slot: i for i, slot in enumerate(slots)}, HostCopy(rows))
 
     def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
         """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
@@ -401,6 +417,7 @@ class Runtime:
                 if s.tail:  # the logits after the committed text, not after the extra ids
                     s.n = end
                     self.last[s.slot] = s.end_logits if s.end_logits is not None else m.last_logits[p]
+                    self.version += 1
                 m.ids[p] = m.ids[p][:start] + seg[:end - start]
                 slots.append(s.slot), prompts.append(p)
                 s.kind, s.st, s.plan, s.cand, s.limit, s.tail, s.role = "main", make_state(), None, -1, NO_LIMIT, 0, "both"
@@ -410,6 +427,30 @@ class Runtime:
         m.kv.commit_streams(rows, owners, hide, ends)
         prompts, slots = on_device_many([prompts, slots], self.last.device)
         m.last_logits[prompts] = self.last.index_select(0, slots)
+
+
+def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: str) -> torch.Tensor:
+    """Per slot: criterion, margin, entropy, then the top `pool` log-probabilities and token ids,
+    as one float64 tensor (one copy to the host; float64 holds the float32 values and the ids
+    exactly)."""
+    logits = last.index_select(0, slots)
+    conf = confidences(logits)
+    top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
+    return torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).double(), top_lp.double(),
+                      top_ids.double()], 1)
+
+
+class _Peeked:
+    """prefetch()'s rows on their way to the host, valid while `key` (Runtime.version, pool,
+    criterion) holds; index: slot -> row."""
+
+    def __init__(self, key: tuple, index: dict[int, int], copy: HostCopy):
+        self.key, self.index, self.copy, self._rows = key, index, copy, None
+
+    def rows(self) -> list:
+        if self._rows is None:
+            self._rows = self.copy.tolist()
+        return self._rows
 
 
 def _extend(s: Stream, plan: tuple) -> bool:
