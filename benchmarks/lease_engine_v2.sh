@@ -48,6 +48,12 @@
 #   v9e     after the reorder (each member's early score streams planned just before its forward):
 #           adafuse at batch 64 and 256 on auto, early scoring on and off, no generate
 #   b1v9    every method at batch 1 (2 questions) with generate (issue 20, target 4's b1 column)
+# After own tokens for own texts, bisection, and the prefetched peeks (files engine_v10/):
+#   v10a    anchors (floor_bench, attn_bench); adafuse and single at batch 64 with generate;
+#           adafuse at batch 64 with early_scoring=false
+#   v10b    adafuse at batch 256, early scoring on and off (no generate)
+#   v10c    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
+#   paper10 paper-scale random members at batch 32, theta 0 and 1, with generate
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -225,6 +231,35 @@ v9e)
 cost9)
   python benchmarks/diag/forward_cost.py $M --data-dir .gpu-extra/data --attention auto --profile 16 \
       --out $O/forward_cost_auto_b64.json 2>&1 | grep -v "Loading weights" | tail -60 ;;
+v10a)
+  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log
+  python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
+      --out $O/engine_v10_b64_t256.json > $O/v10a.log 2>&1; tail -2 $O/v10a.log
+  python benchmarks/bench_summary.py $O/engine_v10_b64_t256.json
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --set early_scoring=false --out $O/engine_v10_b64_early_false.json > $O/v10a_off.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v10_b64_early_false.json ;;
+v10b)
+  for e in true false; do
+    python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+        --set early_scoring=$e --out $O/engine_v10_b256_early_$e.json > $O/v10b_$e.log 2>&1
+    python benchmarks/bench_summary.py $O/engine_v10_b256_early_$e.json
+  done ;;
+v10c)
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --no-generate --out $O/engine_v10_others_b64_t256.json > $O/v10c_others.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v10_others_b64_t256.json
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
+      --out $O/engine_v10_methods_b1_t256.json > $O/v10c_b1.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v10_methods_b1_t256.json ;;
+paper10)
+  P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
+  for th in 0.0 1.0; do
+    python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
+        --out $O/engine_v10_paper_theta${th}_b32_t256.json > $O/paper10_$th.log 2>&1
+    python benchmarks/bench_summary.py $O/engine_v10_paper_theta${th}_b32_t256.json
+  done ;;
 b1v9)
   python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
       --out $O/engine_v9_methods_b1_t256.json 2>&1 | grep -v "Loading weights" | tail -40 ;;
