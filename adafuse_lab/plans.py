@@ -187,34 +187,51 @@ class NotebookParams:
     def __post_init__(self):
         from .decoding import METHODS
         from .decoding.config import BRANCH_SELECT, CRITERIA
+        from .runs import check_field_types
         from .tasks import get_task
 
-        def tup(name, cast=str):
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"parameter {msg}")
+
+        if self.limit == "all":
+            object.__setattr__(self, "limit", None)
+        need(self.limit is None or (isinstance(self.limit, int) and not isinstance(self.limit, bool)
+                                    and self.limit >= 1), f"limit must be >= 1 or 'all', got {self.limit!r}")
+        check_field_types(self, ValueError, "parameter ")  # {"M": null}, {"launch": "no"}: named, not a TypeError
+
+        def tup(name, kind=str):
+            """A list parameter (or a comma-separated string) as a tuple of `kind`."""
             v = getattr(self, name)
             if isinstance(v, str):
                 v = [x.strip() for x in v.split(",") if x.strip()]
-            object.__setattr__(self, name, tuple(cast(x) for x in (v or ())))
+            out = []
+            for x in v or ():
+                if kind is not str and isinstance(x, str):
+                    try:
+                        x = float(x)
+                    except ValueError:
+                        pass
+                ok = isinstance(x, str) if kind is str else (
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                    and (kind is float or float(x).is_integer()))
+                need(ok, f"{name} must be a list of {({str: 'strings', float: 'numbers', int: 'whole numbers'})[kind]}, "
+                         f"got {x!r}")
+                out.append(kind(x))
+            object.__setattr__(self, name, tuple(out))
 
         for name in ("models", "tasks", "methods", "branch_selects"):
             tup(name)
         tup("thetas", float)
         tup("B_values", int)
-
-        def need(ok, msg):
-            if not ok:
-                raise ValueError(f"parameter {msg}")
         for t in self.tasks + ((self.task,) if self.task else ()):
             get_task(t)  # raises with the closest name
         for m in self.methods:
             need(m in METHODS, f"methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
         need(self.source in ("auto", "local", "hub", "sample"), f"source: {self.source!r} is not auto/local/hub/sample")
-        if self.limit == "all":
-            object.__setattr__(self, "limit", None)
-        need(self.limit is None or (isinstance(self.limit, int) and self.limit >= 1),
-             f"limit must be >= 1 or 'all', got {self.limit!r}")
         for t, n in dict(self.limits or {}).items():
             get_task(t)
-            need(n is None or (isinstance(n, int) and n >= 1), f"limits[{t!r}] must be None or >= 1, got {n!r}")
+            need(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), f"limits[{t!r}] must be None or >= 1, got {n!r}")
         from .runs import HALVES, SPLITS, UsageError, _dtype
         need(self.split in SPLITS, f"split must be dev or test, got {self.split!r}")
         need(self.half is None or self.half in HALVES, f"half must be None, tune or report, got {self.half!r}")

@@ -68,6 +68,9 @@ class RunConfig:
     split: str = "dev"              # dev | test: <data_dir>/<task>/<split>.jsonl (the hub's names: tasks.hub_splits)
 
     def __post_init__(self):
+        if isinstance(self.data_dir, os.PathLike):
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        check_field_types(self)  # a plan file's {"task": 5} or {"chat": "no"}: one line naming the field
         models = self.models.split(",") if isinstance(self.models, str) else self.models
         object.__setattr__(self, "models", tuple(m.strip() for m in models if m.strip()))
         object.__setattr__(self, "decode", dict(self.decode or {}))
@@ -99,6 +102,57 @@ def select_half(examples: list, half: str | None) -> list:
 
 
 # ---------------------------------------------------------------- validation
+
+_KINDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+          "dict": "a mapping of names to values", "tuple": "a list (or a comma-separated string)",
+          "tuple[str, ...]": "a list of strings (or a comma-separated string)"}
+
+
+def _shown(v) -> str:
+    """A value as the user wrote it: JSON for JSON values ('abc', 5, true, null, [1]), else repr."""
+    if isinstance(v, str):
+        return repr(v)
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def check_field_types(obj, error=None, prefix: str = "") -> None:
+    """Every field of the dataclass `obj` holds a value of its annotated type: str, int (not a
+    bool), float (any real number), bool, dict, tuple (a list, tuple or comma-separated string;
+    tuple[str, ...]: of strings), each also None where the annotation allows it. One check for every
+    field of RunConfig and plans.NotebookParams, whatever wrote them (the CLI, a plan file, a
+    parameter file, Python), so a wrong type is one error naming the field, not a TypeError deep
+    inside or a string read as true. Ranges and names are checked elsewhere (validate)."""
+    error = error or UsageError
+    for f in dataclasses.fields(obj):
+        v, t = getattr(obj, f.name), str(f.type)
+        parts = [x.strip() for x in t.split("|")]
+        optional = "None" in parts
+        base = next((x for x in parts if x != "None"), "")
+        if v is None and optional:
+            continue
+        kind = base.split("[")[0]
+        if kind == "str":
+            ok = isinstance(v, str)
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif kind == "float":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif kind == "bool":
+            ok = isinstance(v, bool)
+        elif kind == "dict":
+            ok = isinstance(v, dict)
+        elif kind == "tuple":
+            ok = isinstance(v, str) or (isinstance(v, (list, tuple)) and
+                                        (base != "tuple[str, ...]" or all(isinstance(x, str) for x in v)))
+        else:
+            continue  # a type this check does not know: left to the field's own checks
+        if not ok:
+            want = _KINDS.get(base, _KINDS.get(kind, base))
+            raise error(f"{prefix}{f.name} must be {want}{' or null' if optional else ''}, got {_shown(v)}")
+
 
 def closest(name: str, choices) -> str:
     """' (did you mean X?)' or the list of valid names, for one-line errors."""

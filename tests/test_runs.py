@@ -148,6 +148,28 @@ def test_bad_config_refused_before_writing(tmp_path, kw, msg):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kw, msg", [
+    (dict(task=5), "task must be a string, got 5"),
+    (dict(method=None), "method must be a string, got null"),
+    (dict(models=("tiny:bpe", 5)), "models must be a list of strings"),
+    (dict(models=None), "models must be a list of strings"),
+    (dict(chat="no"), "chat must be true or false or null, got 'no'"),  # was: read as true, chat on
+    (dict(decode="theta=0.5"), "decode must be a mapping"),
+    (dict(limit="2"), "limit must be a whole number or null, got '2'"),
+    (dict(source=None), "source must be a string, got null"),
+    (dict(data_dir=5), "data_dir must be a string or null, got 5"),
+])
+def test_wrong_field_types_are_refused_by_name(kw, msg):
+    """Python API, plan files: each field of the wrong type is a UsageError naming it, not a
+    TypeError or AttributeError from deep inside, and never a value silently read another way."""
+    with pytest.raises(UsageError, match=msg):
+        cfg(**kw)
+
+
+def test_a_path_data_dir_is_kept_as_a_string():
+    assert cfg(data_dir=Path("/some/where"), source="local").data_dir == "/some/where"
+
+
 def test_prompt_longer_than_context(tmp_path, monkeypatch):
     real = runs._load_members
 
