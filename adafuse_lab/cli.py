@@ -75,7 +75,7 @@ def add_models(sub) -> None:
 def cmd_models(args) -> None:
     from . import zoo
     from .runs import check_cache
-    check_cache()  # $ADAFUSE_CACHE is a folder
+    check_cache(write=False)  # $ADAFUSE_CACHE is a folder; fetch checks that it can write when it must
     try:
         if args.action == "list":
             cols = ("name", "params", "quant", "licence", "cached")

