@@ -303,6 +303,27 @@ def describe(e: BaseException) -> tuple[str, int]:
             "traceback and report it)"), 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a scheduler or container stopping the job): the command ends as on
+    Ctrl-C, with its one line and its files closed, instead of dying silently."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into Terminated while a command runs; returns the handler to restore (None:
+    left alone, off the main thread or where someone else set a handler)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv=None) -> int:
     """Returns 0 on success. Any failure prints one line on stderr ("error: ...") and exits
     with status 2 (bad input, a missing file or package: the line says what to fix), 1 (an
@@ -312,6 +333,7 @@ def main(argv=None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     from . import runs
     runs.defer_warnings()  # a command refused by a later check prints its one error line alone
+    previous = _catch_sigterm()
     try:
         args = build_parser().parse_args([a for a in argv if a != "--debug"])
         args.func(args)
@@ -325,14 +347,15 @@ def main(argv=None) -> int:
         except (OSError, ValueError):
             pass
         raise SystemExit(141) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         runs.drop_warnings()
         if debug:
             raise
         hint = ("rerun the same command to resume: finished work is kept" if command in RESUMABLE
                 else "nothing was changed")
-        print(f"error: interrupted; {hint}", file=sys.stderr)
-        raise SystemExit(130) from None
+        term = isinstance(e, Terminated)
+        print(f"error: {'terminated (SIGTERM)' if term else 'interrupted'}; {hint}", file=sys.stderr)
+        raise SystemExit(143 if term else 130) from None
     except Exception as e:
         runs.drop_warnings()
         if debug:
@@ -340,4 +363,8 @@ def main(argv=None) -> int:
         msg, code = describe(e)
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(code) from None
+    finally:
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
     return 0

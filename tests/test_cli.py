@@ -100,6 +100,31 @@ def test_keyboard_interrupt_exits_130_and_says_how_to_resume(monkeypatch, capsys
         main(["run", *TINY, "--out", str(tmp_path / "o"), "--debug"])
 
 
+def test_sigterm_ends_a_run_like_ctrl_c(monkeypatch, capsys, tmp_path):
+    """kill, timeout or a scheduler stopping a run: one line saying how to resume, status 143
+    (it used to die silently), finished examples kept, and SIGTERM's own handler back afterwards."""
+    import os
+    import signal
+    from adafuse_lab import runs
+    calls = []
+
+    def killed(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the second batch: the first is written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+    real = runs._decode_iter
+    monkeypatch.setattr(runs, "_decode_iter", killed)
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main(["run", *TINY, "--limit", "4", "--batch-size", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 143 and err == ("error: terminated (SIGTERM); rerun the same command to resume: "
+                                           "finished work is kept\n"), err
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 2 and not (out / "results.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_process_exit_code_and_stderr(tmp_path):
     r = subprocess.run([sys.executable, "-m", "adafuse_lab", "run", *TINY, "--method", "adafus",
                         "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=300)
