@@ -23,6 +23,8 @@ DEMO_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other error here
+        if message.endswith("expected one argument"):  # `--theta -1e-9`: argparse took the value for an option
+            message += " (a value that starts with '-', such as -1e-9 or -inf, is written --option=VALUE)"
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 

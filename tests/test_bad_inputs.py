@@ -822,6 +822,11 @@ CASES = [
     ("figures-params-B-values-fraction", FIGURES(params="{S}/p.json"),
      put("p.json", '{"notebooks": {"03_diversity_ablations": {"B_values": [1, 2.5]}}}'),
      "parameter B_values must be a list of whole numbers, got 2.5"),
+    # a negative value in exponent form reads as an option to argparse: the line says how to write it
+    ("run-theta-negative-exponent", RUN("--theta", "-1e-9"), None,
+     "--theta: expected one argument (a value that starts with '-', such as -1e-9 or -inf, is written --option=VALUE)"),
+    ("run-B-minus-inf", RUN("--B", "-inf"), None, "is written --option=VALUE"),
+    ("run-theta-negative-exponent-with-equals", RUN("--theta=-1e-9"), None, "theta must be in [0, 1]"),
     # the top level
     ("no-command", [], None, "required: command"),
     ("unknown-command", ["rn"], None, "invalid choice: 'rn'"),
