@@ -1,4 +1,8 @@
-"""The round logic of every method, over the runtime's streams (no tensor bookkeeping here)."""
+"""The round logic of every method, over the runtime's streams (no tensor bookkeeping here).
+
+ROUNDS[method](runtimes, batch, cfg) is a generator: it yields (prompt index, output) as each
+prompt finishes, and None once a step's forwards are queued (decode_iter may then run another
+part of the batch while the GPU works)."""
 import dataclasses
 
 from .adafuse import span_rounds
