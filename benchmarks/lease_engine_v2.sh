@@ -54,9 +54,6 @@
 #   v10b    adafuse at batch 256, early scoring on and off (no generate)
 #   v10c    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   paper10 paper-scale random members at batch 32, theta 0 and 1, with generate
-#   v10m    micro-batches (a batch as n parts in turn, each on its own CUDA stream): answers and wall
-#           time of adafuse at batch 64 with 1, 2 and 4 parts (benchmarks/diag/micro_batches.py);
-#           bench of adafuse at batch 64 and 256, single, sweetspan and unite at batch 64, with parts
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -256,16 +253,6 @@ v10c)
   python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
       --out $O/engine_v10_methods_b1_t256.json > $O/v10c_b1.log 2>&1
   python benchmarks/bench_summary.py $O/engine_v10_methods_b1_t256.json ;;
-v10m)
-  python benchmarks/diag/micro_batches.py --data-dir .gpu-extra/data --micro 1,2,4 --out $O/micro_b64.json 2>&1 | grep micro_batches
-  for b in 64 256; do for n in 2 4; do
-    python -m adafuse_lab bench --models $M --method adafuse $D --limit $b --batch-size $b --no-generate \
-        --set micro_batches=$n --out $O/engine_v10m_b${b}_micro$n.json > $O/v10m_b${b}_$n.log 2>&1
-    python benchmarks/bench_summary.py $O/engine_v10m_b${b}_micro$n.json | tail -1
-  done; done
-  python -m adafuse_lab bench --models $M --method single,sweetspan,unite $D --limit 64 --batch-size 64 --no-generate \
-      --set micro_batches=2 --out $O/engine_v10m_others_b64_micro2.json > $O/v10m_others.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v10m_others_b64_micro2.json ;;
 paper10)
   P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
   for th in 0.0 1.0; do

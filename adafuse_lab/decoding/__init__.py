@@ -9,13 +9,11 @@ method's rounds.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 from typing import Iterator, Sequence
 
 import torch
 
-from ..session import spans_devices
 from .attention import get_backend
 from .config import ConfigError, DecodeConfig
 from .methods import ROUNDS, Batch, DecodeOutput, make_stop
@@ -50,50 +48,13 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
     stop_fn = make_stop(stop)
     for start in range(0, len(prompts), cfg.batch_size):
         idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
-        n = min(cfg.micro_batches, len(idx))
-        parts = [idx[len(idx) * j // n:len(idx) * (j + 1) // n] for j in range(n)]
-        for i, out in _in_turn([_rounds(method, sessions, part, prompts, cfg, stop_fn) for part in parts],
-                               _streams(sessions, n)):
+        runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device, s.model, len(idx)))
+                    for s in sessions]
+        batch = Batch(idx, cfg, stop_fn, len(sessions))
+        for i, out in ROUNDS[method](runtimes, batch, cfg):
             out.stats["method"] = method
             out.stats["members"] = [s.name for s in sessions]
             yield i, out
-
-
-def _rounds(method, sessions, idx, prompts, cfg, stop_fn) -> Iterator:
-    """One part of a batch: a runtime per member (the prefill runs at the first resume), then the method's rounds."""
-    runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device, s.model, len(idx)))
-                for s in sessions]
-    yield from ROUNDS[method](runtimes, Batch(idx, cfg, stop_fn, len(sessions)), cfg)
-
-
-def _in_turn(parts: list[Iterator], streams: list[list]) -> Iterator:
-    """Each part's rounds up to the end of its step, then the next part's, each on its own
-    CUDA streams: a part's host work waits for its own forwards only, and runs while the GPU
-    runs the other parts' forwards. Yields the finished prompts' (index, output)."""
-    live = list(zip(parts, streams))
-    while live:
-        for part, own in list(live):
-            finished, ended = [], True
-            with contextlib.ExitStack() as on:
-                for s in own:
-                    on.enter_context(torch.cuda.stream(s))
-                for item in part:
-                    if item is None:
-                        ended = False
-                        break
-                    finished.append(item)
-            yield from finished
-            if ended:
-                live = [x for x in live if x[0] is not part]
-
-
-def _streams(sessions, n: int) -> list[list]:
-    """Per part, a CUDA stream on each of the members' devices (the first part keeps the current
-    ones). A model spread over several GPUs, or the CPU, runs every part on the current streams."""
-    devices = {s.device for s in sessions}
-    if n == 1 or any(d.type != "cuda" for d in devices) or any(spans_devices(s.model) for s in sessions):
-        return [[] for _ in range(n)]
-    return [[]] + [[torch.cuda.Stream(d) for d in devices] for _ in range(n - 1)]
 
 
 def decode(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,

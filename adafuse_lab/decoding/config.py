@@ -30,8 +30,6 @@ class ConfigError(ValueError):
 class DecodeConfig:
     max_new_tokens: int = 256      # budget, counted in the first member's tokens
     batch_size: int = 16           # prompts decoded together
-    micro_batches: int = 1         # a batch decoded as this many parts in turn, each on its own CUDA stream: the
-                                   # host runs one part's round logic while the GPU runs another's forwards
     # AdaFuse (method.md §1)
     theta: float = 0.7             # confidence threshold in [0, 1]; confident when confidence >= theta
     criterion: str = "margin"      # margin p1-p2 (paper) | entropy (1 - H/log V) | prob (p1)
@@ -90,8 +88,6 @@ class DecodeConfig:
         need(self.span_words is None or self.span_words >= 1, f"span_words must be >= 1, got {self.span_words}")
         need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(isinstance(self.micro_batches, int) and not isinstance(self.micro_batches, bool) and self.micro_batches >= 1,
-             f"micro_batches must be a whole number >= 1, got {self.micro_batches!r}")
         need(0.0 < self.dyn_quantile < 1.0, f"dyn_quantile must be in (0, 1), got {self.dyn_quantile}")
         need(self.dyn_window >= 1 and self.branch_pool >= 1 and self.unite_k >= 1, "dyn_window, branch_pool and unite_k must be >= 1")
         need(self.outlier_ratio > 1.0, f"outlier_ratio must be > 1, got {self.outlier_ratio}")

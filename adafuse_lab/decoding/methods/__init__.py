@@ -1,8 +1,4 @@
-"""The round logic of every method, over the runtime's streams (no tensor bookkeeping here).
-
-ROUNDS[method](runtimes, batch, cfg) is a generator: it yields (prompt index, output) as each
-prompt finishes, and None once a step's forwards are queued (decode_iter may then run another
-part of the batch while the GPU works)."""
+"""The round logic of every method, over the runtime's streams (no tensor bookkeeping here)."""
 import dataclasses
 
 from .adafuse import span_rounds

@@ -158,7 +158,6 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 fwd_round[k][p] += 1
             rt.forward(cap=cfg.feed_cap)
             rt.prefetch(pool, cfg.criterion)
-        yield None  # a step's forwards are queued: decode_iter may run another part's rounds meanwhile
 
 
 def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:

@@ -16,10 +16,9 @@ class Answer:
     stopped_by: str | None = None
 
 
-def greedy_answers(runtimes: list, batch: Batch) -> Iterator[None]:
+def greedy_answers(runtimes: list, batch: Batch) -> list[list[Answer]]:
     """Every member writes a greedy answer to every prompt as one look-ahead stream (nothing
-    committed), one token per step, until EOS, a stop string or the budget. A generator that
-    yields None after each step's forwards and returns the answers (per member, per prompt).
+    committed), one token per step, until EOS, a stop string or the budget.
 
     The tokens are chosen on the device and the host reads them one forward late: while the
     GPU runs the forward that feeds step t's tokens, the host checks them for stops. A stream
@@ -41,7 +40,6 @@ def greedy_answers(runtimes: list, batch: Batch) -> Iterator[None]:
                 fed.append((k, rt, live))
         if not fed:
             return answers
-        yield None
         for k, rt, live in fed:
             for s, t in zip(live, rt.fed.tolist()):
                 if _greedy_step(rt, s, t, batch):
@@ -66,7 +64,7 @@ def _greedy_step(rt, s, t: int, batch: Batch) -> bool:
 
 def single_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
     """Plain greedy decoding of one member (the single-model baseline)."""
-    answers = (yield from greedy_answers(runtimes, batch))[0]
+    answers = greedy_answers(runtimes, batch)[0]
     for p, a in enumerate(answers):
         batch.answers[p] = a.text
         batch.append(p, "", a.stopped_by == "eos", len(a.toks))
@@ -77,7 +75,7 @@ def single_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
 def rerank_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
     """Sample-level rerank: each member writes a whole greedy answer; every member scores
     every answer (mean NLL given the prompt); the lowest average wins."""
-    answers = yield from greedy_answers(runtimes, batch)
+    answers = greedy_answers(runtimes, batch)
     P = len(batch.idx)
     uniq = [list(dict.fromkeys(a[p].text for a in answers)) for p in range(P)]
     for rt in runtimes:
@@ -85,7 +83,6 @@ def rerank_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
         rt.score_streams([(p, c, text, False, (), False) for p in range(P) for c, text in enumerate(uniq[p])])
         rt.restructure()
         rt.forward()
-    yield None
     nll = [rt.candidate_nll({p: len(uniq[p]) for p in range(P)}) for rt in runtimes]
     for p in range(P):
         scores = [x[p] for x in nll]

@@ -36,7 +36,6 @@ def _commit_strings(runtimes: list, batch: Batch, chosen: dict[int, str]) -> Ite
         rt.commit_many([(p, 0) for p in going])
         for p in going:
             batch.add_forwards(k, p, 1)
-    yield None
     for p, text in going.items():
         batch.append(p, text, False, runtimes[0].m.answer_tokens(p))
     yield from _finish(runtimes, batch, list(chosen))
