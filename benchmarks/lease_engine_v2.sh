@@ -54,6 +54,7 @@
 #   v10b    adafuse at batch 256, early scoring on and off (no generate)
 #   v10c    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   paper10 paper-scale random members at batch 32, theta 0 and 1, with generate
+#   v10m    (ran at commit c08d8a4) micro-batches, measured and removed: BENCHMARKS.md, engine v10
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def test_paired_script_in_sync(name):
     import jupytext
     nb = jupytext.read(PATHS[name])
     assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
-    assert jupytext.writes(nb, "py:percent") == SCRIPTS[name].read_text(), (
+    # the header names the jupytext version that wrote the script: a newer one must not fail it
+    same = lambda text: re.sub(r"(?m)^#\s+jupytext_version: .*$", "", text)
+    assert same(jupytext.writes(nb, "py:percent")) == same(SCRIPTS[name].read_text()), (
         f"{PATHS[name].name} and {SCRIPTS[name].name} differ: run `jupytext --sync {PATHS[name]}`")
 
 
