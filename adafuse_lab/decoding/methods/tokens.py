@@ -76,7 +76,7 @@ def unite_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
         flat = [s for strings in unions.values() for s in strings]
         for rt, pr, kn in zip(runtimes, probs, known):
             r = on_device(rows, pr.device, torch.long)
-            x = pr[r, on_device([_first_id(rt.m.s, s, kn) for s in flat], pr.device, torch.long)]
+            x = pr[r, on_device(_first_ids(rt.m.s, flat, kn), pr.device, torch.long)]
             ending = on_device([s == EOS for s in flat], pr.device, torch.bool)
             x = torch.where(ending, pr.index_select(1, rt.m.eos_t).sum(-1)[r], x).cpu()
             avg += torch.cat([part / part.sum().clamp_min(1e-30) for part in x.split(sizes)])
@@ -86,12 +86,14 @@ def unite_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
         yield from _commit_strings(runtimes, batch, chosen)
 
 
-def _first_id(session, text: str, known: dict) -> int:
-    """A member's first token of a string it may not have proposed (UniTE's rule); `known`
-    keeps the strings already encoded in this batch."""
-    if text not in known:
-        known[text] = (session.encode(text) or [session.pad_token_id])[0]
-    return known[text]
+def _first_ids(session, texts: list[str], known: dict) -> list[int]:
+    """A member's first token of each string, which it may not have proposed (UniTE's rule);
+    `known` keeps the strings already encoded in this batch, the new ones take one tokenizer call."""
+    new = list(dict.fromkeys(t for t in texts if t not in known))
+    if new:
+        for text, ids in zip(new, session.tokenizer(new, add_special_tokens=False)["input_ids"]):
+            known[text] = (ids or [session.pad_token_id])[0]
+    return [known[t] for t in texts]
 
 
 @lru_cache(maxsize=4)
