@@ -398,7 +398,9 @@ def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
     """Runtime.prefetch() queues the next step's confidences and top-k right behind a member's
     forward: the peeks it serves (nearly all of them) give what peeks computed when asked give,
     and a write to the newest logits after it (a commit with a look-ahead tail) is not missed."""
+    from adafuse_lab.decoding.runtime import streams
     from adafuse_lab.decoding.runtime.streams import _Peeked
+    monkeypatch.setattr(streams, "PREFETCH_DEVICES", {"cuda", "cpu"})
     members = [tiny["bpe"], tiny["spm"]]
     cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, B=2 if tail else 3, lookahead_scoring=tail)
     asked, served = [], []

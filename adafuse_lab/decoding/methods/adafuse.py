@@ -68,12 +68,12 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         """Proposals that are complete (a stopped look-ahead whose branches are all done); the
         union of a prompt's proposals once all are in, with its score streams in every member."""
         for k, rt in enumerate(runtimes):
-            groups = rt.groups()
+            groups = rt.groups("branch")
             for p in live:
                 main = rt.main[p]
                 if cands[p] is not None or props[k][p].texts or not main.st.done:
                     continue
-                branches = [s for s in groups.get(p, ()) if s.kind == "branch"]
+                branches = groups.get(p, [])
                 if all(b.st.done for b in branches):
                     _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg, text_rule)
                     for b in branches:
@@ -166,7 +166,7 @@ def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
     Per member: {prompt: {text: the member's own tokens of it where it decoded it, else None}}."""
     mine = [{p: {} for p in prompts} for _ in runtimes]
     for k, (rt, prop) in enumerate(zip(runtimes, props)):
-        groups = rt.groups()
+        branches = rt.groups("branch")
         for p in prompts:
             if prop[p].texts:
                 mine[k][p].update((t, None) for t in prop[p].texts)
@@ -174,8 +174,7 @@ def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
             st = rt.main[p].st
             mine[k][p][st.text] = st.toks
             if st.branch is not None:
-                mine[k][p].update((st.text + b.st.text, b.st.base + b.st.toks) for b in groups.get(p, ())
-                                  if b.kind == "branch")
+                mine[k][p].update((st.text + b.st.text, b.st.base + b.st.toks) for b in branches.get(p, ()))
     out = []
     for own in mine:
         out.append({p: {t: toks for t, toks in {**{t: None for m in mine for t in m[p]}, **own[p]}.items() if t}

@@ -30,6 +30,9 @@ from .member import HostCopy, Member, on_device, on_device_many
 NO_STREAM = -2   # a query's parent when it has none
 PAD = -3         # the owner of a pad column: nobody reads it
 NO_LIMIT = 1 << 40
+# Where prefetch() pays: a GPU runs the forwards while the host works. On the CPU everything
+# runs in turn, so computing rows nobody asks for is only a cost (the tests switch it on there).
+PREFETCH_DEVICES = {"cuda"}
 
 
 @dataclass(slots=True)  # dozens are made and read per step
@@ -177,11 +180,11 @@ class Runtime:
             self.rows += self.spawn
         self.spawn = []
 
-    def groups(self) -> dict[int, list[Stream]]:
-        """Live streams (spawned ones included) by prompt."""
+    def groups(self, kind: str | None = None) -> dict[int, list[Stream]]:
+        """Live streams (spawned ones included), or those of one kind, by prompt."""
         out: dict[int, list[Stream]] = {}
         for s in self.rows + self.spawn:
-            if not s.dead:
+            if not s.dead and (kind is None or s.kind == kind):
                 out.setdefault(s.p, []).append(s)
         return out
 
@@ -349,6 +352,8 @@ class Runtime:
         """Queue peek()'s work for every stream fed to its end, right behind this member's
         forward, with its copy to the host: the next peek() then waits for this forward only,
         and the host decides for this member while the GPU runs the next member's forward."""
+        if self.last.device.type not in PREFETCH_DEVICES:
+            return
         streams = [s for s in self.rows if not s.dead and not s.feed]
         if not streams:
             self.peeked = None
