@@ -20,7 +20,7 @@
 #   prof4   torch.profiler of single at batch 64, eager forwards (no graphs), compile off and on
 #   scale4  batch 256 and paper-scale theta 0 / 1 with compile on (no generate)
 # With lanes (files h200_engine_v5_* and engine_v5/h100_*): steps lanes5, scale5, comp5, others5,
-# lanes6 and check6 ran at commit d358c5b; lanes were removed after them (BENCHMARKS.md, engine v5).
+# lanes6 and check6 ran at commit d358c5b; lanes were removed after them (docs/engine_log.md, engine v5).
 #   prof6   where AdaFuse's step goes: torch.profiler of one 64-token b64 batch without graphs (GPU
 #           time by kernel), then cProfile of the same batch with graphs (host time)
 #   gpu6    adafuse, single and unite at batch 64 (no generate; after the host cuts): model_gpu_s against decode_s says how much

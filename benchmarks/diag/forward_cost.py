@@ -1,7 +1,7 @@
 """What one engine forward costs on the GPU, by tokens per row, and what two CUDA streams save.
 
 Engine v8 spends about 7 ms per member forward in an AdaFuse step at batch 64, with 13% of the
-token slots real (BENCHMARKS.md, engine v8). Whether packing the fed tokens (no pads) or
+token slots real (docs/engine_log.md, engine v8). Whether packing the fed tokens (no pads) or
 running the members side by side would pay depends on how that time scales. For each member,
 a Runtime over the same prompts as `bench` (real prefill, real cache, the chosen attention
 backend), then for each T every main stream feeds T tokens:

@@ -2,7 +2,7 @@
 
 Tiny members on the CPU with short prompts make the forwards cheap, so what is left is the
 engine's per-stream Python, the tokenizers and the small tensor operations of planning: the
-work that the GPU waits for between forwards (BENCHMARKS.md, engine v5). Prints the wall
+work that the GPU waits for between forwards (docs/engine_log.md, engine v5). Prints the wall
 time, time by kind (torch operators, tokenizer calls, Python of the package, other Python)
 and the package's functions by own time.
 

@@ -1,6 +1,6 @@
 """How much re-tokenizing an AdaFuse run does: calls to Member.retokenize_tails, the texts they
 tokenize, and the host seconds in them (early scoring re-tokenizes growing candidate texts
-every step; BENCHMARKS.md, engine v9). Real members on the CPU, GSM8K dev prompts.
+every step; docs/engine_log.md, engine v9). Real members on the CPU, GSM8K dev prompts.
 
     python benchmarks/diag/retokenize_count.py [--data-dir data] [--n 8] [--tokens 48] [--set KEY=VALUE]
 """

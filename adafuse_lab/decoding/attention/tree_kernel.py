@@ -1,7 +1,7 @@
 """A Triton kernel for the engine's attention: few new tokens per row over a wide cache, any mask.
 
 SDPA's kernels tile the query by (row, head): with 1-16 new tokens per row most of each tile
-is empty, and with a mask they also read K/V once per query head (BENCHMARKS.md, engine v6).
+is empty, and with a mask they also read K/V once per query head (docs/engine_log.md, engine v6).
 Here one program takes a row's K/V head and every query that reads it: the G query heads of
 the group times the T new tokens, G*T rows of one tile. It streams the row's cache columns
 once, skips blocks of columns the mask hides from every query (free and dead columns), and
