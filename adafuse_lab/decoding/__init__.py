@@ -10,7 +10,7 @@ method's rounds.
 from __future__ import annotations
 
 import difflib
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -18,13 +18,16 @@ from .attention import get_backend
 from .config import ConfigError, DecodeConfig
 from .methods import ROUNDS, Batch, DecodeOutput, make_stop
 from .runtime import Runtime
+from ..session import ModelSession
 
 METHODS = ("single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank")
 
-__all__ = ["METHODS", "ConfigError", "DecodeConfig", "DecodeOutput", "decode", "decode_iter", "check_method"]
+__all__ = ["METHODS", "ConfigError", "DecodeConfig", "DecodeOutput", "decode", "decode_iter", "check_method", "check_inputs"]
 
 
 def check_method(method: str, n_members: int, cfg: DecodeConfig) -> None:
+    if not isinstance(method, str):
+        raise ConfigError(f"method must be a string, one of {', '.join(METHODS)}; got {method!r}")
     if method not in METHODS:
         close = difflib.get_close_matches(method, METHODS, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -33,17 +36,76 @@ def check_method(method: str, n_members: int, cfg: DecodeConfig) -> None:
         raise ConfigError("at least one member is needed")
     if method == "single" and not 0 <= cfg.member < n_members:
         raise ConfigError(f"member {cfg.member} does not exist: {n_members} member(s) given")
+    if cfg.weights is not None and len(cfg.weights) != n_members:
+        raise ConfigError(f"weights has {len(cfg.weights)} value(s) for {n_members} member(s); give one per member")
 
 
-@torch.inference_mode()  # no autograd graph: it would keep every step's cache alive
+def check_inputs(method, members, prompts, cfg, stop) -> tuple[list, list[str], DecodeConfig, object]:
+    """decode's arguments, checked before any model work: (members, prompts, cfg, stop) as lists,
+    a DecodeConfig and a stop rule, or one ConfigError naming what is wrong. Prompts may be any
+    iterable of strings (a generator is read once); each must give every member at least one token
+    and fit its context."""
+    if cfg is None:
+        cfg = DecodeConfig()
+    elif not isinstance(cfg, DecodeConfig):
+        raise ConfigError(f"cfg must be a DecodeConfig (DecodeConfig.from_dict builds one from a dict), "
+                          f"got {type(cfg).__name__}")
+    if isinstance(members, ModelSession):
+        raise ConfigError("members must be a list of sessions: give [session] for one member")
+    if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
+        raise ConfigError(f"members must be a list of sessions from adafuse_lab.models.load_session, got {members!r}")
+    members = list(members)
+    for k, m in enumerate(members):
+        if not isinstance(m, ModelSession):
+            hint = f" (load it first: load_session({m!r}))" if isinstance(m, str) else ""
+            raise ConfigError(f"member {k} is not a session from adafuse_lab.models.load_session, got "
+                              f"{type(m).__name__} {m!r}"[:200] + hint)
+    check_method(method, len(members), cfg)
+    if isinstance(prompts, (str, bytes)):
+        raise ConfigError("prompts must be a list of strings, got one string: give [prompt] for one prompt")
+    if not isinstance(prompts, Iterable):
+        raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ConfigError(f"prompt {i} is {type(p).__name__} {p!r}"[:160] + ", not a string")
+    if isinstance(stop, str):
+        stop = [stop]  # one stop string, not the set of its characters
+    if stop is not None and not callable(stop):
+        if not isinstance(stop, Iterable):
+            raise ConfigError(f"stop must be a function text -> cut index, a stop string or a list of them, got {stop!r}")
+        stop = list(stop)
+        for s in stop:
+            if not isinstance(s, str) or not s:
+                raise ConfigError(f"stop strings must be non-empty strings, got {s!r}"
+                                  + (" (it matches everywhere: every answer would be empty)" if s == "" else ""))
+    used = [members[cfg.member]] if method == "single" else members
+    for m in dict.fromkeys(used):  # each session once
+        ctx = m.max_context
+        for i, p in enumerate(prompts):
+            n = len(m.encode_prompt(p))
+            if n == 0:
+                raise ConfigError(f"prompt {i} is empty: {m.name} has no BOS token, so it has nothing to condition on")
+            if ctx and n >= ctx:
+                raise ConfigError(f"prompt {i} is {n} tokens but {m.name} has a context of {ctx}; "
+                                  "use a shorter prompt or another model")
+    return members, prompts, cfg, stop
+
+
 def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,
                 stop=None) -> Iterator[tuple[int, DecodeOutput]]:
     """Decode `prompts` with `members` (ModelSessions); yield (prompt index, output) as each finishes.
 
-    `stop`: a function text -> cut index (or None), or a list of stop strings.
+    `stop`: a function text -> cut index (or None), a stop string, or a list of stop strings.
+    The arguments are checked when this is called (check_inputs), before any model work.
     """
-    cfg = cfg or DecodeConfig()
-    check_method(method, len(members), cfg)
+    members, prompts, cfg, stop = check_inputs(method, members, prompts, cfg, stop)
+    return _decode(method, members, prompts, cfg, stop)
+
+
+@torch.inference_mode()  # no autograd graph: it would keep every step's cache alive
+def _decode(method: str, members: list, prompts: list[str], cfg: DecodeConfig, stop) -> Iterator[tuple[int, DecodeOutput]]:
+    """decode_iter's loop: per batch, one runtime per member, then the method's rounds."""
     sessions = [members[cfg.member]] if method == "single" else list(members)
     stop_fn = make_stop(stop)
     for start in range(0, len(prompts), cfg.batch_size):
@@ -60,7 +122,8 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
 def decode(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,
            stop=None) -> list[DecodeOutput]:
     """Like decode_iter, in prompt order."""
+    members, prompts, cfg, stop = check_inputs(method, members, prompts, cfg, stop)
     outs: list = [None] * len(prompts)
-    for i, out in decode_iter(method, members, prompts, cfg, stop):
+    for i, out in _decode(method, members, prompts, cfg, stop):
         outs[i] = out
     return outs
