@@ -23,6 +23,7 @@ import gc
 import importlib.util
 import contextlib
 import logging
+import os
 import shutil
 import struct
 import tempfile
@@ -39,8 +40,9 @@ from .session import ModelSession
 log = logging.getLogger(__name__)
 
 
-def load_session(spec: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+def load_session(spec: str, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                  trust_remote_code: bool = False) -> ModelSession:
+    spec, device, dtype = _check_args(spec, device, dtype)
     if spec.startswith("tiny:"):
         from .tiny import make_tiny
         return make_tiny(spec, device=device, dtype=dtype)
@@ -76,6 +78,9 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
         model, tok, info["loaded_from"] = _load_staged(path, dtype)
         info["source"] = "staged"
     elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {spec!r} holds no model: expected config.json with *.safetensors "
+                                    "weights (a Hugging Face folder) or model.gguf (a staged zoo folder)")
         model, tok = _load_hf(path, dtype, trust_remote_code)
         info.update(source="local", loaded_from=str(path))
     elif _looks_local(spec):  # a path that is not there: say so, not "repo id must be ..."
@@ -100,6 +105,31 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
     info["load_seconds"] = round(time.perf_counter() - t0, 2)
     return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
                         eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
+
+
+def _check_args(spec, device, dtype) -> tuple:
+    """load_session's arguments, checked before anything loads: (spec as a string, device, dtype as
+    a torch.dtype), or one ValueError naming the problem (not torch's error after the model is built)."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model spec must be a non-empty string (a zoo name, tiny:NAME, a local path or a hub id "
+                         f"owner/name), got {spec!r}")
+    if device is not None and str(device) != "auto":
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device='cpu'")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        from .runs import _dtype  # the CLI's names: "float32", "bf16", "torch.float16", ...
+        dtype = _dtype(dtype) if isinstance(dtype, str) else None
+        if dtype is None:
+            raise ValueError("dtype must be a torch.dtype or one of 'bfloat16', 'float16', 'float32'")
+    return spec, device, dtype
 
 
 def resolve(device, dtype) -> tuple:

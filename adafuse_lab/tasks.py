@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -292,6 +293,11 @@ class Task:
         """
         if source not in ("auto", "local", "hub", "sample"):
             raise ValueError(f"source must be auto, local, hub or sample, got {source!r}")
+        if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 0):
+            # examples[:-1] would drop the last example, [:True] keep one, [:2.5] raise a TypeError
+            raise ValueError(f"limit must be a whole number >= 0 or None (all examples), got {limit!r}")
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
         requested = source
         prompt_txt, examples = None, None
         if source in ("auto", "local"):
@@ -487,6 +493,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 
 def get_task(name: str) -> Task:
     """The registered task called `name` (case-insensitive)."""
+    if not isinstance(name, str):
+        raise UnknownTaskError(f"task must be a name, one of {', '.join(TASKS)}; got {name!r}")
     key = name.strip().lower()
     if key in TASKS:
         return TASKS[key]

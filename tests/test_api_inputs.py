@@ -105,3 +105,59 @@ def test_prompts_from_a_generator_or_tuple(pair):
     assert [o.text for o in decode("adafuse", pair, ("a b", "c d"), cfg)] == want
     got = dict(decode_iter("adafuse", pair, iter(["a b", "c d"]), cfg))
     assert [got[i].text for i in range(2)] == want
+
+
+# ---- load_session: checked before anything is built or loaded
+
+@pytest.mark.parametrize("spec, kw, err, msg", [
+    ("", {}, ValueError, "model spec must be a non-empty string"),  # was Path(""): the current folder
+    (None, {}, ValueError, "model spec must be a non-empty string"),
+    ("tiny:bpe", dict(device="gpu"), ValueError, "unknown device 'gpu'"),
+    ("tiny:bpe", dict(dtype="fp33"), ValueError, "unknown dtype 'fp33'"),
+    ("tiny:bpe", dict(dtype=3), ValueError, "dtype must be a torch.dtype"),
+])
+def test_load_session_refuses(spec, kw, err, msg):
+    with pytest.raises(err, match=msg) as e:
+        load_session(spec, **kw)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+def test_load_session_cuda_without_cuda():
+    with pytest.raises(ValueError, match="CUDA is not available"):  # was torch's AssertionError
+        load_session("tiny:bpe", device="cuda")
+
+
+def test_load_session_folder_without_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="holds no model: expected config.json"):
+        load_session(str(tmp_path))  # was transformers' "Couldn't instantiate the backend tokenizer ..."
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_session(tmp_path / "missing")  # a Path is a path, not an AttributeError
+
+
+def test_load_session_dtype_by_name():
+    import torch
+    assert load_session("tiny:bpe", dtype="float32").dtype == torch.float32
+
+
+# ---- tasks
+
+@pytest.mark.parametrize("limit", [-1, 2.5, "3", True, float("nan")])
+def test_task_load_refuses_a_wrong_limit(limit):
+    """limit=-1 used to drop the last example ([:-1]) and limit=True to keep one."""
+    from adafuse_lab.tasks import get_task
+    with pytest.raises(ValueError, match="limit must be a whole number >= 0"):
+        get_task("triviaqa").load(source="sample", limit=limit)
+
+
+def test_task_load_limits_that_work():
+    from adafuse_lab.tasks import get_task
+    t = get_task("triviaqa")
+    assert len(t.load(source="sample", limit=0)) == 0 and len(t.load(source="sample", limit=np.int64(2))) == 2
+
+
+def test_get_task_of_a_non_name():
+    from adafuse_lab.tasks import UnknownTaskError, get_task
+    with pytest.raises(UnknownTaskError, match="task must be a name"):
+        get_task(None)
