@@ -70,15 +70,29 @@ def preset_values(name: str, preset: str) -> dict:
     return {**p["common"], **p.get(name, {})}
 
 
+class ParameterError(ValueError):
+    """A notebook parameter is wrong. In a notebook (and papermill's error) it shows as its one
+    line, not as a traceback through the package's checks."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of the traceback
+        return [f"ParameterError: {self}"]
+
+
 def notebook_params(name: str, preset: str = "auto", **values) -> "NotebookParams":
     """A notebook's parameters: the preset's values for every parameter left at None (or not
     given), the rest as given; validated. Prints the preset and what it chose."""
     if name not in NOTEBOOKS:
         raise ValueError(f"no notebook {name!r}; the notebooks are {', '.join(NOTEBOOKS)}")
-    chosen = resolve_preset(preset)
-    from_preset = {k: v for k, v in preset_values(name, chosen).items() if values.get(k) is None}
-    P = NotebookParams.from_dict({**{k: v for k, v in values.items() if v is not None or k not in from_preset},
-                                  **from_preset, "preset": chosen})
+    try:
+        chosen = resolve_preset(preset)
+        from_preset = {k: v for k, v in preset_values(name, chosen).items() if values.get(k) is None}
+        P = NotebookParams.from_dict({**{k: v for k, v in values.items() if v is not None or k not in from_preset},
+                                      **from_preset, "preset": chosen})
+        from .runs import check_model_spec
+        for spec in P.models:  # an unknown member is named here, not by load_session cells later
+            check_model_spec(spec)
+    except ValueError as e:
+        raise ParameterError(str(e)) from None
     shown = ", ".join(f"{k}={getattr(P, k)!r}" for k in ("models", "task", "tasks", "split", "limit", "max_new_tokens")
                       if getattr(P, k) not in (None, ()))
     print(f"preset {chosen}{' (auto)' if preset == 'auto' else ''}: {shown}")

@@ -161,3 +161,18 @@ def test_get_task_of_a_non_name():
     from adafuse_lab.tasks import UnknownTaskError, get_task
     with pytest.raises(UnknownTaskError, match="task must be a name"):
         get_task(None)
+
+
+# ---- notebooks: a wrong parameter is one line in the first cell, before any model loads
+
+@pytest.mark.parametrize("values, msg", [
+    (dict(models="tiny:bpe,nosuchmodel"), "unknown model 'nosuchmodel'"),  # was load_session's traceback, cells later
+    (dict(limit=-2), "limit must be >= 1"),
+    (dict(theta=1.5), r"theta\(s\) must be in \[0, 1\]"),
+])
+def test_notebook_parameter_error_is_one_line(values, msg):
+    from adafuse_lab import plans
+    with pytest.raises(plans.ParameterError, match=msg) as e:
+        plans.notebook_params("00_quickstart", "cpu", **values)
+    shown = e.value._render_traceback_()  # what IPython (and papermill's error) shows instead of a traceback
+    assert len(shown) == 1 and "\n" not in shown[0] and isinstance(e.value, ValueError)
