@@ -935,7 +935,8 @@ def _check_context(members, examples, prompts, max_new_tokens) -> None:
                                  f"context of {ctx}; use a shorter prompt or another model")
             if n + max_new_tokens > ctx and not warned:
                 print(f"warning: example {ex.id!r}: prompt ({n}) + max_new_tokens ({max_new_tokens}) "
-                      f"exceeds {m.name}'s context ({ctx}); generation will stop early", file=sys.stderr)
+                      f"exceeds {m.name}'s context ({ctx}); the answer may run past it, where the model was not "
+                      f"trained (lower --max-new-tokens to stay inside it)", file=sys.stderr)
                 warned = True  # once per member is enough
 
 

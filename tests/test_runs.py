@@ -336,3 +336,17 @@ def test_chat_refused_for_a_member_without_template(tmp_path):
     with pytest.raises(UsageError, match=r"could not load model 'tiny:char': tiny:char has no chat template"):
         run(cfg(chat=True), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_context_warning_says_the_answer_may_run_past_the_context(capsys):
+    """A prompt that fits but leaves less room than max_new_tokens is decoded anyway: the
+    warning says the answer may run past the context (the engine does not stop there), and a
+    prompt that does not fit is refused."""
+    from types import SimpleNamespace
+    member = SimpleNamespace(name="m", max_context=10, encode_prompt=lambda text: text.split())
+    ex = SimpleNamespace(id="q1")
+    runs._check_context([member], [ex], {"q1": "a b c d e f"}, 8)
+    err = capsys.readouterr().err
+    assert "exceeds m's context (10)" in err and "may run past it" in err and "stop early" not in err
+    with pytest.raises(runs.UsageError, match="prompt is 10 tokens"):
+        runs._check_context([member], [ex], {"q1": " ".join("x" * 10)}, 8)
