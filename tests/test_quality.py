@@ -24,8 +24,8 @@ def test_limits_and_params():
     p = nb["notebooks"][Q.NOTEBOOK]
     # limit None is passed on as "all" (every example), not dropped in favour of the preset's 100
     assert p["limit"] == "all" and p["limits"] == {"gsm8k": None} and p["half"] == "report" and p["preset"] == "gpu"
-    assert Q.nb_params({"models": "a,b", "limit": None}).limit is None
-    assert Q.tasks_of({"models": "a,b"}) == ["nq", "squad", "triviaqa", "gsm8k", "flores_en-de", "flores_de-en"]
+    assert Q.nb_params({"models": "tiny:bpe,tiny:spm", "limit": None}).limit is None
+    assert Q.tasks_of({"models": "tiny:bpe,tiny:spm"}) == ["nq", "squad", "triviaqa", "gsm8k", "flores_en-de", "flores_de-en"]
     assert p["tuned"] == {"nq": {"theta": 0.5}} and p["launch"] is False
 
 
