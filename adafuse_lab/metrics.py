@@ -22,6 +22,8 @@ _PUNCT = set(string.punctuation)
 
 def normalize_answer(s: str) -> str:
     """SQuAD v1.1: lower, drop punctuation, drop articles a/an/the, squash spaces."""
+    if not isinstance(s, str):
+        raise TypeError(f"an answer to score must be a string, got {type(s).__name__} {s!r}")
     s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
@@ -310,14 +312,25 @@ def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _finite(values, who: str) -> np.ndarray:
+    """Per-example values as a 1-D float array; none missing (NaN) or infinite: an interval
+    over them would be NaN, or silently wrong."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    if v.size == 0:
+        raise ValueError(f"{who} needs at least one value")
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ValueError(f"{who}: value {int(bad[0])} is {v[bad[0]]} ({bad.size} of {v.size} not finite); "
+                         f"drop or score those examples first")
+    return v
+
+
 def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Percentile bootstrap CI of the mean of per-example values.
 
     Returns {"mean", "low", "high", "n"}.
     """
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
+    v = _finite(values, "bootstrap_ci")
     idx = np.random.default_rng(seed).integers(0, v.size, size=(n, v.size))
     lo, hi = _interval(v[idx].mean(axis=1), alpha)
     return {"mean": float(v.mean()), "low": lo, "high": hi, "n": int(v.size)}
@@ -330,9 +343,9 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = 1000, seed
     Returns {"diff", "low", "high", "p_value", "n"}; p_value is two-sided:
     2 * min(P(diff* <= 0), P(diff* >= 0)), capped at 1.
     """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"paired_bootstrap needs two equal, non-empty lists, got {a.size} and {b.size}")
+    a, b = _finite(a, "paired_bootstrap"), _finite(b, "paired_bootstrap")
+    if a.shape != b.shape:
+        raise ValueError(f"paired_bootstrap needs two lists of equal length, got {a.size} and {b.size}")
     d = a - b
     idx = np.random.default_rng(seed).integers(0, d.size, size=(n, d.size))
     boot = d[idx].mean(axis=1)

@@ -99,6 +99,8 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     To ask "does LOW confidence predict X", pass scores = -confidence."""
     s = np.asarray(scores, dtype=float)
     y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError(f"auroc needs one label per score, got {s.size} scores and {y.size} labels")
     ok = np.isfinite(s)
     s, y = s[ok], y[ok]
     n_pos, n_neg = int(y.sum()), int((~y).sum())

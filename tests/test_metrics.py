@@ -178,3 +178,21 @@ def test_corpus_bootstrap():
     assert c["score"] == pytest.approx(M.corpus_translation_scores(hyps, refs)["chrf"])
     p = M.corpus_bootstrap(hyps, refs, n=100, hyps_b=hyps)
     assert p["score"] == 0 and p["low"] == p["high"] == 0 and p["p_value"] == 1.0
+
+
+def test_intervals_and_auroc_refuse_what_would_make_them_silently_wrong():
+    """A missing (NaN) or infinite per-example value, unequal lists, or a prediction that is not
+    a string is refused in one line naming it, not turned into a NaN interval or a crash deep inside."""
+    from adafuse_lab import metrics, stats
+    for bad in ([1.0, float("nan"), 0.0], [0.0, float("inf")]):
+        with pytest.raises(ValueError, match="bootstrap_ci: value 1 is .* not finite"):
+            metrics.bootstrap_ci(bad)
+        with pytest.raises(ValueError, match="paired_bootstrap: value 1"):
+            metrics.paired_bootstrap(bad, [0.0] * len(bad))
+    with pytest.raises(ValueError, match="equal length, got 2 and 3"):
+        metrics.paired_bootstrap([1.0, 0.0], [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="one label per score, got 3 scores and 2 labels"):
+        stats.auroc([0.1, 0.2, 0.3], [True, False])
+    with pytest.raises(TypeError, match="must be a string, got NoneType"):
+        metrics.exact_match(None, ["Paris"])
+    assert metrics.bootstrap_ci([1.0, 0.0, 1.0])["mean"] == pytest.approx(2 / 3)
