@@ -55,6 +55,13 @@
 #   v10c    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   paper10 paper-scale random members at batch 32, theta 0 and 1, with generate
 #   v10m    (ran at commit c08d8a4) micro-batches, measured and removed: BENCHMARKS.md, engine v10
+# After UniTE's one tokenizer call per step and branch-only groups (files engine_v11/):
+#   v11a    anchors; adafuse and single at batch 64 with generate; adafuse at batch 256 (auto and triton)
+#   v11old  the same host, commit f47963b (engine v8's lease; its package in .gpu-extra/old, made by
+#           `git archive f47963b adafuse_lab | tar -x -C .gpu-extra/old`): adafuse at 64 and 256, unite at 64
+#   v11c    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
+#   q11     what a quality table costs on this engine: `run` of AdaFuse and of qwen alone, fp32, batch 64,
+#           all 300 GSM8K dev rows and 500 TriviaQA rows (seconds per question, for the plan of issue 23)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -260,6 +267,45 @@ paper10)
     python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
         --out $O/engine_v10_paper_theta${th}_b32_t256.json > $O/paper10_$th.log 2>&1
     python benchmarks/bench_summary.py $O/engine_v10_paper_theta${th}_b32_t256.json
+  done ;;
+v11a)
+  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log
+  python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log
+  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
+      --out $O/engine_v11_b64_t256.json > $O/v11a.log 2>&1; tail -2 $O/v11a.log
+  python benchmarks/bench_summary.py $O/engine_v11_b64_t256.json
+  for a in auto triton; do
+    python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+        --attention $a --out $O/engine_v11_b256_$a.json > $O/v11a_b256_$a.log 2>&1
+    python benchmarks/bench_summary.py $O/engine_v11_b256_$a.json
+  done ;;
+v11old)
+  OLD=$(pwd)/.gpu-extra/old
+  git_old() { PYTHONPATH=/tmp/site:$OLD python -m adafuse_lab "$@"; }
+  PYTHONPATH=/tmp/site:$OLD python -c "import adafuse_lab; print('package from', adafuse_lab.__file__)"
+  git_old bench --models $M --method adafuse,unite $D --limit 64 --batch-size 64 --no-generate \
+      --out $O/engine_f47963b_b64_t256.json > $O/v11old_b64.log 2>&1; tail -2 $O/v11old_b64.log
+  python benchmarks/bench_summary.py $O/engine_f47963b_b64_t256.json
+  git_old bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+      --out $O/engine_f47963b_b256_auto.json > $O/v11old_b256.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_f47963b_b256_auto.json ;;
+v11c)
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --no-generate --out $O/engine_v11_others_b64_t256.json > $O/v11c_others.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v11_others_b64_t256.json
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
+      --out $O/engine_v11_methods_b1_t256.json > $O/v11c_b1.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v11_methods_b1_t256.json ;;
+q11)
+  R="--source local --data-dir .gpu-extra/data --dtype float32 --batch-size 64 --no-progress"
+  for job in "gsm8k adafuse qwen2.5-coder-0.5b,smollm2-135m all" "gsm8k single qwen2.5-coder-0.5b all" \
+             "triviaqa adafuse qwen2.5-coder-0.5b,smollm2-135m 500" "triviaqa single qwen2.5-coder-0.5b 500"; do
+    set -- $job
+    lim=$([ "$4" = all ] && echo "" || echo "--limit $4")
+    start=$(date +%s%N)
+    python -m adafuse_lab run --task $1 --method $2 --models $3 $lim $R --out $O/q11_$1_$2 > $O/q11_$1_$2.log 2>&1
+    rc=$?
+    echo "$1 $2 $3 limit=$4 rc=$rc wall_ms=$(( ($(date +%s%N) - start) / 1000000 ))" | tee -a $O/q11_times.txt
   done ;;
 b1v9)
   python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
