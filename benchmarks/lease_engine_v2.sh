@@ -280,9 +280,10 @@ v11a)
     python benchmarks/bench_summary.py $O/engine_v11_b256_$a.json
   done ;;
 v11old)
-  OLD=$(pwd)/.gpu-extra/old
-  git_old() { PYTHONPATH=/tmp/site:$OLD python -m adafuse_lab "$@"; }
-  PYTHONPATH=/tmp/site:$OLD python -c "import adafuse_lab; print('package from', adafuse_lab.__file__)"
+  # run from the old tree's folder: python puts the working directory first on sys.path
+  ROOT=$(pwd); OLD=$ROOT/.gpu-extra/old; D="${D/.gpu-extra/$ROOT/.gpu-extra}"
+  git_old() { (cd $OLD && PYTHONPATH=/tmp/site:$OLD python -m adafuse_lab "$@"); }
+  (cd $OLD && PYTHONPATH=/tmp/site:$OLD python -c "import adafuse_lab; print('package from', adafuse_lab.__file__)")
   git_old bench --models $M --method adafuse,unite $D --limit 64 --batch-size 64 --no-generate \
       --out $O/engine_f47963b_b64_t256.json > $O/v11old_b64.log 2>&1; tail -2 $O/v11old_b64.log
   python benchmarks/bench_summary.py $O/engine_f47963b_b64_t256.json
