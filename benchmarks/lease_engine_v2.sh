@@ -67,6 +67,15 @@ O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
 M=qwen2.5-coder-0.5b,smollm2-135m
 ALL=adafuse,single,unite,gac,sweetspan,coolfusion,rerank
+# steps v10c and v11c: the other methods at batch 64 (no generate); every method at batch 1 (with generate)
+others_and_b1() {
+  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
+      --no-generate --out $O/engine_v$1_others_b64_t256.json > $O/v$1c_others.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v$1_others_b64_t256.json
+  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
+      --out $O/engine_v$1_methods_b1_t256.json > $O/v$1c_b1.log 2>&1
+  python benchmarks/bench_summary.py $O/engine_v$1_methods_b1_t256.json
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $1 in
 probe)
@@ -254,13 +263,7 @@ v10b)
         --set early_scoring=$e --out $O/engine_v10_b256_early_$e.json > $O/v10b_$e.log 2>&1
     python benchmarks/bench_summary.py $O/engine_v10_b256_early_$e.json
   done ;;
-v10c)
-  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
-      --no-generate --out $O/engine_v10_others_b64_t256.json > $O/v10c_others.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v10_others_b64_t256.json
-  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
-      --out $O/engine_v10_methods_b1_t256.json > $O/v10c_b1.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v10_methods_b1_t256.json ;;
+v10c) others_and_b1 10 ;;
 paper10)
   P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
   for th in 0.0 1.0; do
@@ -290,13 +293,7 @@ v11old)
   git_old bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
       --out $O/engine_f47963b_b256_auto.json > $O/v11old_b256.log 2>&1
   python benchmarks/bench_summary.py $O/engine_f47963b_b256_auto.json ;;
-v11c)
-  python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
-      --no-generate --out $O/engine_v11_others_b64_t256.json > $O/v11c_others.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v11_others_b64_t256.json
-  python -m adafuse_lab bench --models $M --method $ALL $D --limit 2 --batch-size 1 \
-      --out $O/engine_v11_methods_b1_t256.json > $O/v11c_b1.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v11_methods_b1_t256.json ;;
+v11c) others_and_b1 11 ;;
 q11)
   R="--source local --data-dir .gpu-extra/data --dtype float32 --batch-size 64 --no-progress"
   for job in "gsm8k adafuse qwen2.5-coder-0.5b,smollm2-135m all" "gsm8k single qwen2.5-coder-0.5b all" \
