@@ -28,6 +28,10 @@ class ModelSession:
         """Token ids of `text` with no special tokens added."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """encode() of each text, in one tokenizer call (a fast tokenizer batches them)."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
     def encode_prompt(self, text: str) -> list[int]:
         if self.chat:  # the template writes its own BOS where the model wants one (Gemma)
             return self.encode(self.tokenizer.apply_chat_template(

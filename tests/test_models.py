@@ -61,3 +61,11 @@ def test_unknown_name_lists_the_zoo():
         load_session("smolm2-135m")
     with pytest.raises(ValueError, match="Did you mean qwen2.5-coder-0.5b"):
         load_session("qwen2.5-coder-0.5")
+
+
+@pytest.mark.parametrize("name", ["tiny:bpe", "tiny:spm"])
+def test_encode_many_equals_encode_of_each_text(name):
+    s = load_session(name)
+    texts = ["Tom has 3 apples.", " and then", "é😀 x", "", "Tom has 3 apples."]
+    assert s.encode_many(texts) == [s.encode(t) for t in texts]
+    assert s.encode_many([]) == []

@@ -91,7 +91,7 @@ def _first_ids(session, texts: list[str], known: dict) -> list[int]:
     `known` keeps the strings already encoded in this batch, the new ones take one tokenizer call."""
     new = list(dict.fromkeys(t for t in texts if t not in known))
     if new:
-        for text, ids in zip(new, session.tokenizer(new, add_special_tokens=False)["input_ids"]):
+        for text, ids in zip(new, session.encode_many(new)):
             known[text] = (ids or [session.pad_token_id])[0]
     return [known[t] for t in texts]
 
