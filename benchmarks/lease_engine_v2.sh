@@ -285,12 +285,12 @@ v11a)
 v11old)
   # run from the old tree's folder: python puts the working directory first on sys.path
   ROOT=$(pwd); OLD=$ROOT/.gpu-extra/old; D="${D/.gpu-extra/$ROOT/.gpu-extra}"
-  git_old() { (cd $OLD && PYTHONPATH=/tmp/site:$OLD python -m adafuse_lab "$@"); }
-  (cd $OLD && PYTHONPATH=/tmp/site:$OLD python -c "import adafuse_lab; print('package from', adafuse_lab.__file__)")
-  git_old bench --models $M --method adafuse,unite $D --limit 64 --batch-size 64 --no-generate \
+  old_py() { (cd $OLD && PYTHONPATH=/tmp/site:$OLD python "$@"); }
+  old_py -c "import adafuse_lab; print('package from', adafuse_lab.__file__)"
+  old_py -m adafuse_lab bench --models $M --method adafuse,unite $D --limit 64 --batch-size 64 --no-generate \
       --out $O/engine_f47963b_b64_t256.json > $O/v11old_b64.log 2>&1; tail -2 $O/v11old_b64.log
   python benchmarks/bench_summary.py $O/engine_f47963b_b64_t256.json
-  git_old bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
+  old_py -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
       --out $O/engine_f47963b_b256_auto.json > $O/v11old_b256.log 2>&1
   python benchmarks/bench_summary.py $O/engine_f47963b_b256_auto.json ;;
 v11c) others_and_b1 11 ;;
