@@ -91,6 +91,31 @@ def test_triton_backend_skips_hidden_blocks_exactly():
     assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 2e-3)  # fp32: tf32 dots on CUDA
 
 
+@pytest.mark.parametrize("splits", [1, 2, 3, 7])
+@pytest.mark.parametrize("T", [1, 5])
+def test_triton_column_chunks_merge_to_the_reference(splits, T):
+    """The columns split into chunks (flash-decoding): the merged parts equal the reference,
+    also where a chunk holds nothing a query reads and where a query reads one column only."""
+    pytest.importorskip("triton")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, width, d = 3, 450, 32
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(rows, h, n, d, generator=g).to(dev) for h, n in ((6, T), (2, width), (2, width)))
+    mask = (torch.rand(rows, 1, T, width, generator=g) < 0.4).to(dev)
+    mask[1, :, :, 64:] = False           # every chunk after the first is empty for this row
+    mask[0, 0, 0] = False
+    mask[0, 0, 0, width - 1] = True      # reads the last column only
+    want = BACKENDS["reference"].attend(None, q, k, v, mask, d ** -0.5)
+    got = tree_kernel.tree_attention(q, k, v, mask, d ** -0.5, splits=splits)
+    assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 2e-3)
+
+
+def test_triton_splits_fill_the_gpu_but_never_exceed_the_column_blocks():
+    assert tree_kernel.splits_for(programs=4, col_blocks=100, device=torch.device("cpu")) == 8  # 4 x 8 "SMs" / 4
+    assert tree_kernel.splits_for(programs=4, col_blocks=3, device=torch.device("cpu")) == 3
+    assert tree_kernel.splits_for(programs=1000, col_blocks=100, device=torch.device("cpu")) == 1
+
+
 def test_by_length_sends_one_token_steps_to_one_backend_and_longer_ones_to_the_other(monkeypatch):
     from adafuse_lab.decoding.attention.backends import ByLength
     calls = []

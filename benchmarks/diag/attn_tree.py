@@ -3,8 +3,8 @@
 Rows x width of cache columns, T new tokens per row, a mask as a decode step has it: a
 committed prefix of random length, a few stream columns, free columns at the end. Prints
 microseconds per call for each backend and, for triton, a sweep of block size and warps (2
-pipeline stages), and
-the time to read the layer's K/V once (the floor of this call).
+pipeline stages) and of the column chunks per row (splits), and the time to read the layer's
+K/V once (the floor of this call).
 
     python benchmarks/diag/attn_tree.py [--rows 64] [--width 2304] [--heads 14] [--kv-heads 2] [--dim 64]
 """
@@ -69,10 +69,13 @@ def main() -> None:
                 except Exception as e:  # a configuration that does not compile or fit
                     row[f"triton_n{bn}_w{w}_s2"] = repr(e)[:80]
         row["triton_default"] = round(timed(lambda: BACKENDS["triton"].attend(None, q, k, v, mask, a.dim ** -0.5)), 1)
+        for sp in (1, 2, 4, 8, 16):  # column chunks per row (1: one program streams the whole row)
+            row[f"triton_splits{sp}"] = round(timed(lambda: tree_attention(q, k, v, mask, a.dim ** -0.5, splits=sp)), 1)
         results["T"][T] = row
         best = min((x[0], n) for n, x in row.items() if isinstance(x, tuple))
         print(f"T={T}: sdpa_gqa {row['sdpa_gqa']} us, sdpa_fold {row['sdpa_fold']} us, triton default "
-              f"{row['triton_default']} us, best {best}; K/V read {floor:.1f} us", flush=True)
+              f"{row['triton_default']} us, best {best}; by splits "
+              f"{[row[f'triton_splits{sp}'] for sp in (1, 2, 4, 8, 16)]}; K/V read {floor:.1f} us", flush=True)
     if a.out:
         json.dump(results, open(a.out, "w"), indent=1)
 

@@ -5,8 +5,10 @@ is empty, and with a mask they also read K/V once per query head (docs/engine_lo
 Here one program takes a row's K/V head and every query that reads it: the G query heads of
 the group times the T new tokens, G*T rows of one tile. It streams the row's cache columns
 once, skips blocks of columns the mask hides from every query (free and dead columns), and
-keeps an online softmax (flash-decoding without the split). The mask is the runtime's
-(rows x 1 x T x width booleans), read per block of columns.
+keeps an online softmax. The columns are split into chunks, one program each, whose partial
+softmaxes a second kernel merges (flash-decoding): a few dozen rows times two K/V heads are too
+few programs to keep a GPU's memory busy. The mask is the runtime's (rows x 1 x T x width
+booleans), read per block of columns.
 
 Runs on CUDA; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1, for tests).
 """
@@ -31,19 +33,19 @@ def _interpreted() -> bool:
 
 
 @functools.cache
-def _kernel(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it decorates
+def _kernels(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it decorates
     import triton
     import triton.language as tl
 
     @triton.jit
-    def tree_attention(Q, K, V, Mask, Out, scale,
+    def tree_attention(Q, K, V, Mask, Out, Part, Best, Total, scale,
                        sq_r, sq_h, sq_t, sk_r, sk_h, sk_w, sv_r, sv_h, sv_w, sm_r, sm_t, sm_w, so_r, so_h, so_t,
-                       T, W, KV_HEADS,
+                       T, W, KV_HEADS, CHUNK,
                        G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid = tl.program_id(0)
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+        pid, mb, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         r, hk = pid // KV_HEADS, pid % KV_HEADS
-        m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows: group head g, token t
+        m = mb * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows: group head g, token t
         g, t = m // T, m % T
         live = m < G * T
         d = tl.arange(0, BLOCK_D)
@@ -56,9 +58,11 @@ def _kernel(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it dec
         best = tl.full([BLOCK_M], float("-inf"), tl.float32)
         total = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for n0 in range(0, W, BLOCK_N):
+        lo = split * CHUNK
+        hi = tl.minimum(W, lo + CHUNK)
+        for n0 in range(lo, hi, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
-            inside = n < W
+            inside = n < hi
             seen = tl.load(m_base + n[None, :] * sm_w, mask=live[:, None] & inside[None, :], other=0) != 0
             if tl.max(seen.to(tl.int32)) > 0:  # a block nobody reads costs its mask only
                 k = tl.load(k_base + n[:, None] * sk_w + d[None, :], mask=inside[:, None] & dm[None, :], other=0.0)
@@ -72,17 +76,58 @@ def _kernel(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it dec
                 v = tl.load(v_base + n[:, None] * sv_w + d[None, :], mask=inside[:, None] & dm[None, :], other=0.0)
                 acc = acc * fade[:, None] + tl.dot(p.to(v.dtype), v)
                 best = new
-        out = acc / tl.where(total > 0, total, 1.0)[:, None]
-        tl.store(Out + r * so_r + head[:, None] * so_h + t[:, None] * so_t + d[None, :],
-                 out.to(Out.dtype.element_ty), mask=live[:, None] & dm[None, :])
+        if SPLIT:  # this program's part of the row: the combine kernel merges the parts
+            rows = (split * tl.num_programs(0) + pid) * tl.num_programs(1) * BLOCK_M + m
+            tl.store(Part + rows[:, None] * BLOCK_D + d[None, :], acc)
+            tl.store(Best + rows, best)
+            tl.store(Total + rows, total)
+        else:
+            out = acc / tl.where(total > 0, total, 1.0)[:, None]
+            tl.store(Out + r * so_r + head[:, None] * so_h + t[:, None] * so_t + d[None, :],
+                     out.to(Out.dtype.element_ty), mask=live[:, None] & dm[None, :])
 
-    return tree_attention
+    @triton.jit
+    def combine(Out, Part, Best, Total, so_r, so_h, so_t, T, KV_HEADS, SPLITS,
+                G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+        """The parts of each query's softmax over the column chunks, merged (flash-decoding)."""
+        pid, mb = tl.program_id(0), tl.program_id(1)
+        r, hk = pid // KV_HEADS, pid % KV_HEADS
+        m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        g, t = m // T, m % T
+        live = m < G * T
+        d = tl.arange(0, BLOCK_D)
+        best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        total = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for split in range(0, SPLITS):
+            rows = (split * tl.num_programs(0) + pid) * tl.num_programs(1) * BLOCK_M + m
+            b = tl.load(Best + rows)
+            new = tl.maximum(best, b)
+            safe = tl.where(new == float("-inf"), 0.0, new)
+            fade, here = tl.exp(best - safe), tl.exp(b - safe)
+            total = total * fade + tl.load(Total + rows) * here
+            acc = acc * fade[:, None] + tl.load(Part + rows[:, None] * BLOCK_D + d[None, :]) * here[:, None]
+            best = new
+        out = acc / tl.where(total > 0, total, 1.0)[:, None]
+        tl.store(Out + r * so_r + (hk * G + g)[:, None] * so_h + t[:, None] * so_t + d[None, :],
+                 out.to(Out.dtype.element_ty), mask=live[:, None] & (d < D)[None, :])
+
+    return tree_attention, combine
+
+
+def splits_for(programs: int, col_blocks: int, device) -> int:
+    """Column chunks per (row, K/V head, query block): enough programs to fill the GPU a few
+    times over. With one program per row and head, 64 rows of a 2-head model start 128
+    programs, one per SM, each streaming all its row's columns alone (flash-decoding's split)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    return max(1, min(col_blocks, -(-4 * sms // programs)))
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-                   block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                   block_n: int = 64, num_warps: int = 4, num_stages: int = 2, splits: int | None = None) -> torch.Tensor:
     """q: rows x H x T x D; k, v: rows x H_kv x W x D (H a multiple of H_kv); mask: booleans
-    broadcastable to rows x 1 x T x W (True: may read). Returns rows x H x T x D."""
+    broadcastable to rows x 1 x T x W (True: may read). Returns rows x H x T x D.
+    splits: column chunks per row (None: splits_for's choice; 1: no combine step)."""
     import triton
     if q.device.type != "cuda" and not _interpreted():
         raise RuntimeError("the triton attention backend runs on CUDA (on the CPU only with TRITON_INTERPRET=1)")
@@ -95,11 +140,25 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
         mask = mask.view(torch.uint8)
     out = torch.empty_like(q)
     block_m = max(16, min(128, triton.next_power_of_2(G * T)))
-    grid = (R * kv_heads, triton.cdiv(G * T, block_m))
-    _kernel(_interpreted())[grid](q, k, v, mask, out, scale,
-                    q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                    v.stride(0), v.stride(1), v.stride(2), mask.stride(0), mask.stride(2), mask.stride(3),
-                    out.stride(0), out.stride(1), out.stride(2),
-                    T, W, kv_heads, G=G, D=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
-                    BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    block_d = max(16, triton.next_power_of_2(D))
+    m_blocks = triton.cdiv(G * T, block_m)
+    col_blocks = triton.cdiv(W, block_n)
+    splits = splits or splits_for(R * kv_heads * m_blocks, col_blocks, q.device)
+    chunk = triton.cdiv(col_blocks, splits) * block_n
+    splits = triton.cdiv(W, chunk)  # no empty chunk at the end
+    rows = splits * R * kv_heads * m_blocks * block_m
+    part = q.new_empty((rows, block_d) if splits > 1 else (1, 1), dtype=torch.float32)
+    best, total = (q.new_empty(rows if splits > 1 else 1, dtype=torch.float32) for _ in range(2))
+    attend, combine = _kernels(_interpreted())
+    attend[(R * kv_heads, m_blocks, splits)](
+        q, k, v, mask, out, part, best, total, scale,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), mask.stride(0), mask.stride(2), mask.stride(3),
+        out.stride(0), out.stride(1), out.stride(2),
+        T, W, kv_heads, chunk, G=G, D=D, BLOCK_D=block_d,
+        BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=num_warps, num_stages=num_stages)
+    if splits > 1:
+        combine[(R * kv_heads, m_blocks)](out, part, best, total, out.stride(0), out.stride(1), out.stride(2),
+                                          T, kv_heads, splits, G=G, D=D, BLOCK_D=block_d, BLOCK_M=block_m,
+                                          num_warps=num_warps)
     return out
