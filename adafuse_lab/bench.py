@@ -33,7 +33,7 @@ class CallCounter:
     through its hooks (HF generate), and the engine's own count (its captured and compiled
     forwards bypass the hooks), with the engine's fill and time counters."""
 
-    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s", "model_gpu_s")
+    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s", "captures", "model_gpu_s")
 
     def __init__(self, model):
         from .decoding.runtime.counters import COUNTS
@@ -159,6 +159,7 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "engine_fill": [c.fill_stats() for c in counters],
             "prefill_s": [round(c.engine("prefill_s"), 3) for c in counters],
             "capture_s": [round(c.engine("capture_s"), 3) for c in counters],  # compiling included
+            "captures": [c.engine("captures") for c in counters],  # CUDA graphs captured (one per shape and cache)
             # GPU seconds of the members' forwards (CUDA only; graph replays: the model alone)
             "model_gpu_s": [round(c.engine("model_gpu_s"), 3) for c in counters],
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}

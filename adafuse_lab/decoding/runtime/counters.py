@@ -1,5 +1,5 @@
 """Engine counters per member model (by id), read by bench: forwards, tokens fed, token slots
-computed (pads included), KV compactions, seconds spent in prefill and in CUDA-graph captures,
+computed (pads included), KV compactions, seconds spent in prefill and in CUDA-graph captures (and their number),
 and the GPU seconds of the model's forwards (`model_gpu_s`: what the decode wall time has
 beyond it is the host's planning and the small operations around each forward)."""
 from collections import Counter

@@ -98,6 +98,7 @@ class Graphs:
             logits = run()
         torch.cuda.synchronize()
         COUNTS[id(model), "capture_s"] += time.perf_counter() - start  # compiling included
+        COUNTS[id(model), "captures"] += 1
         return _Captured(graph, inputs, logits)
 
 
