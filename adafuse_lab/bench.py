@@ -260,6 +260,9 @@ def benchmark(args) -> dict:
     cfg = DecodeConfig.from_dict({"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                   "trace": True, **({"attention": args.attention} if args.attention else {}), **extra})
     stop = task.stop_fn if args.task_stops else None
+    from .decoding import check_inputs
+    for m in methods:  # prompts that do not fit a member fail here, not after the warm-up's generate
+        check_inputs(m, sessions, prompts, cfg, stop)
     # warm-up: CUDA context, kernels, allocator
     for s in sessions:
         generate_baseline(s, prompts[:2], 2, 4)

@@ -189,6 +189,24 @@ def test_bench_times_several_methods_on_cpu(tmp_path):
         assert all(x > 0 for x in m["forward_calls_vs_generate"])
 
 
+def test_bench_refuses_prompts_longer_than_a_members_context_before_any_generate(tmp_path, monkeypatch, capsys):
+    from adafuse_lab import bench
+
+    def generate_baseline(*a, **k):
+        raise AssertionError("generate ran before the prompts were checked")
+
+    monkeypatch.setattr(bench, "generate_baseline", generate_baseline)
+    # GSM8K's few-shot prompts are some 2,800 tokens for tiny:bpe, whose context is 2,048
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--models", "tiny:bpe", "--method", "single", "--task", "gsm8k", "--source", "sample",
+              "--limit", "1", "--batch-size", "1", "--max-new-tokens", "4", "--device", "cpu",
+              "--out", str(tmp_path / "b.json")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "tiny:bpe has a context of 2048" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_bench_keeps_going_when_a_method_runs_out_of_memory(tmp_path, monkeypatch):
     from adafuse_lab import bench
     real = bench.run_method
