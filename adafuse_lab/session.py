@@ -6,9 +6,13 @@ in-memory test zoo.
 """
 from __future__ import annotations
 
+from array import array
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import torch
+
+PROMPT_MEMO = 4096  # prompts a session keeps the ids of: a run checks every prompt's length, then decodes it
 
 
 @dataclass(eq=False)  # compared and hashed by identity: sessions key per-member caches
@@ -23,6 +27,8 @@ class ModelSession:
     pad_token_id: int = 0          # any valid id; padded positions are always masked
     info: dict = field(default_factory=dict)  # licence, source, sha256, ...
     chat: bool = False             # prompts go in as one user turn of the tokenizer's chat template
+    # prompt -> its ids, least recently used first; not copied by replace(): as_chat() encodes anew
+    _prompt_ids: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` with no special tokens added."""
@@ -33,6 +39,19 @@ class ModelSession:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
     def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt as the model reads it, as a new list: tokenized once for the
+        last PROMPT_MEMO prompts (thousands of tokens each in few-shot tasks)."""
+        memo = self._prompt_ids
+        ids = memo.get(text)
+        if ids is None:
+            ids = memo[text] = array("i", self._encode_prompt(text))  # 4 bytes an id, not a list's ~36
+            if len(memo) > PROMPT_MEMO:
+                memo.popitem(last=False)
+        else:
+            memo.move_to_end(text)
+        return ids.tolist()
+
+    def _encode_prompt(self, text: str) -> list[int]:
         if self.chat:  # the template writes its own BOS where the model wants one (Gemma)
             return self.encode(self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))

@@ -269,6 +269,24 @@ def test_score_after_commits_equals_full_forward(tiny, name):
         assert m.ids[r] == s.encode_prompt(texts[r])
 
 
+def test_score_streams_reuse_early_plans_until_commit(tiny):
+    """A candidate that early scoring tokenized while it grew is not tokenized again when it is
+    scored; a plan made before a commit is not used after it."""
+    s = tiny["bpe"]
+    rt = runtime(s, ["Answer:"], window_tokens=4)
+    m, calls = rt.m, []
+    encode = m._encode_first
+    m._encode_first = lambda texts, heads: calls.extend(texts) or encode(texts, heads)  # texts tokenized
+    rt.grow_early({0: {" It is": None}})
+    rt.score_texts([0], [" It is"], [False])
+    assert len(calls) == 1
+    rt.grow_early({0: {" 12 apples": None}})  # planned on the ids before the commit
+    rt.commit(0, 0)
+    rt.score_texts([0], [" 12 apples"], [False])
+    rt.commit(0, 0)
+    assert m.ids[0] == s.encode_prompt("Answer: It is 12 apples") and len(calls) == 3
+
+
 def sliding(session, kind, window=5):
     """`session` with its weights in a sliding-window architecture: Mistral (every layer
     slides) or Qwen2 with layer types (layer 0 slides, layer 1 attends to everything)."""

@@ -313,6 +313,28 @@ def test_chat_prompt_is_one_user_turn_of_each_members_template(monkeypatch):
         assert s.as_chat().model is s.model and not s.chat  # a view: the model is shared, the member unchanged
 
 
+def test_prompt_is_tokenized_once_per_session(monkeypatch):
+    """encode_prompt keeps a prompt's ids: each call hands out an equal, independent list, the
+    chat view keeps its own, and a decode (its input checks, then each member) tokenizes each
+    prompt once per member."""
+    from adafuse_lab.decoding import DecodeConfig, decode
+    from adafuse_lab.session import ModelSession
+    from adafuse_lab.tiny import make_tiny
+    _with_template(monkeypatch, "<u>{{ messages[0]['content'] }}</u>{% if add_generation_prompt %}A:{% endif %}")
+    texts, encode = [], ModelSession.encode
+    monkeypatch.setattr(ModelSession, "encode", lambda self, text: texts.append(text) or encode(self, text))
+    s = make_tiny("tiny:spm")
+    a, b = s.encode_prompt("hi"), s.encode_prompt("hi")
+    a.append(0)
+    assert s.encode_prompt("hi") == b != a and texts == ["hi"]
+    chat = s.as_chat()
+    assert chat.encode_prompt("hi") == chat.encode_prompt("hi") == encode(s, "<u>hi</u>A:") != b
+    assert s.encode_prompt("hi") == b and texts == ["hi", "<u>hi</u>A:"]
+    prompts = ["Question: 2 + 2 =", "Hello"]
+    decode("adafuse", [make_tiny("tiny:char"), s], prompts, DecodeConfig(max_new_tokens=4))
+    assert sorted(t for t in texts if t in prompts) == sorted(prompts * 2)  # char once each; spm once each
+
+
 def test_chat_with_identity_template_gives_the_plain_run(monkeypatch, tmp_path):
     """Members without BOS, a template that returns the text: the chat path must change nothing."""
     plain = run(cfg(method="adafuse", limit=2, max_new_tokens=8), tmp_path / "plain", progress=False)

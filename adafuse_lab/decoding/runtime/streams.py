@@ -78,6 +78,7 @@ class Runtime:
         self.main = {p: self.new_stream(p, "main", n=len(m.ids[p])) for p in range(P)}
         self.restructure()
         self.early: dict[int, dict[str, Stream]] = {}  # grow_early's score streams: prompt -> text -> stream
+        self.told: dict[int, dict[str, tuple]] = {}    # the tokenizer's plans of those texts: prompt -> text -> plan
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
         self.version = 0                       # counts the writes to self.last (prefetch() is valid until one)
@@ -97,7 +98,8 @@ class Runtime:
         prompt p's committed text, then the `extra` ids, which are scored too but never
         committed; `bare`: `text` tokenized alone. One tokenizer call for all of them.
         A stream that grow_early() fed for the same text is taken over where its tokens are
-        the start of the candidate's: only the rest is fed (often nothing)."""
+        the start of the candidate's: only the rest is fed (often nothing). A text it tokenized
+        is not tokenized again: same committed ids, same plan."""
         items = []
         for p, cand, text, eos, extra, bare in reqs:
             if bare and not eos:  # scored tokenized alone, committed as the text reads
@@ -105,8 +107,12 @@ class Runtime:
             else:
                 items.append((p, cand, text, eos, extra, bare, "both"))
         early = {p: self.early.pop(p, {}) for p in {it[0] for it in items}}
-        for (p, cand, text, eos, extra, bare, role), plan in zip(items, self._plans(
-                [(p, text, eos, bare, extra) for p, _, text, eos, extra, bare, _ in items])):
+        told = {p: self.told.pop(p, {}) for p in early}
+        known = [None if eos or extra or bare else told[p].get(text) for p, _, text, eos, extra, bare, _ in items]
+        fresh = iter(self._plans([(p, text, eos, bare, extra) for (p, _, text, eos, extra, bare, _), plan
+                                  in zip(items, known) if plan is None]))
+        for (p, cand, text, eos, extra, bare, role), plan in zip(items, known):
+            plan = plan or next(fresh)
             s = early[p].pop(text, None) if role == "both" and not extra and not bare else None
             if s is not None and not _extend(s, plan):
                 s.dead = True  # its tokens are not how the candidate tokenizes
@@ -129,14 +135,18 @@ class Runtime:
         tokenizes, score_streams finds out once the candidate is complete and feeds it anew.)"""
         todo, spares = [], []
         for p, texts in wanted.items():
-            have = self.early.pop(p, {})
+            have, told = self.early.pop(p, {}), self.told.pop(p, {})
             self.early[p] = {t: have.pop(t) for t in texts if t in have}
+            self.told[p] = {t: told[t] for t in texts if t in told}
             spares.append(have)  # streams of texts no longer wanted: extended, or they die
             todo += [(p, t, toks, have) for t, toks in texts.items() if t not in self.early[p]]
-        told = iter(self._plans([(p, t, False, False, ()) for p, t, toks, _ in todo if toks is None]))
+        fresh = iter(self._plans([(p, t, False, False, ()) for p, t, toks, _ in todo if toks is None]))
         for p, text, toks, spare in todo:
             n = len(self.m.ids[p])
-            plan = next(told) if toks is None else (list(toks), n, n)
+            if toks is None:
+                plan = self.told[p][text] = next(fresh)
+            else:
+                plan = (list(toks), n, n)
             old = next((t for t, s in spare.items() if text.startswith(t) and _extend(s, plan)), None)
             self.early[p][text] = spare.pop(old) if old is not None else self.new_stream(
                 p, "score", plan=plan, feed=list(plan[0]), n=plan[1], limit=plan[1])
@@ -190,6 +200,7 @@ class Runtime:
 
     def end_prompt(self, p: int) -> None:
         self.early.pop(p, None)
+        self.told.pop(p, None)
         for s in self.rows + self.spawn:
             if s.p == p:
                 s.dead = True
@@ -411,6 +422,7 @@ class Runtime:
         rows, owners, hide, ends, slots, prompts = [], [], [], [], [], []
         for p, cand in wins:
             self.early.pop(p, None)
+            self.told.pop(p, None)  # planned on the ids this commit replaces
             for s in groups.get(p, ()):
                 if s.kind != "score" or s.cand != cand or s.role == "score":
                     s.dead = True
