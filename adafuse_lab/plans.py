@@ -201,7 +201,7 @@ class NotebookParams:
     def __post_init__(self):
         from .decoding import METHODS
         from .decoding.config import BRANCH_SELECT, CRITERIA
-        from .runs import check_field_types
+        from .fields import check_field_types
         from .tasks import get_task
 
         def need(ok, msg):

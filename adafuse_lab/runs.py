@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fields import check_field_types, finite
+from .fields import shown as _shown
+
 CONFIG, SAMPLES, RESULTS = "config.json", "samples.jsonl", "results.json"
 
 # Config keys that may differ when resuming into an existing run directory: they
@@ -70,7 +73,7 @@ class RunConfig:
     def __post_init__(self):
         if isinstance(self.data_dir, os.PathLike):
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
-        check_field_types(self)  # a plan file's {"task": 5} or {"chat": "no"}: one line naming the field
+        check_field_types(self, UsageError)  # a plan file's {"task": 5} or {"chat": "no"}: one line naming the field
         models = self.models.split(",") if isinstance(self.models, str) else self.models
         object.__setattr__(self, "models", tuple(m.strip() for m in models if m.strip()))
         object.__setattr__(self, "decode", dict(self.decode or {}))
@@ -102,57 +105,6 @@ def select_half(examples: list, half: str | None) -> list:
 
 
 # ---------------------------------------------------------------- validation
-
-_KINDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
-          "dict": "a mapping of names to values", "tuple": "a list (or a comma-separated string)",
-          "tuple[str, ...]": "a list of strings (or a comma-separated string)"}
-
-
-def _shown(v) -> str:
-    """A value as the user wrote it: JSON for JSON values ('abc', 5, true, null, [1]), else repr."""
-    if isinstance(v, str):
-        return repr(v)
-    try:
-        return json.dumps(v)
-    except (TypeError, ValueError):
-        return repr(v)
-
-
-def check_field_types(obj, error=None, prefix: str = "") -> None:
-    """Every field of the dataclass `obj` holds a value of its annotated type: str, int (not a
-    bool), float (any real number), bool, dict, tuple (a list, tuple or comma-separated string;
-    tuple[str, ...]: of strings), each also None where the annotation allows it. One check for every
-    field of RunConfig and plans.NotebookParams, whatever wrote them (the CLI, a plan file, a
-    parameter file, Python), so a wrong type is one error naming the field, not a TypeError deep
-    inside or a string read as true. Ranges and names are checked elsewhere (validate)."""
-    error = error or UsageError
-    for f in dataclasses.fields(obj):
-        v, t = getattr(obj, f.name), str(f.type)
-        parts = [x.strip() for x in t.split("|")]
-        optional = "None" in parts
-        base = next((x for x in parts if x != "None"), "")
-        if v is None and optional:
-            continue
-        kind = base.split("[")[0]
-        if kind == "str":
-            ok = isinstance(v, str)
-        elif kind == "int":
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        elif kind == "float":
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        elif kind == "bool":
-            ok = isinstance(v, bool)
-        elif kind == "dict":
-            ok = isinstance(v, dict)
-        elif kind == "tuple":
-            ok = isinstance(v, str) or (isinstance(v, (list, tuple)) and
-                                        (base != "tuple[str, ...]" or all(isinstance(x, str) for x in v)))
-        else:
-            continue  # a type this check does not know: left to the field's own checks
-        if not ok:
-            want = _KINDS.get(base, _KINDS.get(kind, base))
-            raise error(f"{prefix}{f.name} must be {want}{' or null' if optional else ''}, got {_shown(v)}")
-
 
 def closest(name: str, choices) -> str:
     """' (did you mean X?)' or the list of valid names, for one-line errors."""
@@ -318,11 +270,6 @@ def drop_warnings() -> None:
     _PENDING = None
 
 
-def _finite(v) -> bool:
-    import math
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _check_types(kw: dict, n_members: int, notes: list | None = None) -> dict:
     """Each decode value has its field's type (a whole number for int fields, a finite number for
     float ones, true/false for flags, a list of n_members numbers for weights); returns kw with
@@ -338,7 +285,7 @@ def _check_types(kw: dict, n_members: int, notes: list | None = None) -> dict:
             out[k] = v  # DecodeConfig names it and the closest fields
             continue
         base, optional = t.split("|")[0].strip(), "None" in t
-        shown = json.dumps(v) if not isinstance(v, str) else repr(v)
+        shown = _shown(v)
         if v is None:
             if not optional:
                 raise UsageError(f"{k} needs a value, got null")
@@ -346,7 +293,7 @@ def _check_types(kw: dict, n_members: int, notes: list | None = None) -> dict:
             if not isinstance(v, bool):
                 raise UsageError(f"{k} must be true or false, got {shown}")
         elif base == "int":
-            if not _finite(v):
+            if not finite(v):
                 raise UsageError(f"{k} must be a whole number, got {shown}")
             if v != int(v):
                 if k not in _FLOORED:
@@ -358,13 +305,13 @@ def _check_types(kw: dict, n_members: int, notes: list | None = None) -> dict:
                 v = math.floor(v)
             v = int(v)
         elif base == "float":
-            if not _finite(v):
+            if not finite(v):
                 raise UsageError(f"{k} must be a finite number, got {shown}")
         elif base == "str":
             if not isinstance(v, str):
                 raise UsageError(f"{k} must be a string, got {shown}")
         elif base.startswith("tuple"):  # weights
-            if not isinstance(v, (list, tuple)) or not all(_finite(w) for w in v):
+            if not isinstance(v, (list, tuple)) or not all(finite(w) for w in v):
                 raise UsageError(f"{k} must be a list of numbers, one per member, e.g. {k}='[0.6, 0.4]'; got {shown}")
             if len(v) != n_members:
                 raise UsageError(f"{k} has {len(v)} value(s) for {n_members} member(s); give one per member")

@@ -26,7 +26,7 @@ def no_model_work(pair, monkeypatch):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(theta="0.5"), "theta must be a finite number"),
-    (dict(theta=None), "theta needs a value"),
+    (dict(theta=None), "theta must be a finite number, got null"),
     (dict(theta=True), "theta must be a finite number"),
     (dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
     (dict(max_new_tokens=float("inf")), "max_new_tokens must be a whole number"),
@@ -176,3 +176,27 @@ def test_notebook_parameter_error_is_one_line(values, msg):
         plans.notebook_params("00_quickstart", "cpu", **values)
     shown = e.value._render_traceback_()  # what IPython (and papermill's error) shows instead of a traceback
     assert len(shown) == 1 and "\n" not in shown[0] and isinstance(e.value, ValueError)
+
+
+def _settings():
+    from adafuse_lab.plans import NotebookParams
+    from adafuse_lab.runs import RunConfig
+    return [DecodeConfig, NotebookParams, lambda **kw: RunConfig(task="triviaqa", models=("tiny:bpe",), **kw)]
+
+
+def test_every_settings_class_takes_numpy_whole_numbers_as_ints():
+    """RunConfig, NotebookParams and DecodeConfig share one type check (adafuse_lab.fields)."""
+    for make in _settings():
+        obj = make(batch_size=np.int64(4))
+        assert type(obj.batch_size) is int and obj.batch_size == 4
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(batch_size=2.5), "batch_size must be a whole number, got 2.5"),
+    (dict(batch_size=True), "batch_size must be a whole number, got true"),
+    (dict(max_new_tokens="8"), "max_new_tokens must be a whole number, got '8'"),
+])
+def test_every_settings_class_refuses_a_wrong_type_in_the_same_words(kw, msg):
+    for make in _settings():
+        with pytest.raises(ValueError, match=msg):
+            make(**kw)

@@ -153,7 +153,7 @@ def test_bad_config_refused_before_writing(tmp_path, kw, msg):
     (dict(method=None), "method must be a string, got null"),
     (dict(models=("tiny:bpe", 5)), "models must be a list of strings"),
     (dict(models=None), "models must be a list of strings"),
-    (dict(chat="no"), "chat must be true or false or null, got 'no'"),  # was: read as true, chat on
+    (dict(chat="no"), "chat must be true, false or null, got 'no'"),  # was: read as true, chat on
     (dict(decode="theta=0.5"), "decode must be a mapping"),
     (dict(limit="2"), "limit must be a whole number or null, got '2'"),
     (dict(source=None), "source must be a string, got null"),

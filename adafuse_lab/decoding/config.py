@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
+
+from ..fields import check_field_types
 
 CRITERIA = ("margin", "entropy", "prob")
 THRESHOLDS = ("fixed", "dynamic")
@@ -26,10 +26,6 @@ OFFICIAL = {
 
 class ConfigError(ValueError):
     """A decoding parameter is unknown or out of range."""
-
-
-def _finite(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class DecodeConfig:
         def need(ok, msg):
             if not ok:
                 raise ConfigError(msg)
-        self._check_types()
+        check_field_types(self, ConfigError)  # 2.5 tokens, True as 1, NaN: one error naming the field
         need(0.0 <= self.theta <= 1.0, f"theta must be in [0, 1], got {self.theta}")
         need(self.criterion in CRITERIA, f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         need(self.threshold in THRESHOLDS, f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
@@ -118,40 +114,6 @@ class DecodeConfig:
         need(self.span_length is None or self.span_length >= 1, f"span_length must be >= 1, got {self.span_length}")
         need(self.max_span_rounds is None or self.max_span_rounds >= 0,
              f"max_span_rounds must be >= 0 (0: no cap), got {self.max_span_rounds}")
-
-    def _check_types(self) -> None:
-        """Each field holds its annotated type, whoever built the config (Python, a plan, the CLI):
-        a whole number for int fields (not a bool, not 2.5: the CLI rounds M and B down before
-        this), a finite number for float fields, true/false for flags, a string for names, and
-        for weights a list or tuple of finite numbers (kept as a tuple of floats). A wrong type is
-        one ConfigError naming the field, never a TypeError from a comparison below or a value
-        (2.5 tokens, True as 1, NaN) that runs and decodes something else than was asked."""
-        for f in dataclasses.fields(self):
-            v, parts = getattr(self, f.name), [x.strip() for x in str(f.type).split("|")]
-            optional, base = "None" in parts, parts[0]
-            if v is None:
-                if not optional:
-                    raise ConfigError(f"{f.name} needs a value, got null (None)")
-                continue
-            if base == "bool":
-                ok, want = isinstance(v, bool), "true, false" if optional else "true or false"
-            elif base == "int":
-                ok, want = isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number"
-                if ok and type(v) is not int:  # numpy.int64 from np.arange: a plain int (JSON, hashing)
-                    object.__setattr__(self, f.name, int(v))
-            elif base == "float":
-                ok, want = _finite(v), "a finite number"
-            elif base == "str":
-                ok, want = isinstance(v, str), "a string"
-            elif base.startswith("tuple"):  # weights
-                ok = isinstance(v, (list, tuple)) and all(_finite(w) for w in v)
-                want = "a list of finite numbers, one per member"
-                if ok:
-                    object.__setattr__(self, f.name, tuple(float(w) for w in v))
-            else:
-                continue
-            if not ok:
-                raise ConfigError(f"{f.name} must be {want}{' or null' if optional else ''}, got {v!r}")
 
     def effective(self, name: str):
         """The value in force for one of the OFFICIAL fields: its own, or compat's choice when None."""
