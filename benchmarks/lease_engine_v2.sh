@@ -63,10 +63,10 @@
 #   q11     what a quality table costs on this engine: `run` of AdaFuse and of qwen alone, fp32, batch 64,
 #           all 300 GSM8K dev rows and 500 TriviaQA rows (seconds per question, for the plan of issue 23)
 # After the triton kernel's column chunks (flash-decoding split; files engine_v12/):
-#   v12     the short form for a lease with little device time, in order of need: the attention tests on
-#           CUDA; adafuse and single at batch 64 with generate; 152d14e at 64; this commit at 64 again
-#           (warm kernel cache); attn_tree at batch 64 (both members' shapes); adafuse at 256, now and
-#           152d14e; the floor. Files go to $O and, packed after each part, to $OUT/v12.tgz (a call
+#   v12k    the attention tests on CUDA; attn_tree at batch 64 and 256 for both members' shapes (no models)
+#   v12     the short form for a lease with little device time, in order of need: adafuse and single at
+#           batch 64 with generate; 152d14e at 64; this commit at 64 again (warm kernel cache); adafuse
+#           at 256, now and 152d14e; the floor. Files go to $O and, packed after each part, to $OUT/v12.tgz (a call
 #           brings back only a few files)
 #   v12a    the attention tests on CUDA; one layer of each member's shape at batch 64 and 256
 #           (benchmarks/diag/attn_tree.py: chunks 1-16); anchors; adafuse and single at batch 64 with generate
@@ -305,12 +305,17 @@ v11old)
       --out $O/engine_f47963b_b256_auto.json > $O/v11old_b256.log 2>&1
   python benchmarks/bench_summary.py $O/engine_f47963b_b256_auto.json ;;
 v11c) others_and_b1 11 ;;
+v12k)  # no models needed: run first, before the chunks are staged
+  python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "triton or fast_backend" 2>&1 | tail -2
+  for shape in "64 14 2 qwen05" "64 9 3 smollm2" "256 14 2 qwen05" "256 9 3 smollm2"; do
+    set -- $shape
+    python benchmarks/diag/attn_tree.py --rows $1 --heads $2 --kv-heads $3 --out $O/attn_tree_$4_b$1.json 2>&1 | tail -3
+  done ;;
 v12)
   pack() { tar -czf ${OUT:-/tmp}/v12.tgz -C $O . ; }
   ROOT=$(pwd); OLD=$ROOT/.gpu-extra/old; DO="${D/.gpu-extra/$ROOT/.gpu-extra}"
   old_py() { (cd $OLD && PYTHONPATH=/tmp/site:$OLD python "$@"); }
   O=/tmp/v12; mkdir -p $O
-  python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "triton or fast_backend" > $O/tests.log 2>&1; tail -1 $O/tests.log
   python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
       --out $O/engine_v12_b64_t256.json > $O/v12_b64.log 2>&1
   python benchmarks/bench_summary.py $O/engine_v12_b64_t256.json; pack
@@ -320,10 +325,6 @@ v12)
   python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --no-generate \
       --out $O/engine_v12_b64_warm.json > $O/v12_b64_warm.log 2>&1
   python benchmarks/bench_summary.py $O/engine_v12_b64_warm.json; pack
-  for shape in "64 14 2 qwen05" "64 9 3 smollm2"; do
-    set -- $shape
-    python benchmarks/diag/attn_tree.py --rows $1 --heads $2 --kv-heads $3 --out $O/attn_tree_$4_b$1.json 2>&1 | tail -3
-  done; pack
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
       --out $O/engine_v12_b256.json > $O/v12_b256.log 2>&1
   python benchmarks/bench_summary.py $O/engine_v12_b256.json; pack
