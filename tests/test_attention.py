@@ -88,7 +88,7 @@ def test_triton_backend_skips_hidden_blocks_exactly():
     mask[0, 0, 1, 250] = True            # reads one column only
     want = BACKENDS["reference"].attend(None, q, k, v, mask, d ** -0.5)
     got = BACKENDS["triton"].attend(None, q, k, v, mask, d ** -0.5)
-    assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 2e-3)  # fp32: tf32 dots on CUDA
+    assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 5e-3)  # fp32: tf32 dots on CUDA
 
 
 @pytest.mark.parametrize("splits", [1, 2, 3, 7])
@@ -107,13 +107,14 @@ def test_triton_column_chunks_merge_to_the_reference(splits, T):
     mask[0, 0, 0, width - 1] = True      # reads the last column only
     want = BACKENDS["reference"].attend(None, q, k, v, mask, d ** -0.5)
     got = tree_kernel.tree_attention(q, k, v, mask, d ** -0.5, splits=splits)
-    assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 2e-3)
+    assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 5e-3)  # fp32: tf32 dots on CUDA
 
 
 def test_triton_splits_fill_the_gpu_but_never_exceed_the_column_blocks():
-    assert tree_kernel.splits_for(programs=4, col_blocks=100, device=torch.device("cpu")) == 8  # 4 x 8 "SMs" / 4
-    assert tree_kernel.splits_for(programs=4, col_blocks=3, device=torch.device("cpu")) == 3
-    assert tree_kernel.splits_for(programs=1000, col_blocks=100, device=torch.device("cpu")) == 1
+    cpu = torch.device("cpu")  # counts as 8 SMs
+    assert tree_kernel.splits_for(programs=3, col_blocks=100, device=cpu) == 3
+    assert tree_kernel.splits_for(programs=2, col_blocks=3, device=cpu) == 3
+    assert tree_kernel.splits_for(programs=8, col_blocks=100, device=cpu) == 1
 
 
 def test_by_length_sends_one_token_steps_to_one_backend_and_longer_ones_to_the_other(monkeypatch):

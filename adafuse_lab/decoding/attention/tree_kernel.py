@@ -116,11 +116,12 @@ def _kernels(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it de
 
 
 def splits_for(programs: int, col_blocks: int, device) -> int:
-    """Column chunks per (row, K/V head, query block): enough programs to fill the GPU a few
-    times over. With one program per row and head, 64 rows of a 2-head model start 128
-    programs, one per SM, each streaming all its row's columns alone (flash-decoding's split)."""
+    """Column chunks per (row, K/V head, query block): as many as it takes for one program per
+    SM. Measured on an H100 (BENCHMARKS.md, engine v12): 64 rows of qwen's 2 K/V heads (128
+    programs) gain 7-10% from 2 chunks; with a program per SM already (256 rows) chunks cost up
+    to 14% at 16 new tokens per row."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    return max(1, min(col_blocks, -(-4 * sms // programs)))
+    return max(1, min(col_blocks, -(-sms // programs)))
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
