@@ -5,10 +5,10 @@ is empty, and with a mask they also read K/V once per query head (docs/engine_lo
 Here one program takes a row's K/V head and every query that reads it: the G query heads of
 the group times the T new tokens, G*T rows of one tile. It streams the row's cache columns
 once, skips blocks of columns the mask hides from every query (free and dead columns), and
-keeps an online softmax. The columns are split into chunks, one program each, whose partial
-softmaxes a second kernel merges (flash-decoding): a few dozen rows times two K/V heads are too
-few programs to keep a GPU's memory busy. The mask is the runtime's (rows x 1 x T x width
-booleans), read per block of columns.
+keeps an online softmax. Where a batch starts fewer programs than the GPU has SMs, each row's
+columns are split into chunks, one program each, whose partial softmaxes a second kernel merges
+(flash-decoding's split). The mask is the runtime's (rows x 1 x T x width booleans), read per
+block of columns.
 
 Runs on CUDA; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1, for tests).
 """
