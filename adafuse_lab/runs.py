@@ -29,8 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fields import check_field_types, finite
-from .fields import shown as _shown
+from .fields import check_field_types, finite, shown
 
 CONFIG, SAMPLES, RESULTS = "config.json", "samples.jsonl", "results.json"
 
@@ -285,34 +284,34 @@ def _check_types(kw: dict, n_members: int, notes: list | None = None) -> dict:
             out[k] = v  # DecodeConfig names it and the closest fields
             continue
         base, optional = t.split("|")[0].strip(), "None" in t
-        shown = _shown(v)
+        got = shown(v)
         if v is None:
             if not optional:
                 raise UsageError(f"{k} needs a value, got null")
         elif base == "bool":
             if not isinstance(v, bool):
-                raise UsageError(f"{k} must be true or false, got {shown}")
+                raise UsageError(f"{k} must be true or false, got {got}")
         elif base == "int":
             if not finite(v):
-                raise UsageError(f"{k} must be a whole number, got {shown}")
+                raise UsageError(f"{k} must be a whole number, got {got}")
             if v != int(v):
                 if k not in _FLOORED:
-                    raise UsageError(f"{k} must be a whole number, got {shown}")
+                    raise UsageError(f"{k} must be a whole number, got {got}")
                 if math.floor(v) < 1:
-                    raise UsageError(f"{k} must be >= 1, got {shown} (a fractional {k} is rounded down)")
+                    raise UsageError(f"{k} must be >= 1, got {got} (a fractional {k} is rounded down)")
                 msg = f"{k}={v} is not a whole number: using {k}={math.floor(v)}"
                 warn(msg) if notes is None else notes.append(msg)
                 v = math.floor(v)
             v = int(v)
         elif base == "float":
             if not finite(v):
-                raise UsageError(f"{k} must be a finite number, got {shown}")
+                raise UsageError(f"{k} must be a finite number, got {got}")
         elif base == "str":
             if not isinstance(v, str):
-                raise UsageError(f"{k} must be a string, got {shown}")
+                raise UsageError(f"{k} must be a string, got {got}")
         elif base.startswith("tuple"):  # weights
             if not isinstance(v, (list, tuple)) or not all(finite(w) for w in v):
-                raise UsageError(f"{k} must be a list of numbers, one per member, e.g. {k}='[0.6, 0.4]'; got {shown}")
+                raise UsageError(f"{k} must be a list of numbers, one per member, e.g. {k}='[0.6, 0.4]'; got {got}")
             if len(v) != n_members:
                 raise UsageError(f"{k} has {len(v)} value(s) for {n_members} member(s); give one per member")
         out[k] = v

@@ -115,13 +115,17 @@ def _kernels(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it de
     return tree_attention, combine
 
 
+@functools.cache
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
 def splits_for(programs: int, col_blocks: int, device) -> int:
     """Column chunks per (row, K/V head, query block): as many as it takes for one program per
     SM. Measured on an H100 (BENCHMARKS.md, engine v12): 64 rows of qwen's 2 K/V heads (128
-    programs) gain 7-10% from 2 chunks; with a program per SM already (256 rows) chunks cost up
+    programs) gain 7-17% from 2 chunks; with a program per SM already (256 rows) chunks cost up
     to 14% at 16 new tokens per row."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    return max(1, min(col_blocks, -(-sms // programs)))
+    return max(1, min(col_blocks, -(-_sms(device) // programs)))
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
@@ -147,9 +151,11 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     splits = splits or splits_for(R * kv_heads * m_blocks, col_blocks, q.device)
     chunk = triton.cdiv(col_blocks, splits) * block_n
     splits = triton.cdiv(W, chunk)  # no empty chunk at the end
-    rows = splits * R * kv_heads * m_blocks * block_m
-    part = q.new_empty((rows, block_d) if splits > 1 else (1, 1), dtype=torch.float32)
-    best, total = (q.new_empty(rows if splits > 1 else 1, dtype=torch.float32) for _ in range(2))
+    part = best = total = out  # one chunk: the parts are never written, the kernel writes out
+    if splits > 1:
+        rows = splits * R * kv_heads * m_blocks * block_m
+        part = q.new_empty((rows, block_d), dtype=torch.float32)
+        best, total = (q.new_empty(rows, dtype=torch.float32) for _ in range(2))
     attend, combine = _kernels(_interpreted())
     attend[(R * kv_heads, m_blocks, splits)](
         q, k, v, mask, out, part, best, total, scale,
