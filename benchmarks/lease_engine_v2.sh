@@ -64,15 +64,10 @@
 #           all 300 GSM8K dev rows and 500 TriviaQA rows (seconds per question, for the plan of issue 23)
 # After the triton kernel's column chunks (flash-decoding split; files engine_v12/):
 #   v12k    the attention tests on CUDA; attn_tree at batch 64 and 256 for both members' shapes (no models)
-#   v12     the short form for a lease with little device time, in order of need: adafuse and single at
-#           batch 64 with generate; 152d14e at 64; this commit at 64 again (warm kernel cache); adafuse
-#           at 256, now and 152d14e; the floor. Files go to $O and, packed after each part, to $OUT/v12.tgz (a call
-#           brings back only a few files)
-#   v12a    the attention tests on CUDA; one layer of each member's shape at batch 64 and 256
-#           (benchmarks/diag/attn_tree.py: chunks 1-16); anchors; adafuse and single at batch 64 with generate
-#   v12b    adafuse at batch 256; the same host, commit 152d14e (no chunks; package in .gpu-extra/old):
-#           adafuse and single at 64, adafuse at 256; then this commit's batch 64 again (triton's
-#           kernel cache now warm: what graph capture costs without compiling)
+#   v12     the engine lease, in order of need: adafuse and single at batch 64 with generate; 152d14e
+#           (package in .gpu-extra/old) at 64; this commit at 64 again (warm kernel cache); adafuse at
+#           256, now and 152d14e; the anchors (floor_bench, attn_bench). Files go to /tmp/v12 and,
+#           packed after each part, to $OUT/v12.tgz (a call brings back only a few files)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -331,34 +326,9 @@ v12)
   old_py -m adafuse_lab bench --models $M --method adafuse $DO --limit 256 --batch-size 256 --no-generate \
       --out $O/engine_152d14e_b256.json > $O/old_b256.log 2>&1
   python benchmarks/bench_summary.py $O/engine_152d14e_b256.json; pack
-  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack ;;
-v12a)
-  python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "triton or fast_backend" 2>&1 | tail -3
-  for shape in "64 14 2 qwen05" "64 9 3 smollm2" "256 14 2 qwen05" "256 9 3 smollm2"; do
-    set -- $shape
-    python benchmarks/diag/attn_tree.py --rows $1 --heads $2 --kv-heads $3 --out $O/attn_tree_$4_b$1.json 2>&1 | tail -3
-  done
-  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log
-  python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log
-  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 \
-      --out $O/engine_v12_b64_t256.json > $O/v12a.log 2>&1; tail -2 $O/v12a.log
-  python benchmarks/bench_summary.py $O/engine_v12_b64_t256.json ;;
-v12b)
-  python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
-      --out $O/engine_v12_b256.json > $O/v12b_b256.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v12_b256.json
-  ROOT=$(pwd); OLD=$ROOT/.gpu-extra/old; DO="${D/.gpu-extra/$ROOT/.gpu-extra}"
-  old_py() { (cd $OLD && PYTHONPATH=/tmp/site:$OLD python "$@"); }
-  old_py -m adafuse_lab bench --models $M --method adafuse,single $DO --limit 64 --batch-size 64 --no-generate \
-      --out $O/engine_152d14e_b64.json > $O/v12b_old_b64.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_152d14e_b64.json
-  old_py -m adafuse_lab bench --models $M --method adafuse $DO --limit 256 --batch-size 256 --no-generate \
-      --out $O/engine_152d14e_b256.json > $O/v12b_old_b256.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_152d14e_b256.json
-  python -m adafuse_lab bench --models $M --method adafuse,single $D --limit 64 --batch-size 64 --no-generate \
-      --out $O/engine_v12_b64_warm.json > $O/v12b_warm.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_v12_b64_warm.json ;;
-q11)
+  python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
+  python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
+11)
   R="--source local --data-dir .gpu-extra/data --dtype float32 --batch-size 64 --no-progress"
   for job in "gsm8k adafuse qwen2.5-coder-0.5b,smollm2-135m all" "gsm8k single qwen2.5-coder-0.5b all" \
              "triviaqa adafuse qwen2.5-coder-0.5b,smollm2-135m 500" "triviaqa single qwen2.5-coder-0.5b 500"; do
