@@ -63,10 +63,10 @@
 #   q11     what a quality table costs on this engine: `run` of AdaFuse and of qwen alone, fp32, batch 64,
 #           all 300 GSM8K dev rows and 500 TriviaQA rows (seconds per question, for the plan of issue 23)
 # After the triton kernel's column chunks (flash-decoding split; files engine_v12/):
-#   v12k    the attention tests on CUDA; attn_tree at batch 64 and 256 for both members' shapes (no models)
+#   v12k    the attention tests on CUDA; attn_tree at batch 64 for both members' shapes, 256 for qwen (no models)
 #   v12     the engine lease, in order of need: adafuse and single at batch 64 with generate; 152d14e
 #           (package in .gpu-extra/old) at 64; this commit at 64 again (warm kernel cache); adafuse at
-#           256, now and 152d14e; the anchors (floor_bench, attn_bench). Files go to /tmp/v12 and,
+#           256; the anchors (floor_bench, attn_bench). Files go to /tmp/v12 and,
 #           packed after each part, to $OUT/v12.tgz (a call brings back only a few files)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
@@ -302,7 +302,7 @@ v11old)
 v11c) others_and_b1 11 ;;
 v12k)  # no models needed: run first, before the chunks are staged
   python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "triton or fast_backend" 2>&1 | tail -2
-  for shape in "64 14 2 qwen05" "64 9 3 smollm2" "256 14 2 qwen05" "256 9 3 smollm2"; do
+  for shape in "64 14 2 qwen05" "64 9 3 smollm2" "256 14 2 qwen05"; do
     set -- $shape
     python benchmarks/diag/attn_tree.py --rows $1 --heads $2 --kv-heads $3 --out $O/attn_tree_$4_b$1.json 2>&1 | tail -3
   done ;;
@@ -323,9 +323,6 @@ v12)
   python -m adafuse_lab bench --models $M --method adafuse $D --limit 256 --batch-size 256 --no-generate \
       --out $O/engine_v12_b256.json > $O/v12_b256.log 2>&1
   python benchmarks/bench_summary.py $O/engine_v12_b256.json; pack
-  old_py -m adafuse_lab bench --models $M --method adafuse $DO --limit 256 --batch-size 256 --no-generate \
-      --out $O/engine_152d14e_b256.json > $O/old_b256.log 2>&1
-  python benchmarks/bench_summary.py $O/engine_152d14e_b256.json; pack
   python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
   python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
 11)
