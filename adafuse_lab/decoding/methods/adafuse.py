@@ -49,6 +49,8 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
     # and the next round starts in that step (the plain order spends a forward per round on
     # scoring). Not where the scored text is not the growing text (bare, official text, tails).
     early = cfg.early_scoring and not (bare or text_rule or span.tail)
+    for rt in runtimes:
+        rt.score_decoded = early
 
     def decide(k, rt):
         """Every main and branch stream not yet decided this step decides what it feeds next."""
@@ -76,7 +78,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 branches = groups.get(p, [])
                 if all(b.st.done for b in branches):
                     _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg, text_rule)
-                    for b in branches:
+                    for b in branches if not early else ():  # early: a branch may win, its columns committed
                         b.dead = True
         reqs = [[] for _ in runtimes]
         for p in live:
@@ -163,21 +165,23 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
 def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
     """The candidate texts of each prompt's round as they stand: each member's proposal where
     it is complete, else its look-ahead's text, or the texts of its branches as they grow.
-    Per member: {prompt: {text: the member's own tokens of it where it decoded it, else None}}."""
+    Per member: {prompt: {text: the streams that decoded it, (look-ahead, branch or None), where
+    the member decoded it, else None}}."""
     mine = [{p: {} for p in prompts} for _ in runtimes]
     for k, (rt, prop) in enumerate(zip(runtimes, props)):
         branches = rt.groups("branch")
         for p in prompts:
-            if prop[p].texts:
-                mine[k][p].update((t, None) for t in prop[p].texts)
+            if prop[p].texts:  # complete: its texts as they were decoded
+                known = rt.decoded.get(p, {})
+                mine[k][p].update((t, known.get(t)) for t in prop[p].texts)
                 continue
-            st = rt.main[p].st
-            mine[k][p][st.text] = st.toks
-            if st.branch is not None:
-                mine[k][p].update((st.text + b.st.text, b.st.base + b.st.toks) for b in branches.get(p, ()))
+            main = rt.main[p]
+            mine[k][p][main.st.text] = (main, None)
+            if main.st.branch is not None:
+                mine[k][p].update((main.st.text + b.st.text, (main, b)) for b in branches.get(p, ()))
     out = []
     for own in mine:
-        out.append({p: {t: toks for t, toks in {**{t: None for m in mine for t in m[p]}, **own[p]}.items() if t}
+        out.append({p: {t: d for t, d in {**{t: None for m in mine for t in m[p]}, **own[p]}.items() if t}
                     for p in prompts})
     return out
 

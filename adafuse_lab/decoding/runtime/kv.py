@@ -112,15 +112,18 @@ class KVCache:
         self.cache.batch_select_indices(rows)
         self.committed, self.pos, self.owner = (x.index_select(0, rows) for x in (self.committed, self.pos, self.owner))
 
-    def commit_streams(self, rows: list[int], owners: list[int], hide_from: list[int], ends: list[int]) -> None:
-        """For each i: the columns owners[i] wrote in rows[i] become committed text; committed
-        columns of that row at positions >= hide_from[i] stop being (they were re-tokenized);
-        so do its columns at positions >= ends[i] (scored, never committed). One row each."""
+    def commit_streams(self, rows: list[int], owners: list[int], hide_from: list[int], ends: list[int],
+                       also: list[int] | None = None) -> None:
+        """For each i: the columns owners[i] (and also[i], a second stream; -2 for none) wrote in
+        rows[i] become committed text; committed columns of that row at positions >= hide_from[i]
+        stop being (they were re-tokenized); so do its columns at positions >= ends[i] (scored,
+        never committed). One row each."""
         from .member import on_device_many
-        r, own, hide, end = on_device_many([rows, owners, hide_from, ends], self.owner.device)
-        own, hide, end = own[:, None], hide[:, None], end[:, None]
+        also = also if also is not None else [-2] * len(rows)
+        r, own, other, hide, end = on_device_many([rows, owners, also, hide_from, ends], self.owner.device)
+        own, other, hide, end = own[:, None], other[:, None], hide[:, None], end[:, None]
         pos, owner = self.pos.index_select(0, r), self.owner.index_select(0, r)
-        written = owner == own
+        written = (owner == own) | (owner == other)
         committed = (self.committed.index_select(0, r) & (pos < hide)) | (written & (pos < end))
         self.committed.index_copy_(0, r, committed)
         self.owner.index_copy_(0, r, owner.masked_fill(written, NOBODY))

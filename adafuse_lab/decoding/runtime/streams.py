@@ -54,6 +54,7 @@ class Stream:
     off: int = 0                # where its feed sits in its prompt's row in this step
     take: int = 0               # how many of its feed tokens this step feeds (the rest: next steps)
     end_logits: object = None   # score with tail: the logits after its committed part, kept when fed
+    toks: list = field(default_factory=list)  # main, branch with score_decoded: the tokens it fed this round
 
 
 class Runtime:
@@ -79,6 +80,12 @@ class Runtime:
         self.restructure()
         self.early: dict[int, dict[str, Stream]] = {}  # grow_early's score streams: prompt -> text -> stream
         self.told: dict[int, dict[str, tuple]] = {}    # the tokenizer's plans of those texts: prompt -> text -> plan
+        # Early scoring of the texts a member decoded itself: its look-ahead and branch streams sum
+        # the NLL of the tokens they feed, and a candidate they decoded as it tokenizes is scored
+        # from those sums, with no stream of its own (about half of the tokens early scoring fed).
+        self.score_decoded = False
+        self.decoded: dict[int, dict[str, tuple]] = {}   # prompt -> own text -> (look-ahead, branch or None)
+        self.virtual: dict[int, dict[int, tuple]] = {}   # prompt -> candidate -> (look-ahead, branch or None, eos)
         self.logits = None                     # logits of the last forward (rows x T x V)
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
         self.version = 0                       # counts the writes to self.last (prefetch() is valid until one)
@@ -108,11 +115,16 @@ class Runtime:
                 items.append((p, cand, text, eos, extra, bare, "both"))
         early = {p: self.early.pop(p, {}) for p in {it[0] for it in items}}
         told = {p: self.told.pop(p, {}) for p in early}
+        decoded = {p: self.decoded.pop(p, {}) for p in early}
         known = [None if eos or extra or bare else told[p].get(text) for p, _, text, eos, extra, bare, _ in items]
         fresh = iter(self._plans([(p, text, eos, bare, extra) for (p, _, text, eos, extra, bare, _), plan
                                   in zip(items, known) if plan is None]))
         for (p, cand, text, eos, extra, bare, role), plan in zip(items, known):
             plan = plan or next(fresh)
+            mine = decoded[p].get(text) if role == "both" and not extra and not bare else None
+            if mine is not None and self._as_decoded(p, mine, plan, eos):
+                self.virtual.setdefault(p, {})[cand] = (*mine, eos)
+                continue
             s = early[p].pop(text, None) if role == "both" and not extra and not bare else None
             if s is not None and not _extend(s, plan):
                 s.dead = True  # its tokens are not how the candidate tokenizes
@@ -125,34 +137,40 @@ class Runtime:
             for s in left.values():
                 s.dead = True
 
-    def grow_early(self, wanted: dict[int, dict[str, list[int] | None]]) -> None:
+    def grow_early(self, wanted: dict[int, dict[str, tuple | None]]) -> None:
         """Early scoring: for each prompt, a score stream per text in wanted[p] (the candidates
         of a round still growing, one token per step), fed as the text grows, so that the
         round needs no forward of its own to score them once they are complete. A stream whose
         tokens are the start of a longer text's goes on with it; the streams of texts no longer
-        wanted die. A text this member decoded itself comes with its tokens, fed as they are:
-        the tokenizer runs for the other members' texts only. (Where they are not how the text
-        tokenizes, score_streams finds out once the candidate is complete and feeds it anew.)"""
+        wanted die. A text this member decoded itself comes with the streams that decoded it,
+        (look-ahead, branch or None), and gets no stream: score_streams scores it from their
+        sums (score_decoded) where the text tokenizes as they decoded it, and feeds it anew where not."""
         todo, spares = [], []
         for p, texts in wanted.items():
             have, told = self.early.pop(p, {}), self.told.pop(p, {})
-            self.early[p] = {t: have.pop(t) for t in texts if t in have}
+            self.decoded[p] = {t: d for t, d in texts.items() if d is not None}
+            self.early[p] = {t: have.pop(t) for t, d in texts.items() if d is None and t in have}
             self.told[p] = {t: told[t] for t in texts if t in told}
             spares.append(have)  # streams of texts no longer wanted: extended, or they die
-            todo += [(p, t, toks, have) for t, toks in texts.items() if t not in self.early[p]]
-        fresh = iter(self._plans([(p, t, False, False, ()) for p, t, toks, _ in todo if toks is None]))
-        for p, text, toks, spare in todo:
-            n = len(self.m.ids[p])
-            if toks is None:
-                plan = self.told[p][text] = next(fresh)
-            else:
-                plan = (list(toks), n, n)
+            todo += [(p, t, have) for t, d in texts.items() if d is None and t not in self.early[p]]
+        fresh = iter(self._plans([(p, t, False, False, ()) for p, t, _ in todo]))
+        for p, text, spare in todo:
+            plan = self.told[p][text] = next(fresh)
             old = next((t for t, s in spare.items() if text.startswith(t) and _extend(s, plan)), None)
             self.early[p][text] = spare.pop(old) if old is not None else self.new_stream(
                 p, "score", plan=plan, feed=list(plan[0]), n=plan[1], limit=plan[1])
         for spare in spares:
             for s in spare.values():
                 s.dead = True
+
+    def _as_decoded(self, p: int, mine: tuple, plan: tuple, eos: bool) -> bool:
+        """Does `plan` (a candidate's ids as the text tokenizes) feed what the streams `mine`
+        (look-ahead, branch or None) decoded after the committed text, plus an EOS id if `eos`?"""
+        seg, start, first = plan
+        toks = mine[0].toks + (mine[1].toks if mine[1] is not None else [])
+        n = len(self.m.ids[p])
+        return (start == first == n and seg[:len(toks)] == toks
+                and len(seg) == len(toks) + eos and (not eos or seg[-1] in self.m.eos))
 
     def _plans(self, items) -> list[tuple[list[int], int, int]]:
         """(seg, start, first_scored) of (p, text, eos, bare, extra) items: the ids a score
@@ -199,8 +217,8 @@ class Runtime:
         return out
 
     def end_prompt(self, p: int) -> None:
-        self.early.pop(p, None)
-        self.told.pop(p, None)
+        for held in (self.early, self.told, self.decoded, self.virtual):
+            held.pop(p, None)
         for s in self.rows + self.spawn:
             if s.p == p:
                 s.dead = True
@@ -288,6 +306,8 @@ class Runtime:
         self.last[slots] = logits[rows, ends].float()
         self.version += 1
         for s in feeding:
+            if self.score_decoded and s.kind != "score":
+                s.toks += s.feed[:s.take]
             s.n += s.take
             s.feed = s.feed[s.take:]
         kv.front = F + T
@@ -319,7 +339,17 @@ class Runtime:
         here_r, here_c, here_t, here_s = [], [], [], []
         prev_t, prev_s, prev_from = [], [], []  # prev_from: a stream's slot (>= 0) or -1 - prompt
         for s in feeding:
-            if s.kind != "score" or s.role == "commit":
+            if s.kind != "score":
+                if self.score_decoded:  # its tokens' NLL, summed in its slot (score_streams' own candidates)
+                    for j, t in enumerate(s.feed[:s.take]):
+                        if j:
+                            here_r.append(self.crow[s.p]), here_c.append(s.off + j - 1), here_t.append(t)
+                            here_s.append(s.slot)
+                        else:  # a branch's first token was chosen from its look-ahead's logits
+                            prev_t.append(t), prev_s.append(s.slot)
+                            prev_from.append(self.main[s.p].slot if s.kind == "branch" and not s.toks else s.slot)
+                continue
+            if s.role == "commit":
                 continue
             seg, start, first = s.plan  # seg[i]: the new id at position start + i
             done = s.n - start  # tokens fed before this forward
@@ -381,14 +411,33 @@ class Runtime:
             if s.kind == "score" and not s.dead and s.p in n_cands and s.role != "commit":
                 keys.append((s.p, s.cand))
                 slots.append(s.slot)
+        mine = [(p, c, v) for p in n_cands for c, v in self.virtual.get(p, {}).items()]
         out = {p: [float("nan")] * n for p, n in n_cands.items()}
-        if not slots:
+        if not slots and not mine:
             return out
         sums = self.nll.index_select(0, on_device(slots, self.nll.device, torch.long))
+        if mine:
+            keys += [(p, c) for p, c, _ in mine]
+            sums = torch.cat([sums, self._decoded_sums([v for _, _, v in mine])])
         means = torch.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1].clamp_min(1), float("nan")).tolist()
         for (p, c), mean in zip(keys, means):
             out[p][c] = mean
         return out
+
+    def _decoded_sums(self, mine: list[tuple]) -> torch.Tensor:
+        """(summed NLL, tokens) of candidates scored from the streams that decoded them, each
+        (look-ahead, branch or None, eos): the two streams' sums, and an ending's EOS scored
+        from the logits after the last token."""
+        dev = self.nll.device
+        look, branch, last, eos = on_device_many([[a.slot for a, _, _ in mine],
+                                                  [b.slot if b is not None else -1 for _, b, _ in mine],
+                                                  [(b or a).slot for a, b, _ in mine], [int(e) for _, _, e in mine]], dev)
+        sums = self.nll.index_select(0, look) + torch.where((branch >= 0)[:, None],
+                                                            self.nll.index_select(0, branch.clamp_min(0)), 0.0)
+        m = self.m
+        ending = (-token_log_probs(self.last.index_select(0, last), m.eos_t[:1].expand(len(mine)), m.eos_t)
+                  if m.eos_t.numel() else eos.float())
+        return sums + torch.stack([ending, torch.ones_like(ending)], 1) * eos[:, None]
 
     @torch.inference_mode()
     def score_texts(self, rows: list[int], texts: list[str], eos: list[bool]) -> list[float]:
@@ -419,17 +468,31 @@ class Runtime:
         if not wins:
             return
         m, groups = self.m, self.groups()
-        rows, owners, hide, ends, slots, prompts = [], [], [], [], [], []
+        rows, owners, also, hide, ends, slots, prompts = [], [], [], [], [], [], []
         for p, cand in wins:
             self.early.pop(p, None)
             self.told.pop(p, None)  # planned on the ids this commit replaces
+            self.decoded.pop(p, None)
+            mine = self.virtual.pop(p, {}).get(cand)
+            if mine is not None:  # the candidate is what this member's look-ahead (and branch) decoded
+                look, branch, eos = mine
+                s = branch or look
+                for x in groups.get(p, ()):
+                    x.dead = x is not s
+                rows.append(self.crow[p]), owners.append(look.uid), also.append(branch.uid if branch else NO_STREAM)
+                hide.append(len(m.ids[p])), ends.append(NO_LIMIT)
+                m.ids[p] = m.ids[p] + look.toks + (branch.toks if branch else []) + sorted(m.eos)[:int(eos)]
+                slots.append(s.slot), prompts.append(p)
+                s.kind, s.st, s.parent, s.toks = "main", make_state(), NO_STREAM, []
+                self.main[p] = s
+                continue
             for s in groups.get(p, ()):
                 if s.kind != "score" or s.cand != cand or s.role == "score":
                     s.dead = True
                     continue
                 seg, start, _ = s.plan
                 end = start + len(seg) - s.tail
-                rows.append(self.crow[p]), owners.append(s.uid), hide.append(start)
+                rows.append(self.crow[p]), owners.append(s.uid), also.append(NO_STREAM), hide.append(start)
                 ends.append(end if s.tail else NO_LIMIT)
                 if s.tail:  # the logits after the committed text, not after the extra ids
                     s.n = end
@@ -441,9 +504,11 @@ class Runtime:
                 self.main[p] = s
         if not rows:
             return
-        m.kv.commit_streams(rows, owners, hide, ends)
+        m.kv.commit_streams(rows, owners, hide, ends, also)
         prompts, slots = on_device_many([prompts, slots], self.last.device)
         m.last_logits[prompts] = self.last.index_select(0, slots)
+        if self.score_decoded:  # the new look-ahead sums its own tokens from zero
+            self.nll.index_fill_(0, slots, 0)
 
 
 def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: str) -> torch.Tensor:
