@@ -401,6 +401,31 @@ def test_early_scoring_changes_only_when_candidates_are_fed(tiny, method, pair, 
     assert len(steps) < late_steps, (len(steps), late_steps)
 
 
+@pytest.mark.parametrize("theta", [0.0, 0.5, 1.0])
+def test_own_candidates_are_scored_from_the_streams_that_decoded_them(tiny, theta, monkeypatch):
+    """Early scoring takes a member's own candidates' scores from its look-ahead and branch
+    streams (no score stream re-feeds their tokens) and commits those streams' columns when
+    one wins: same answers, winners and scores as score streams fed anew, fewer tokens fed."""
+    from adafuse_lab.decoding.runtime.counters import COUNTS
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, trace=True)
+    fed = lambda: sum(v for (key, name), v in COUNTS.items() if name == "fed")
+    taken = []
+    as_decoded = Runtime._as_decoded
+    monkeypatch.setattr(Runtime, "_as_decoded", lambda self, *a: (taken.append(as_decoded(self, *a)), taken[-1])[1])
+    start = fed()
+    shared = decode("adafuse", members, PROMPTS, cfg)
+    shared_fed, start = fed() - start, fed()
+    assert sum(taken) > 0
+    monkeypatch.setattr(Runtime, "_as_decoded", lambda self, *a: False)
+    fresh = decode("adafuse", members, PROMPTS, cfg)
+    flat = lambda outs: [x for o in outs for r in o.trace for c in r["candidates"] for x in c["nll"]]
+    assert [o.text for o in shared] == [o.text for o in fresh]
+    assert [[r["winner"] for r in o.trace] for o in shared] == [[r["winner"] for r in o.trace] for o in fresh]
+    assert flat(shared) == pytest.approx(flat(fresh), abs=1e-4)
+    assert shared_fed < fed() - start
+
+
 def test_early_scoring_stays_off_where_the_scored_text_is_not_the_grown_one(tiny):
     """Under the official code's behaviours (compat: bare cross-scoring, official text, look-ahead
     tails) candidates are scored after they are complete, early_scoring or not."""
