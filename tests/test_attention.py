@@ -91,13 +91,11 @@ def test_triton_backend_skips_hidden_blocks_exactly():
     assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 5e-3)  # fp32: tf32 dots on CUDA
 
 
-@pytest.mark.parametrize("skip", ["blocks", "ends", "none"])
 @pytest.mark.parametrize("splits", [1, 2, 3, 7])
 @pytest.mark.parametrize("T", [1, 5])
-def test_triton_column_chunks_merge_to_the_reference(splits, T, skip):
+def test_triton_column_chunks_merge_to_the_reference(splits, T):
     """The columns split into chunks (flash-decoding): the merged parts equal the reference,
-    also where a chunk holds nothing a query reads and where a query reads one column only;
-    with hidden blocks skipped or computed under the mask."""
+    also where a chunk holds nothing a query reads and where a query reads one column only."""
     pytest.importorskip("triton")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     rows, width, d = 3, 450, 32
@@ -108,7 +106,7 @@ def test_triton_column_chunks_merge_to_the_reference(splits, T, skip):
     mask[0, 0, 0] = False
     mask[0, 0, 0, width - 1] = True      # reads the last column only
     want = BACKENDS["reference"].attend(None, q, k, v, mask, d ** -0.5)
-    got = tree_kernel.tree_attention(q, k, v, mask, d ** -0.5, splits=splits, skip=skip)
+    got = tree_kernel.tree_attention(q, k, v, mask, d ** -0.5, splits=splits)
     assert torch.allclose(got, want, atol=1e-5 if dev == "cpu" else 5e-3)  # fp32: tf32 dots on CUDA
 
 

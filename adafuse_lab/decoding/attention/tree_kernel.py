@@ -38,28 +38,11 @@ def _kernels(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it de
     import triton.language as tl
 
     @triton.jit
-    def _block(q, k_base, v_base, n, inside, d, dm, seen, best, total, acc, scale, sk_w, sv_w):
-        """One block of columns into the online softmax of every query of the tile."""
-        k = tl.load(k_base + n[:, None] * sk_w + d[None, :], mask=inside[:, None] & dm[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(seen, s, float("-inf"))
-        new = tl.maximum(best, tl.max(s, 1))
-        safe = tl.where(new == float("-inf"), 0.0, new)
-        p = tl.exp(s - safe[:, None])
-        fade = tl.exp(best - safe)
-        total = total * fade + tl.sum(p, 1)
-        v = tl.load(v_base + n[:, None] * sv_w + d[None, :], mask=inside[:, None] & dm[None, :], other=0.0)
-        acc = acc * fade[:, None] + tl.dot(p.to(v.dtype), v)
-        return new, total, acc
-
-    globals()["_block"] = _block  # Triton resolves a kernel's callees among the module's globals, not closures
-
-    @triton.jit
     def tree_attention(Q, K, V, Mask, Out, Part, Best, Total, scale,
                        sq_r, sq_h, sq_t, sk_r, sk_h, sk_w, sv_r, sv_h, sv_w, sm_r, sm_t, sm_w, so_r, so_h, so_t,
                        T, W, KV_HEADS, CHUNK,
                        G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, SKIP: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
         pid, mb, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         r, hk = pid // KV_HEADS, pid % KV_HEADS
         m = mb * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows: group head g, token t
@@ -77,25 +60,22 @@ def _kernels(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it de
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         lo = split * CHUNK
         hi = tl.minimum(W, lo + CHUNK)
-        if SKIP == 2:  # the mask alone first: the span from the first block anyone reads to the last
-            first, last = hi, lo
-            for n0 in range(lo, hi, BLOCK_N):
-                n = n0 + tl.arange(0, BLOCK_N)
-                seen = tl.load(m_base + n[None, :] * sm_w, mask=live[:, None] & (n < hi)[None, :], other=0)
-                read = tl.max(seen.to(tl.int32)) > 0
-                first = tl.where(read, tl.minimum(first, n0), first)
-                last = tl.where(read, n0 + BLOCK_N, last)
-            lo, hi = first, tl.minimum(hi, last)
         for n0 in range(lo, hi, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             inside = n < hi
             seen = tl.load(m_base + n[None, :] * sm_w, mask=live[:, None] & inside[None, :], other=0) != 0
-            if SKIP == 1:  # a block nobody reads costs its mask only, but loads behind a branch are not pipelined
-                if tl.max(seen.to(tl.int32)) > 0:
-                    best, total, acc = _block(q, k_base, v_base, n, inside, d, dm, seen, best, total, acc, scale,
-                                              sk_w, sv_w)
-            else:
-                best, total, acc = _block(q, k_base, v_base, n, inside, d, dm, seen, best, total, acc, scale, sk_w, sv_w)
+            if tl.max(seen.to(tl.int32)) > 0:  # a block nobody reads costs its mask only
+                k = tl.load(k_base + n[:, None] * sk_w + d[None, :], mask=inside[:, None] & dm[None, :], other=0.0)
+                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.where(seen, s, float("-inf"))
+                new = tl.maximum(best, tl.max(s, 1))
+                safe = tl.where(new == float("-inf"), 0.0, new)
+                p = tl.exp(s - safe[:, None])
+                fade = tl.exp(best - safe)
+                total = total * fade + tl.sum(p, 1)
+                v = tl.load(v_base + n[:, None] * sv_w + d[None, :], mask=inside[:, None] & dm[None, :], other=0.0)
+                acc = acc * fade[:, None] + tl.dot(p.to(v.dtype), v)
+                best = new
         if SPLIT:  # this program's part of the row: the combine kernel merges the parts
             rows = (split * tl.num_programs(0) + pid) * tl.num_programs(1) * BLOCK_M + m
             tl.store(Part + rows[:, None] * BLOCK_D + d[None, :], acc)
@@ -135,9 +115,6 @@ def _kernels(interpreted: bool):  # triton.jit reads TRITON_INTERPRET when it de
     return tree_attention, combine
 
 
-SKIPS = {"none": 0, "blocks": 1, "ends": 2}
-
-
 @functools.cache
 def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
@@ -152,14 +129,10 @@ def splits_for(programs: int, col_blocks: int, device) -> int:
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-                   block_n: int = 64, num_warps: int = 4, num_stages: int = 2, splits: int | None = None,
-                   skip: str = "blocks") -> torch.Tensor:
+                   block_n: int = 64, num_warps: int = 4, num_stages: int = 2, splits: int | None = None) -> torch.Tensor:
     """q: rows x H x T x D; k, v: rows x H_kv x W x D (H a multiple of H_kv); mask: booleans
     broadcastable to rows x 1 x T x W (True: may read). Returns rows x H x T x D.
-    splits: column chunks per row (None: splits_for's choice; 1: no combine step). skip: which
-    blocks of columns no query reads are left out: "blocks" (each block's mask is tested before
-    its K/V is read), "ends" (a first pass over the mask finds the first and the last block read;
-    every block between is computed under the mask), "none" (every block computed)."""
+    splits: column chunks per row (None: splits_for's choice; 1: no combine step)."""
     import triton
     if q.device.type != "cuda" and not _interpreted():
         raise RuntimeError("the triton attention backend runs on CUDA (on the CPU only with TRITON_INTERPRET=1)")
@@ -190,7 +163,7 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0), mask.stride(2), mask.stride(3),
         out.stride(0), out.stride(1), out.stride(2),
         T, W, kv_heads, chunk, G=G, D=D, BLOCK_D=block_d,
-        BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, SKIP=SKIPS[skip], num_warps=num_warps, num_stages=num_stages)
+        BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=num_warps, num_stages=num_stages)
     if splits > 1:
         combine[(R * kv_heads, m_blocks)](out, part, best, total, out.stride(0), out.stride(1), out.stride(2),
                                           T, kv_heads, splits, G=G, D=D, BLOCK_D=block_d, BLOCK_M=block_m,
