@@ -250,7 +250,7 @@ def benchmark(args) -> dict:
     specs = [m.strip() for m in args.models.split(",") if m.strip()]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     extra = check_args(args, specs, methods)  # every option, before a model is loaded
-    sessions = [load_session(m, device=args.device) for m in specs]
+    sessions = [load_session(m, device=args.device, dtype=args.dtype) for m in specs]
     device = sessions[0].device
     task = get_task(args.task)
     examples = task.load(source=args.source, data_dir=args.data_dir, limit=args.limit)
@@ -367,6 +367,7 @@ def add_parser(sub) -> None:
     a("--batch-size", type=int, default=64)
     a("--max-new-tokens", type=int, default=256)
     a("--device")
+    a("--dtype", help="bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     a("--task-stops", action="store_true", help="stop the method at the task's stop strings")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="DecodeConfig field")
     a("--attention", default=None, choices=list(ATTENTION),

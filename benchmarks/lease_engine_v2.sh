@@ -68,6 +68,11 @@
 #           (package in .gpu-extra/old) at 64; this commit at 64 again (warm kernel cache); adafuse at
 #           256; the anchors (floor_bench, attn_bench). Files go to /tmp/v12 and,
 #           packed after each part, to $OUT/v12.tgz (a call brings back only a few files)
+# After the own-candidate change (f9f3f47; files engine_v14/):
+#   v13     that change against its parent e42ed9b (package in .gpu-extra/old, made by
+#           `git archive e42ed9b adafuse_lab | tar -x -C .gpu-extra/old`) on one host, AdaFuse at batch
+#           64 in bf16 and in fp32 (in fp32 the answers of the two should agree, so the forwards
+#           compare like with like); the first run only warms the Triton cache
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -325,6 +330,19 @@ v12)
   python benchmarks/bench_summary.py $O/engine_v12_b256.json; pack
   python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
   python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
+v13)
+  ROOT=$(pwd); OLD=$ROOT/.gpu-extra/old; DO="${D/.gpu-extra/$ROOT/.gpu-extra}"
+  old_py() { (cd $OLD && PYTHONPATH=/tmp/site:$OLD python "$@"); }
+  python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate \
+      --out $O/warmup.json > /dev/null 2>&1
+  for dt in bfloat16 float32; do
+    python -m adafuse_lab bench --models $M --method adafuse $D --limit 64 --batch-size 64 --no-generate --dtype $dt \
+        --out $O/engine_v14_b64_$dt.json > $O/v14_$dt.log 2>&1
+    python benchmarks/bench_summary.py $O/engine_v14_b64_$dt.json
+    old_py -m adafuse_lab bench --models $M --method adafuse $DO --limit 64 --batch-size 64 --no-generate --dtype $dt \
+        --out $O/engine_e42ed9b_b64_$dt.json > $O/old_$dt.log 2>&1
+    python benchmarks/bench_summary.py $O/engine_e42ed9b_b64_$dt.json
+  done ;;
 11)
   R="--source local --data-dir .gpu-extra/data --dtype float32 --batch-size 64 --no-progress"
   for job in "gsm8k adafuse qwen2.5-coder-0.5b,smollm2-135m all" "gsm8k single qwen2.5-coder-0.5b all" \

@@ -189,6 +189,20 @@ def test_bench_times_several_methods_on_cpu(tmp_path):
         assert all(x > 0 for x in m["forward_calls_vs_generate"])
 
 
+def test_bench_loads_members_in_the_dtype_asked_and_refuses_an_unknown_one(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    args = ["bench", "--models", "tiny:bpe", "--method", "single", "--task", "triviaqa", "--source", "sample",
+            "--limit", "2", "--batch-size", "2", "--max-new-tokens", "4", "--device", "cpu", "--no-generate",
+            "--out", str(out)]
+    assert main(args + ["--dtype", "bfloat16"]) == 0
+    assert json.loads(out.read_text())["dtype"] == "torch.bfloat16"
+    with pytest.raises(SystemExit) as stop:
+        main(args + ["--dtype", "float64x"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown dtype 'float64x'" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bench_refuses_prompts_longer_than_a_members_context_before_any_generate(tmp_path, monkeypatch, capsys):
     from adafuse_lab import bench
 
