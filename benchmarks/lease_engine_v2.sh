@@ -70,7 +70,8 @@
 #           packed after each part, to $OUT/v12.tgz (a call brings back only a few files)
 # After the own-candidate change (f9f3f47; files engine_v14/):
 #   v13     that change against its parent e42ed9b (package in .gpu-extra/old, made by
-#           `git archive e42ed9b adafuse_lab | tar -x -C .gpu-extra/old`) on one host, AdaFuse at batch
+#           `git archive e42ed9b adafuse_lab | tar -x -C .gpu-extra/old`, then this commit's bench.py
+#           copied over it for --dtype) on one host, AdaFuse at batch
 #           64 in bf16 and in fp32 (in fp32 the answers of the two should agree, so the forwards
 #           compare like with like); the first run only warms the Triton cache
 source benchmarks/gpu_setup.sh
