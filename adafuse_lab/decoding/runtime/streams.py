@@ -106,7 +106,9 @@ class Runtime:
         committed; `bare`: `text` tokenized alone. One tokenizer call for all of them.
         A stream that grow_early() fed for the same text is taken over where its tokens are
         the start of the candidate's: only the rest is fed (often nothing). A text it tokenized
-        is not tokenized again: same committed ids, same plan."""
+        is not tokenized again: same committed ids, same plan. A text this member decoded itself
+        gets no stream where it tokenizes as decoded: its score comes from the decoding streams
+        (candidate_nll), and a win commits their columns (commit_many)."""
         items = []
         for p, cand, text, eos, extra, bare in reqs:
             if bare and not eos:  # scored tokenized alone, committed as the text reads
