@@ -397,7 +397,7 @@ class Runtime:
         and the host decides for this member while the GPU runs the next member's forward."""
         if self.last.device.type not in PREFETCH_DEVICES:
             return
-        streams = [s for s in self.rows if not s.dead and not s.feed]
+        streams = [s for s in self.rows if not s.dead and not s.feed and s.kind != "score"]  # never peeked
         if not streams:
             self.peeked = None
             return
