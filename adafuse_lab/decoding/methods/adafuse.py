@@ -78,8 +78,9 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 branches = groups.get(p, [])
                 if all(b.st.done for b in branches):
                     _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg, text_rule)
-                    for b in branches if not early else ():  # early: a branch may win, its columns committed
-                        b.dead = True
+                    if not early:  # early: a branch may win and its columns be committed, so it lives on
+                        for b in branches:
+                            b.dead = True
         reqs = [[] for _ in runtimes]
         for p in live:
             if cands[p] is None and all(pr[p].texts for pr in props):

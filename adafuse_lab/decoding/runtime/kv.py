@@ -113,13 +113,12 @@ class KVCache:
         self.committed, self.pos, self.owner = (x.index_select(0, rows) for x in (self.committed, self.pos, self.owner))
 
     def commit_streams(self, rows: list[int], owners: list[int], hide_from: list[int], ends: list[int],
-                       also: list[int] | None = None) -> None:
-        """For each i: the columns owners[i] (and also[i], a second stream; -2 for none) wrote in
-        rows[i] become committed text; committed columns of that row at positions >= hide_from[i]
+                       also: list[int]) -> None:
+        """For each i: the columns owners[i] (and also[i], a second stream; an owner of no column
+        for none) wrote in rows[i] become committed text; committed columns of that row at positions >= hide_from[i]
         stop being (they were re-tokenized); so do its columns at positions >= ends[i] (scored,
         never committed). One row each."""
         from .member import on_device_many
-        also = also if also is not None else [-2] * len(rows)
         r, own, other, hide, end = on_device_many([rows, owners, also, hide_from, ends], self.owner.device)
         own, other, hide, end = own[:, None], other[:, None], hide[:, None], end[:, None]
         pos, owner = self.pos.index_select(0, r), self.owner.index_select(0, r)

@@ -123,11 +123,12 @@ class Runtime:
                                   in zip(items, known) if plan is None]))
         for (p, cand, text, eos, extra, bare, role), plan in zip(items, known):
             plan = plan or next(fresh)
-            mine = decoded[p].get(text) if role == "both" and not extra and not bare else None
+            as_grown = role == "both" and not extra and not bare  # the text early scoring saw grow
+            mine = decoded[p].get(text) if as_grown else None
             if mine is not None and self._as_decoded(p, mine, plan, eos):
                 self.virtual.setdefault(p, {})[cand] = (*mine, eos)
                 continue
-            s = early[p].pop(text, None) if role == "both" and not extra and not bare else None
+            s = early[p].pop(text, None) if as_grown else None
             if s is not None and not _extend(s, plan):
                 s.dead = True  # its tokens are not how the candidate tokenizes
                 s = None
@@ -483,7 +484,7 @@ class Runtime:
                     x.dead = x is not s
                 rows.append(self.crow[p]), owners.append(look.uid), also.append(branch.uid if branch else NO_STREAM)
                 hide.append(len(m.ids[p])), ends.append(NO_LIMIT)
-                m.ids[p] = m.ids[p] + look.toks + (branch.toks if branch else []) + sorted(m.eos)[:int(eos)]
+                m.ids[p] = m.ids[p] + look.toks + (branch.toks if branch else []) + ([min(m.eos)] if eos else [])
                 slots.append(s.slot), prompts.append(p)
                 s.kind, s.st, s.parent, s.toks = "main", make_state(), NO_STREAM, []
                 self.main[p] = s
