@@ -74,6 +74,13 @@
 #           copied over it for --dtype) on one host, AdaFuse at batch
 #           64 in bf16 and in fp32 (in fp32 the answers of the two should agree, so the forwards
 #           compare like with like); the first run only warms the Triton cache
+# The whole engine re-timed at 8fb33f9 (issue 20's five targets; files engine_v14/). Each step packs
+# its files into $OUT/STEP.tgz after each part (a call brings back at most 8 files):
+#   v14     adafuse and single at batch 64 with generate; the same again (warm Triton cache); adafuse at
+#           batch 256; the anchors (floor_bench, attn_bench)
+#   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
+#   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate
+#   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -344,6 +351,31 @@ v13)
         --out $O/engine_e42ed9b_b64_$dt.json > $O/old_$dt.log 2>&1
     python benchmarks/bench_summary.py $O/engine_e42ed9b_b64_$dt.json
   done ;;
+v14|v14m|v14p|v14o)
+  STEP=$1; O=/tmp/$STEP; mkdir -p $O
+  pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
+  b() { local name=$1; shift; python -m adafuse_lab bench --models $M $D "$@" --out $O/$name.json > $O/$name.log 2>&1
+        python benchmarks/bench_summary.py $O/$name.json; pack; }
+  case $STEP in
+  v14)
+    b engine_v14_b64_t256 --method adafuse,single --limit 64 --batch-size 64
+    b engine_v14_b64_warm --method adafuse,single --limit 64 --batch-size 64 --no-generate
+    b engine_v14_b256 --method adafuse --limit 256 --batch-size 256 --no-generate
+    python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
+    python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
+  v14m)
+    b engine_v14_others_b64 --method unite,gac,sweetspan,coolfusion,rerank --limit 64 --batch-size 64 --no-generate
+    b engine_v14_methods_b1 --method $ALL --limit 2 --batch-size 1 ;;
+  v14p)
+    P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
+    for th in 0.0 1.0; do
+      python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
+          --out $O/engine_v14_paper_theta${th}_b32.json > $O/paper_$th.log 2>&1
+      python benchmarks/bench_summary.py $O/engine_v14_paper_theta${th}_b32.json; pack
+    done ;;
+  v14o)
+    OUT=$O bash $0 v13 > $O/v13.log 2>&1; tail -20 $O/v13.log; pack ;;
+  esac ;;
 11)
   R="--source local --data-dir .gpu-extra/data --dtype float32 --batch-size 64 --no-progress"
   for job in "gsm8k adafuse qwen2.5-coder-0.5b,smollm2-135m all" "gsm8k single qwen2.5-coder-0.5b all" \
