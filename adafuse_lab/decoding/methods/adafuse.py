@@ -77,7 +77,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                     continue
                 branches = groups.get(p, [])
                 if all(b.st.done for b in branches):
-                    _finish_proposal(rt, props[k][p], main.st, [b.st for b in branches] + main.st.ready, cfg, text_rule)
+                    _finish_proposal(rt, props[k][p], main, branches, cfg, text_rule)
                     if not early:  # early: a branch may win and its columns be committed, so it lives on
                         for b in branches:
                             b.dead = True
@@ -173,8 +173,7 @@ def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
         branches = rt.groups("branch")
         for p in prompts:
             if prop[p].texts:  # complete: its texts as they were decoded
-                known = rt.decoded.get(p, {})
-                mine[k][p].update((t, known.get(t)) for t in prop[p].texts)
+                mine[k][p].update(zip(prop[p].texts, prop[p].decoded))
                 continue
             main = rt.main[p]
             mine[k][p][main.st.text] = (main, None)
@@ -369,7 +368,11 @@ def _branch_step(rt, s, cfg, t: int, lp: float, budget: int, tail: bool = False)
     s.feed = [t]
 
 
-def _finish_proposal(rt, prop: Proposal, st: _Row, branches: list, cfg, text_rule: bool = False) -> None:
+def _finish_proposal(rt, prop: Proposal, main, streams: list, cfg, text_rule: bool = False) -> None:
+    """The proposal of a look-ahead stream `main` that has stopped, with its branch streams, all done."""
+    st = main.st
+    branches = [b.st for b in streams] + st.ready
+    stream_of = {id(b.st): b for b in streams}  # an EOS branch (in st.ready) has none
     prop.words = st.words
     prop.tokens = len(st.toks) + len(st.extra) + sum(len(b.toks) + len(b.extra) for b in branches)
     if st.branch is not None:
@@ -382,6 +385,7 @@ def _finish_proposal(rt, prop: Proposal, st: _Row, branches: list, cfg, text_rul
         prop.texts.append(own + rt.m.s.decode([row.eos_id]) if text_rule and row.eos else own)
         prop.eos.append(row.eos)
         prop.own.append((own, row.extra))
+        prop.decoded.append((main, stream_of.get(id(row))))
 
 
 def _own(prop: Proposal, text: str, eos: bool) -> tuple[str, list]:

@@ -18,6 +18,7 @@ class Proposal:
     tokens: int = 0             # tokens this member decoded for the prompt (look-ahead + branches)
     forwards: int = 0           # forward passes that carried this prompt
     own: list = field(default_factory=list)  # per candidate, what this member scores: (text, look-ahead tokens)
+    decoded: list = field(default_factory=list)  # per candidate, the streams that decoded it: (look-ahead, branch or None)
 
 
 @dataclass

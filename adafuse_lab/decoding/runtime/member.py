@@ -54,10 +54,14 @@ class HostCopy:
         self.done = torch.cuda.Event()
         self.done.record()
 
-    def tolist(self) -> list:
+    def wait(self) -> torch.Tensor:
+        """The values, on the host, once copied."""
         if self.done is not None:
             self.done.synchronize()
-        return self.host.tolist()
+        return self.host
+
+    def tolist(self) -> list:
+        return self.wait().tolist()
 
 
 _NUMPY = {None: None, torch.long: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.float32: np.float32}

@@ -384,13 +384,12 @@ class Runtime:
         token ids and log-probabilities, as host lists; from prefetch() where it covers them."""
         pre = self.peeked
         if pre is not None and pre.key == (self.version, pool, criterion) and all(s.slot in pre.index for s in streams):
-            rows = pre.rows()
-            rows = [rows[pre.index[s.slot]] for s in streams]
+            rows = pre.rows()[[pre.index[s.slot] for s in streams]]
         else:
             rows = _peek_rows(self.last, on_device([s.slot for s in streams], self.last.device, torch.long),
-                              pool, criterion).tolist()
-        k = (len(rows[0]) - 3) // 2 if rows else 0
-        return [r[:3] for r in rows], [[int(t) for t in r[3 + k:]] for r in rows], [r[3:3 + k] for r in rows]
+                              pool, criterion).cpu()
+        k = (rows.shape[1] - 3) // 2
+        return rows[:, :3].tolist(), rows[:, 3 + k:].long().tolist(), rows[:, 3:3 + k].tolist()
 
     def prefetch(self, pool: int, criterion: str) -> None:
         """Queue peek()'s work for every stream fed to its end, right behind this member's
@@ -532,9 +531,9 @@ class _Peeked:
     def __init__(self, key: tuple, index: dict[int, int], copy: HostCopy):
         self.key, self.index, self.copy, self._rows = key, index, copy, None
 
-    def rows(self) -> list:
+    def rows(self) -> torch.Tensor:
         if self._rows is None:
-            self._rows = self.copy.tolist()
+            self._rows = self.copy.wait()
         return self._rows
 
 
