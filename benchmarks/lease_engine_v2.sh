@@ -74,9 +74,10 @@
 #           copied over it for --dtype) on one host, AdaFuse at batch
 #           64 in bf16 and in fp32 (in fp32 the answers of the two should agree, so the forwards
 #           compare like with like); the first run only warms the Triton cache
-# The whole engine re-timed at 8fb33f9 (issue 20's five targets; files engine_v14/). Each step packs
+# The whole engine re-timed (issue 20's five targets; files engine_v14/). Each step packs
 # its files into $OUT/STEP.tgz after each part (a call brings back at most 8 files):
-#   v14     adafuse and single at batch 64 with generate; the same again (warm Triton cache); adafuse at
+#   v14     adafuse and single at batch 64 with generate; the same again (warm Triton cache; then a cProfile
+#           of one 64-token adafuse batch: where the host time goes); adafuse at
 #           batch 256; the anchors (floor_bench, attn_bench)
 #   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate
@@ -359,7 +360,7 @@ v14|v14m|v14p|v14o)
   case $STEP in
   v14)
     b engine_v14_b64_t256 --method adafuse,single --limit 64 --batch-size 64
-    b engine_v14_b64_warm --method adafuse,single --limit 64 --batch-size 64 --no-generate
+    b engine_v14_b64_warm --method adafuse,single --limit 64 --batch-size 64 --no-generate --cprofile
     b engine_v14_b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
     python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
