@@ -10,6 +10,7 @@ tokens per second, forward passes (model calls), and peak GPU memory; writes JSO
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -167,7 +168,8 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
 
 def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
     r, wall, peak = _measure(lambda: run_method(method, sessions, prompts, cfg, stop), device)
-    r.pop("texts")
+    # two runs with the same answers have the same digest (runs that should not differ: compare it)
+    r["answers_sha256"] = hashlib.sha256(json.dumps(r.pop("texts")).encode()).hexdigest()
     out = {"name": method, **r, "wall_s": round(wall, 3), "tokens_per_s": round(r["new_tokens"] / wall, 1),
            "seconds_per_prompt": round(wall / len(prompts), 4), "peak_gib": peak,
            # forward calls per token of the average answer, per member (batched calls count once)

@@ -77,9 +77,11 @@
 # The whole engine re-timed (issue 20's five targets; files engine_v14/). Each step packs
 # its files into $OUT/STEP.tgz after each part (a call brings back at most 8 files):
 #   v14     adafuse and single at batch 64 with generate; the same again (warm Triton cache; then a cProfile
-#           of one 64-token adafuse batch: where the host time goes); adafuse at
-#           batch 256; the anchors (floor_bench, attn_bench)
-#   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
+#           of one 64-token adafuse batch: where the host time goes); adafuse with both members' forwards on
+#           one CUDA stream (member_streams=false: same answers_sha256?); adafuse at batch 256; the anchors
+#           (floor_bench, attn_bench)
+#   v14m    the members' streams test on CUDA (tiny members); the other methods at batch 64 (no generate);
+#           every method at batch 1 (2 questions, with generate)
 #   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate
 #   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed
 source benchmarks/gpu_setup.sh
@@ -361,10 +363,12 @@ v14|v14m|v14p|v14o)
   v14)
     b engine_v14_b64_t256 --method adafuse,single --limit 64 --batch-size 64
     b engine_v14_b64_warm --method adafuse,single --limit 64 --batch-size 64 --no-generate --cprofile
+    b engine_v14_b64_one_stream --method adafuse --limit 64 --batch-size 64 --no-generate --set member_streams=false
     b engine_v14_b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
     python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
   v14m)
+    python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k member_streams > $O/streams_test.log 2>&1; tail -3 $O/streams_test.log
     b engine_v14_others_b64 --method unite,gac,sweetspan,coolfusion,rerank --limit 64 --batch-size 64 --no-generate
     b engine_v14_methods_b1 --method $ALL --limit 2 --batch-size 1 ;;
   v14p)

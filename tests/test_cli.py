@@ -1,4 +1,5 @@
 """python -m adafuse_lab: subcommands, option plumbing and one-line errors."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -187,6 +188,16 @@ def test_bench_times_several_methods_on_cpu(tmp_path):
         assert m["new_tokens"] > 0 and all(n > 0 for n in m["forward_calls"])
         assert m["ratio_to_summed_generate"] > 0 and len(m["forwards_per_answer_token"]) == 2
         assert all(x > 0 for x in m["forward_calls_vs_generate"])
+    # the answers' digest: what two runs that should agree compare
+    from adafuse_lab.decoding import DecodeConfig, decode
+    from adafuse_lab.models import load_session
+    from adafuse_lab.tasks import get_task
+    task = get_task("triviaqa")
+    prompts = [task.prompt(e) for e in task.load(source="sample", limit=3)]
+    texts = [o.text for o in decode("rerank", [load_session("tiny:bpe"), load_session("tiny:spm")], prompts,
+                                    DecodeConfig(**r["decode_config"]))]
+    assert r["methods"]["rerank"]["answers_sha256"] == hashlib.sha256(json.dumps(texts).encode()).hexdigest()
+    assert r["methods"]["adafuse"]["answers_sha256"] != r["methods"]["rerank"]["answers_sha256"]
 
 
 def test_bench_loads_members_in_the_dtype_asked_and_refuses_an_unknown_one(tmp_path, capsys):
