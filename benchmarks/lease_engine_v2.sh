@@ -74,15 +74,16 @@
 #           copied over it for --dtype) on one host, AdaFuse at batch
 #           64 in bf16 and in fp32 (in fp32 the answers of the two should agree, so the forwards
 #           compare like with like); the first run only warms the Triton cache
-# The whole engine re-timed (issue 20's five targets; files engine_v14/). Each step packs
+# The whole engine re-timed (issue 20's five targets; files engine_v14/; ran at commit dae4111, whose
+# steps v14 and v14m also ran adafuse with member_streams=false and a CUDA test of member_streams:
+# member streams were removed after the lease, BENCHMARKS.md engine v14). Each step packs
 # its files into $OUT/STEP.tgz after each part (a call brings back at most 8 files):
 #   v14     adafuse and single at batch 64 with generate; the same again (warm Triton cache; then a cProfile
-#           of one 64-token adafuse batch: where the host time goes); adafuse with both members' forwards on
-#           one CUDA stream (member_streams=false: same answers_sha256?); adafuse at batch 256; the anchors
+#           of one 64-token adafuse batch: where the host time goes); adafuse at batch 256; the anchors
 #           (floor_bench, attn_bench)
-#   v14m    the members' streams test on CUDA (tiny members); the other methods at batch 64 (no generate);
-#           every method at batch 1 (2 questions, with generate)
-#   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate
+#   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
+#   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate (ran past a 480 s call
+#           and brought nothing back: give it a call of its own of 600 s, or one theta per call)
 #   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
@@ -363,12 +364,10 @@ v14|v14m|v14p|v14o)
   v14)
     b engine_v14_b64_t256 --method adafuse,single --limit 64 --batch-size 64
     b engine_v14_b64_warm --method adafuse,single --limit 64 --batch-size 64 --no-generate --cprofile
-    b engine_v14_b64_one_stream --method adafuse --limit 64 --batch-size 64 --no-generate --set member_streams=false
     b engine_v14_b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
     python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack ;;
   v14m)
-    python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k member_streams > $O/streams_test.log 2>&1; tail -3 $O/streams_test.log
     b engine_v14_others_b64 --method unite,gac,sweetspan,coolfusion,rerank --limit 64 --batch-size 64 --no-generate
     b engine_v14_methods_b1 --method $ALL --limit 2 --batch-size 1 ;;
   v14p)

@@ -357,19 +357,6 @@ def test_batched_equals_unbatched(tiny, method):
     assert [o.stats["tokens"] for o in one] == [o.stats["tokens"] for o in four]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the members' CUDA streams need CUDA")
-@pytest.mark.parametrize("method", ["adafuse", "single", "unite", "rerank"])
-def test_member_streams_decode_as_one_stream(method):
-    """Each member's forwards on a stream of its own give, bit for bit, what one stream gives:
-    nothing reads a member's tensors before its stream is joined."""
-    members = [load_session("tiny:bpe", device="cuda"), load_session("tiny:spm", device="cuda")]
-    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=0.9)
-    one = decode(method, members, PROMPTS, dataclasses.replace(cfg, member_streams=False))
-    two = decode(method, members, PROMPTS, cfg)
-    assert [o.text for o in two] == [o.text for o in one]
-    assert [(o.stats, o.trace) for o in two] == [(o.stats, o.trace) for o in one]
-
-
 def test_batched_equals_unbatched_branching(tiny):
     members = [tiny["char"], tiny["bpe"]]
     cfg = DecodeConfig(max_new_tokens=16, batch_size=1, theta=0.9, branch_select="distinct")
@@ -978,7 +965,7 @@ def test_budget_single_member_exact(char_words):
 @pytest.mark.parametrize("kw", [dict(theta=-0.1), dict(theta=1.5), dict(B=0), dict(M=0), dict(span_words=0),
                                 dict(criterion="entropyy"), dict(combine="max"), dict(branch_select="mmr"),
                                 dict(max_new_tokens=0), dict(batch_size=0), dict(outlier_ratio=1.0),
-                                dict(dyn_quantile=1.0), dict(gac_threshold=2.0), dict(member_streams="yes")])
+                                dict(dyn_quantile=1.0), dict(gac_threshold=2.0)])
 def test_config_rejects(kw):
     with pytest.raises(ConfigError):
         DecodeConfig(**kw)

@@ -15,7 +15,6 @@ text and the prompt's next main stream: no extra pass to commit.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -66,11 +65,6 @@ class Runtime:
         self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + cfg.kv_slack)
         self.backend = backend
         P = len(prompts)
-        # On CUDA each member's forwards (and what reads their logits right after) run on a stream
-        # of the member's own, so the members' forwards of one step run side by side on the GPU;
-        # the current stream waits for it (join) before anything else touches the member's tensors.
-        self.stream = _member_stream(session) if cfg.member_streams and session.device.type == "cuda" else None
-        self._ahead = False  # work queued on self.stream that the current stream has not joined
         # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
         # and cross-device copies are not worth it for members that big.
         use = cfg.cuda_graphs and session.device.type == "cuda" and not spans_devices(session.model)
@@ -98,22 +92,6 @@ class Runtime:
         self.peeked: _Peeked | None = None
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
         self.window, self.mixed = _sliding_window(session.model.config)
-
-    # ---- the member's CUDA stream ------------------------------------------------
-    def _own_stream(self):
-        """forward() and prefetch() run in this: on the member's stream, after what the current
-        stream has queued (the plan's inputs)."""
-        if self.stream is None:
-            return contextlib.nullcontext()
-        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
-        self._ahead = True
-        return torch.cuda.stream(self.stream)
-
-    def join(self) -> None:
-        """The current stream waits for the member's queued forwards (the host does not)."""
-        if self._ahead:
-            torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
-            self._ahead = False
 
     # ---- streams -------------------------------------------------------------
     def new_stream(self, p: int, kind: str, **kw) -> Stream:
@@ -216,7 +194,6 @@ class Runtime:
         not copied each step to close the gaps; the slots grow, by doubling, only when full."""
         if not self.spawn and not any(s.dead for s in self.rows):
             return
-        self.join()
         self.free += [s.slot for s in self.rows if s.dead]
         self.rows = [s for s in self.rows if not s.dead]
         if self.spawn:
@@ -258,7 +235,6 @@ class Runtime:
         a finished prompt's row is then fed pads)."""
         if not finished or self.graphs is not None or self.compiled:
             return
-        self.join()
         alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
         self.m.kv.keep_rows(on_device([r for r, _ in alive], self.m.s.device, torch.long))
         self.crow = [None] * len(self.crow)
@@ -268,10 +244,6 @@ class Runtime:
     # ---- one forward -----------------------------------------------------------
     @torch.inference_mode()
     def forward(self, greedy: bool = False, cap: int = 0) -> torch.Tensor | None:
-        with self._own_stream():
-            return self._forward(greedy, cap)
-
-    def _forward(self, greedy: bool = False, cap: int = 0) -> torch.Tensor | None:
         """Feed the streams' tokens in one forward; returns its logits (rows x T x V), or None
         when nothing was fed. The plan (ids, positions, and what each token reads) is a few
         lists per stream on the host and tensor operations on the device.
@@ -410,7 +382,6 @@ class Runtime:
     def peek(self, streams: list[Stream], pool: int, criterion: str):
         """For each stream's newest logits: (criterion, margin, entropy) and the top `pool`
         token ids and log-probabilities, as host lists; from prefetch() where it covers them."""
-        self.join()
         pre = self.peeked
         if pre is not None and pre.key == (self.version, pool, criterion) and all(s.slot in pre.index for s in streams):
             rows = pre.rows()[[pre.index[s.slot] for s in streams]]
@@ -426,10 +397,6 @@ class Runtime:
         and the host decides for this member while the GPU runs the next member's forward."""
         if self.last.device.type not in PREFETCH_DEVICES:
             return
-        with self._own_stream():
-            self._prefetch(pool, criterion)
-
-    def _prefetch(self, pool: int, criterion: str) -> None:
         streams = [s for s in self.rows if not s.dead and not s.feed and s.kind != "score"]  # never peeked
         if not streams:
             self.peeked = None
@@ -441,7 +408,6 @@ class Runtime:
     def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
         """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
         candidates), from the sums the forwards kept; a candidate with no scored token is NaN."""
-        self.join()
         keys, slots = [], []
         for s in self.rows:
             if s.kind == "score" and not s.dead and s.p in n_cands and s.role != "commit":
@@ -503,7 +469,6 @@ class Runtime:
         and main stream; p's other streams die. One cache update for all of them."""
         if not wins:
             return
-        self.join()
         m, groups = self.m, self.groups()
         rows, owners, also, hide, ends, slots, prompts = [], [], [], [], [], [], []
         for p, cand in wins:
@@ -546,18 +511,6 @@ class Runtime:
         m.last_logits[prompts] = self.last.index_select(0, slots)
         if self.score_decoded:  # the new look-ahead sums its own tokens from zero
             self.nll.index_fill_(0, slots, 0)
-
-
-_STREAMS: dict = {}
-
-
-def _member_stream(session) -> torch.cuda.Stream:
-    """The member's CUDA stream, one per model for every batch (the allocator's cached blocks
-    are reused by the stream that allocated them only)."""
-    key = id(session.model)
-    if key not in _STREAMS:
-        _STREAMS[key] = torch.cuda.Stream(session.device)
-    return _STREAMS[key]
 
 
 def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: str) -> torch.Tensor:
