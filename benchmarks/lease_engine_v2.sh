@@ -84,7 +84,8 @@
 #   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate (ran past a 480 s call
 #           and brought nothing back: give it a call of its own of 600 s, or one theta per call)
-#   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed
+#   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed (not run as written: the
+#           lease ran the command in BENCHMARKS.md "Engine v14" instead, without v13's warm-up run)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
