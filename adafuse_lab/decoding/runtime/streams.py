@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ...session import spans_devices
@@ -271,24 +272,26 @@ class Runtime:
         COUNTS[key, "compactions"] += kv.compactions - compactions
         if self.graphs is not None and kv.width != width:
             self.graphs.clear()
-        entries = [(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
-                   for s in feeding for j, t in enumerate(s.feed[:s.take])]
+        entries = np.array([(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
+                            for s in feeding for j, t in enumerate(s.feed[:s.take])], dtype=np.int64)
         dev = m.s.device
-        e = on_device(entries, dev, torch.long).T
-        r, q = e[0], e[1]
-        grid = lambda fill: torch.full((kv.rows, T), fill, dtype=torch.long, device=dev)
-        ids, pos, owner, parent, limit = grid(m.s.pad_token_id), grid(0), grid(PAD), grid(NO_STREAM), grid(0)
-        for x, v in ((ids, e[2]), (pos, e[3]), (owner, e[4]), (parent, e[5]), (limit, e[6])):
-            x[r, q] = v
+        # the fed tokens' ids, positions, owners, parents and limits, rows x T each, filled on the
+        # host and sent in one copy (on the device, each grid was a fill and a scatter)
+        plan = np.empty((5, kv.rows, T), dtype=np.int64)
+        for x, fill in zip(plan, (m.s.pad_token_id, 0, PAD, NO_STREAM, 0)):
+            x.fill(fill)
+        plan[:, entries[:, 0], entries[:, 1]] = entries[:, 2:].T
+        ids, pos, owner, parent, limit = on_device(plan, dev, torch.long)
+        owner, parent = owner.to(kv.owner.dtype), parent.to(kv.owner.dtype)
         if greedy:
             assert all(s.take == 1 for s in feeding), "a greedy forward feeds one token per stream"
-            chosen = self.last.index_select(0, on_device([s.slot for s in feeding], dev, torch.long)).argmax(-1)
+            r, q, slots = on_device_many([entries[:, 0].tolist(), entries[:, 1].tolist(), [s.slot for s in feeding]], dev)
+            chosen = self.last.index_select(0, slots).argmax(-1)
             self.fed = HostCopy(chosen)
             ids[r, q] = chosen  # one entry per stream, in feeding order
         kv.pos[:, F:F + T] = pos
-        kv.owner[:, F:F + T] = owner.to(kv.owner.dtype)
-        meta = StepMeta(kv.committed, kv.pos, kv.owner, F, pos, owner.to(kv.owner.dtype), parent.to(kv.owner.dtype),
-                        limit, self.window, self.mixed)
+        kv.owner[:, F:F + T] = owner
+        meta = StepMeta(kv.committed, kv.pos, kv.owner, F, pos, owner, parent, limit, self.window, self.mixed)
         attn = self.backend.plan(meta)
         cols = torch.arange(F, F + T, device=dev)
         # a forward that captures its graph counts in capture_s instead
