@@ -6,6 +6,7 @@ a multi-byte character split over byte tokens, EOS after a given token.
 """
 import copy
 import dataclasses
+import gc
 import math
 import string
 from types import SimpleNamespace
@@ -355,6 +356,29 @@ def test_batched_equals_unbatched(tiny, method):
     four = decode(method, members, PROMPTS, dataclasses.replace(cfg, batch_size=4))
     assert [o.text for o in one] == [o.text for o in four]
     assert [o.stats["tokens"] for o in one] == [o.stats["tokens"] for o in four]
+
+
+def test_decoding_keeps_older_objects_out_of_the_collector_then_restores_it(tiny):
+    """While decoding, the objects alive before it are frozen (gc.freeze: no full collection
+    walks the members' modules and tables); after it, nothing is; a caller's own freeze stays."""
+    if gc.get_freeze_count():
+        pytest.skip("something froze objects before this test")
+    during = []
+
+    def stop(text):
+        during.append(gc.get_freeze_count())
+        return None
+    members = [tiny["bpe"], tiny["spm"]]
+    outs = decode("adafuse", members, PROMPTS[:2], DecodeConfig(max_new_tokens=6), stop)
+    assert during and min(during) > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        assert [o.text for o in decode("adafuse", members, PROMPTS[:2], DecodeConfig(max_new_tokens=6), stop)] == \
+            [o.text for o in outs]
+        assert gc.get_freeze_count() > 0  # not unfrozen (objects that died leave it, so the count may fall)
+    finally:
+        gc.unfreeze()
 
 
 def test_batched_equals_unbatched_branching(tiny):
