@@ -86,6 +86,9 @@
 #           and brought nothing back): `... v14p 0.0`, then `... v14p 1.0`, one 600 s call each
 #   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed (not run as written: the
 #           lease ran the command in BENCHMARKS.md "Engine v14" instead, without v13's warm-up run)
+# For the next lease (engine v15):
+#   cuda15  the engine's CUDA-only tests (tiny members on the GPU, no staging needed): graphs that
+#           outlive the other member's widening compactions (pytorch/pytorch#193402), first in the lease
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -356,6 +359,8 @@ v13)
         --out $O/engine_e42ed9b_b64_$dt.json > $O/old_$dt.log 2>&1
     python benchmarks/bench_summary.py $O/engine_e42ed9b_b64_$dt.json
   done ;;
+cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
+  python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
 v14|v14m|v14p|v14o)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }

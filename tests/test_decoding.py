@@ -381,6 +381,39 @@ def test_decoding_keeps_older_objects_out_of_the_collector_then_restores_it(tiny
         gc.unfreeze()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_graphs_survive_the_other_members_widening():
+    """With no slack the caches widen often, and a widening drops that member's graphs while the
+    other member's live on. Graphs captured on one stream share its cuBLAS workspace, which
+    destroying any of them frees (pytorch/pytorch#193402): the other member's next replay would
+    then read freed memory. With graphs, the answers and scores are those of eager forwards."""
+    from adafuse_lab.decoding.runtime.counters import COUNTS
+    members = [load_session("tiny:bpe", device="cuda"), load_session("tiny:spm", device="cuda")]
+    cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=32, kv_slack=0, batch_size=4)
+    eager = decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, cuda_graphs=False))
+    before = sum(COUNTS[id(m.model), "captures"] for m in members)
+    graphed = decode("adafuse", members, PROMPTS, cfg)
+    assert sum(COUNTS[id(m.model), "captures"] for m in members) - before > 10, "no graph was captured again"
+    assert [o.text for o in graphed] == [o.text for o in eager]
+    shape, values = _floats_apart([o.trace for o in eager])
+    assert _floats_apart([o.trace for o in graphed])[0] == shape
+    assert _floats_apart([o.trace for o in graphed])[1] == pytest.approx(values, rel=1e-4, abs=1e-4, nan_ok=True)
+
+
+def _floats_apart(x, out=None):
+    """(x with every float as "f", the floats in order): structures compare exactly, values
+    within a tolerance (CUDA's index_add_ sums in no fixed order)."""
+    out = [] if out is None else out
+    if isinstance(x, float):
+        out.append(x)
+        return "f", out
+    if isinstance(x, dict):
+        return {k: _floats_apart(v, out)[0] for k, v in x.items()}, out
+    if isinstance(x, (list, tuple)):
+        return [_floats_apart(v, out)[0] for v in x], out
+    return x, out
+
+
 def test_batched_equals_unbatched_branching(tiny):
     members = [tiny["char"], tiny["bpe"]]
     cfg = DecodeConfig(max_new_tokens=16, batch_size=1, theta=0.9, branch_select="distinct")
