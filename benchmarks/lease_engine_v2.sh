@@ -83,7 +83,8 @@
 #           (floor_bench, attn_bench)
 #   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate (ran past a 480 s call
-#           and brought nothing back): `... v14p 0.0`, then `... v14p 1.0`, one 600 s call each
+#           and brought nothing back): `... v14p 0.0`, then `... v14p 1.0` (without generate, which
+#           theta does not change), one 600 s call each
 #   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed (not run as written: the
 #           lease ran the command in BENCHMARKS.md "Engine v14" instead, without v13's warm-up run)
 # For the next lease (engine v15):
@@ -378,8 +379,9 @@ v14|v14m|v14p|v14o)
     b engine_v14_methods_b1 --method $ALL --limit 2 --batch-size 1 ;;
   v14p)
     P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
-    for th in ${2:-0.0 1.0}; do
-      python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th \
+    for th in ${2:-0.0 1.0}; do  # generate does not depend on theta: timed with theta 0 only
+      G=$([ "$th" = 0.0 ] || echo --no-generate)
+      python -m adafuse_lab bench --models $P --method adafuse $D --limit 32 --batch-size 32 --set theta=$th $G \
           --out $O/engine_v14_paper_theta${th}_b32.json > $O/paper_$th.log 2>&1
       python benchmarks/bench_summary.py $O/engine_v14_paper_theta${th}_b32.json; pack
     done ;;
