@@ -142,8 +142,9 @@ def generate_baseline(session, prompts: list[str], batch_size: int, max_new_toke
 
 def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
     from .decoding import decode
-    from .decoding.runtime.counters import settle
+    from .decoding.runtime.counters import HOST, settle
     counters = [CallCounter(s.model) for s in sessions]
+    host_before = dict(HOST)
     try:
         outs = decode(method, sessions, prompts, cfg, stop)
     finally:
@@ -163,7 +164,11 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "captures": [c.engine("captures") for c in counters],  # CUDA graphs captured (one per shape and cache)
             # GPU seconds of the members' forwards (CUDA only; graph replays: the model alone)
             "model_gpu_s": [round(c.engine("model_gpu_s"), 3) for c in counters],
-            "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs]}
+            "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs],
+            # the host's wall time by phase of a step, both members together (span methods; "forward"
+            # includes the graph captures of capture_s; decoding/runtime/counters.py)
+            "host_phases_s": {k: round(v - host_before.get(k, 0.0), 4) for k, v in HOST.items()
+                              if v - host_before.get(k, 0.0) > 0}}
 
 
 def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:

@@ -14,6 +14,7 @@ from ..criteria import Threshold
 from ..pieces import next_piece
 from ..select import combine_scores, pick, select_branches
 from ..words import more_words, official_words, starts_new_word
+from ..runtime.counters import host_phase
 from .batch import Batch, official_stop
 from .proposal import Proposal, _gate, _Row, _unit
 
@@ -138,29 +139,35 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # its next round in this step
         while True:
             live = batch.live()
-            for k, rt in enumerate(runtimes):
-                decide(k, rt)
-            propose(live)
-            committed, finished = settle(live)
+            with host_phase("decide"):  # with the wait for the last forwards' peeks
+                for k, rt in enumerate(runtimes):
+                    decide(k, rt)
+            with host_phase("propose"):
+                propose(live)
+            with host_phase("settle"):
+                committed, finished = settle(live)
             for p in finished:
                 yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
             if len(committed) == len(finished):
                 break
         if not batch.live():
             break
-        growing = _growing(runtimes, props, [p for p in batch.live() if cands[p] is None]) if early else None
+        with host_phase("growing"):
+            growing = _growing(runtimes, props, [p for p in batch.live() if cands[p] is None]) if early else None
         # 4. one forward per member over all its streams; the host plans a member's forward (its
         # early score streams too) while the GPU runs the member's before, and the next step's
         # decide(k) reads member k's peek, queued right behind its forward, while the GPU runs
         # the members after it
         for k, rt in enumerate(runtimes):
-            if early:
-                rt.grow_early(growing[k])
-            rt.restructure()
+            with host_phase("grow_early"):
+                if early:
+                    rt.grow_early(growing[k])
+                rt.restructure()
             for p in {s.p for s in rt.rows if s.feed}:
                 fwd_round[k][p] += 1
-            rt.forward(cap=cfg.feed_cap)
-            rt.prefetch(pool, cfg.criterion)
+            with host_phase("forward"):  # the plan, the launch, and the scores of what it fed
+                rt.forward(cap=cfg.feed_cap)
+                rt.prefetch(pool, cfg.criterion)
 
 
 def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:

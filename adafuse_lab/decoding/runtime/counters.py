@@ -2,9 +2,12 @@
 computed (pads included), KV compactions, seconds spent in prefill and in CUDA-graph captures (and their number),
 and the GPU seconds of the model's forwards (`model_gpu_s`: what the decode wall time has
 beyond it is the host's planning and the small operations around each forward)."""
+import contextlib
+import time
 from collections import Counter
 
 COUNTS: Counter = Counter()
+HOST: Counter = Counter()  # seconds of the host's work by phase of a step (host_phase), summed over members
 TIMED: list = []  # (model key, start event, end event) around forwards not yet added to COUNTS
 
 
@@ -19,3 +22,15 @@ def settle(wait: bool = True) -> None:
         else:
             left.append((key, start, end))
     TIMED[:] = left
+
+
+@contextlib.contextmanager
+def host_phase(name: str):
+    """Add the wall time inside to HOST[name]: where a step's host work goes, without a
+    profiler's overhead (bench reports it as host_phases_s). A phase that reads results from
+    the GPU includes its wait for them."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        HOST[name] += time.perf_counter() - start
