@@ -109,7 +109,17 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
 def _decode(method: str, members: list, prompts: list[str], cfg: DecodeConfig, stop) -> Iterator[tuple[int, DecodeOutput]]:
     """decode_iter's loop: per batch, one runtime per member, then the method's rounds."""
     with _older_objects_frozen():
-        yield from _batches(method, members, prompts, cfg, stop)
+        sessions = [members[cfg.member]] if method == "single" else list(members)
+        stop_fn = make_stop(stop)
+        for start in range(0, len(prompts), cfg.batch_size):
+            idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
+            runtimes = [Runtime(s, [prompts[i] for i in idx], cfg,
+                                get_backend(cfg.attention, s.device, s.model, len(idx))) for s in sessions]
+            batch = Batch(idx, cfg, stop_fn, len(sessions))
+            for i, out in ROUNDS[method](runtimes, batch, cfg):
+                out.stats["method"] = method
+                out.stats["members"] = [s.name for s in sessions]
+                yield i, out
 
 
 @contextlib.contextmanager
@@ -127,20 +137,6 @@ def _older_objects_frozen():
         yield
     finally:
         gc.unfreeze()
-
-
-def _batches(method: str, members: list, prompts: list[str], cfg: DecodeConfig, stop) -> Iterator[tuple[int, DecodeOutput]]:
-    sessions = [members[cfg.member]] if method == "single" else list(members)
-    stop_fn = make_stop(stop)
-    for start in range(0, len(prompts), cfg.batch_size):
-        idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
-        runtimes = [Runtime(s, [prompts[i] for i in idx], cfg, get_backend(cfg.attention, s.device, s.model, len(idx)))
-                    for s in sessions]
-        batch = Batch(idx, cfg, stop_fn, len(sessions))
-        for i, out in ROUNDS[method](runtimes, batch, cfg):
-            out.stats["method"] = method
-            out.stats["members"] = [s.name for s in sessions]
-            yield i, out
 
 
 def decode(method: str, members: Sequence, prompts: Sequence[str], cfg: DecodeConfig | None = None,

@@ -159,7 +159,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         # decide(k) reads member k's peek, queued right behind its forward, while the GPU runs
         # the members after it
         for k, rt in enumerate(runtimes):
-            with host_phase("grow_early"):
+            with host_phase("grow_early"):  # with the restructure that adds its streams
                 if early:
                     rt.grow_early(growing[k])
                 rt.restructure()
