@@ -34,7 +34,8 @@ class CallCounter:
     through its hooks (HF generate), and the engine's own count (its captured and compiled
     forwards bypass the hooks), with the engine's fill and time counters."""
 
-    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s", "captures", "model_gpu_s")
+    KEYS = ("forwards", "fed", "slots", "compactions", "prefill_s", "capture_s", "captures", "model_gpu_s",
+            "sync_peeks", "sync_reads")
 
     def __init__(self, model):
         from .decoding.runtime.counters import COUNTS
@@ -164,6 +165,9 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "captures": [c.engine("captures") for c in counters],  # CUDA graphs captured (one per shape and cache)
             # GPU seconds of the members' forwards (CUDA only; graph replays: the model alone)
             "model_gpu_s": [round(c.engine("model_gpu_s"), 3) for c in counters],
+            # reads that waited for all the queued work (other members' forwards too) where a
+            # copy queued behind the member's own forward did not serve them (span methods on CUDA)
+            "sync_reads": [c.engine("sync_peeks") + c.engine("sync_reads") for c in counters],
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs],
             # the host's wall time by phase of a step, both members together (span methods; "forward"
             # includes the graph captures of capture_s; decoding/runtime/counters.py)

@@ -6,7 +6,7 @@ the prefill and graph captures, the decode time outside the forwards, per-step a
 import json
 import sys
 
-KEYS = ["wall_s", "prefill_s", "capture_s", "captures", "decode_s", "model_gpu_s", "decode_outside_forwards_s", "ms_per_decode_step",
+KEYS = ["wall_s", "prefill_s", "capture_s", "captures", "decode_s", "model_gpu_s", "sync_reads", "decode_outside_forwards_s", "ms_per_decode_step",
         "decode_step_ratio_to_floor", "seconds_per_prompt", "ratio_to_summed_generate",
         "ratio_to_slowest_member_generate", "ratio_to_summed_generate_no_cudnn",
         "ratio_to_slowest_member_generate_no_cudnn", "host_phases_s"]

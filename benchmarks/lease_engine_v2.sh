@@ -90,9 +90,9 @@
 # For the next lease (engine v15):
 #   cuda15  the engine's CUDA-only tests (tiny members on the GPU, no staging needed): graphs that
 #           outlive the other member's widening compactions (pytorch/pytorch#193402), first in the lease
-#   v15a    cuda15; adafuse and single at batch 64 with generate; adafuse at batch 64 again (warm Triton
-#           cache) and at 256, no generate: host_phases_s says where the host's time goes on the GPU host
-#   v15b    after the host cuts: adafuse and single at batch 64 with generate, adafuse warm at 64 and at 256
+#   v15a    member turns (each member plans and launches its forward while the GPU runs the other's):
+#           cuda15; adafuse and single at batch 64 with generate; adafuse at batch 64 again (warm Triton
+#           cache) with turns and without (member_turns=false), and at 256 with turns, no generate
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -365,7 +365,7 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v14|v14m|v14p|v14o|v15a|v15b)
+v14|v14m|v14p|v14o|v15a)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   b() { local name=$1; shift; python -m adafuse_lab bench --models $M $D "$@" --out $O/$name.json > $O/$name.log 2>&1
@@ -388,11 +388,12 @@ v14|v14m|v14p|v14o|v15a|v15b)
           --out $O/engine_v14_paper_theta${th}_b32.json > $O/paper_$th.log 2>&1
       python benchmarks/bench_summary.py $O/engine_v14_paper_theta${th}_b32.json; pack
     done ;;
-  v15a|v15b)
-    [ $STEP = v15a ] && { OUT=$O bash $0 cuda15; pack; }
-    b engine_${STEP}_b64 --method adafuse,single --limit 64 --batch-size 64
-    b engine_${STEP}_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate
-    b engine_${STEP}_b256 --method adafuse --limit 256 --batch-size 256 --no-generate ;;
+  v15a)
+    OUT=$O bash $0 cuda15; pack
+    b engine_v15_b64 --method adafuse,single --limit 64 --batch-size 64
+    b engine_v15_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate
+    b engine_v15_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=false
+    b engine_v15_b256 --method adafuse --limit 256 --batch-size 256 --no-generate ;;
   v14o)
     OUT=$O bash $0 v13 > $O/v13.log 2>&1; tail -20 $O/v13.log; pack ;;
   esac ;;

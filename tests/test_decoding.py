@@ -515,6 +515,31 @@ def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
     assert [o.trace for o in prefetched] == [o.trace for o in fresh]
 
 
+@pytest.mark.parametrize("land_late", [False, True])
+@pytest.mark.parametrize("method,theta", [("adafuse", 0.0), ("adafuse", 0.5), ("adafuse", 1.0), ("sweetspan", 0.5)])
+def test_member_turns_decode_as_one_schedule(tiny, method, theta, land_late, monkeypatch):
+    """member_turns: each member in turn decides and launches its forward while the other
+    members' forwards run, and reads their scores from copies queued behind those forwards once
+    they have landed (land_late: only when the member's own turn waits for them, as when the
+    GPU is slower than the host). The answers and scores are those of the schedule without
+    turns (every member decides, then every member's forward); the shapes of the forwards differ,
+    so the scores agree within float rounding."""
+    from adafuse_lab.decoding.runtime import member, streams
+    monkeypatch.setattr(streams, "PREFETCH_DEVICES", {"cuda", "cpu"})
+    if land_late:
+        monkeypatch.setattr(member.HostCopy, "ready", lambda self: False)
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, B=3)
+    turns, one = (decode(method, members, PROMPTS, dataclasses.replace(cfg, member_turns=t)) for t in (True, False))
+    assert [o.text for o in turns] == [o.text for o in one]
+
+    def rounds(outs):
+        return _floats_apart([[(r["candidates"], r["winner"]) for r in o.trace] for o in outs])
+    shape, values = rounds(one)
+    assert rounds(turns)[0] == shape
+    assert rounds(turns)[1] == pytest.approx(values, rel=1e-5, abs=1e-5, nan_ok=True)
+
+
 @pytest.mark.parametrize("method", ["single", "adafuse"])
 def test_compiled_forwards_decode_as_eager(tiny, method):
     """compile=true runs the decode forwards through torch.compile (inductor; on CPU it builds

@@ -70,6 +70,7 @@ class DecodeConfig:
     window_tokens: int = 8         # tokens re-tokenized at the boundary when text is appended
     trace: bool = True             # record the per-round trace
     early_scoring: bool = True     # AdaFuse rounds: members score candidates while they grow, not in a forward after
+    member_turns: bool = True      # span methods: members take turns, each planning its forward while the GPU runs the others'
     feed_cap: int = 16             # tokens a prompt feeds per forward at most (0: no cap); candidates longer wait a step
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
@@ -101,7 +102,8 @@ class DecodeConfig:
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
         need(isinstance(self.compat, bool), f"compat must be true or false, got {self.compat!r}")
-        for name in ("cuda_graphs", "compile", "trace", "score_eos", "outlier_filter", "early_scoring"):
+        for name in ("cuda_graphs", "compile", "trace", "score_eos", "outlier_filter", "early_scoring",
+                     "member_turns"):
             v = getattr(self, name)
             need(isinstance(v, bool), f"{name} must be true or false, got {v!r}")
         for name, (official, _) in OFFICIAL.items():

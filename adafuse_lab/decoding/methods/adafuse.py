@@ -96,11 +96,13 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
     def settle(live) -> tuple[list[int], list[int]]:
         """Score the prompts whose candidates are all fed, pick the winners, commit them; the
         prompts committed and, of them, those finished."""
-        unfed = set().union(*(rt.unfed() for rt in runtimes))
-        scoring = {p: len(cands[p]) for p in live if cands[p] is not None and p not in unfed}
+        for rt in runtimes:
+            rt.land()
+        pending = set().union(*(rt.pending() for rt in runtimes))
+        scoring = {p: len(cands[p]) for p in live if cands[p] is not None and p not in pending}
         if not scoring:
             return [], []
-        nll = [rt.candidate_nll(scoring) for rt in runtimes]
+        nll = [rt.candidate_nll(scoring, host=True) for rt in runtimes]
         wins = {}
         for p in scoring:
             scores = [x[p] for x in nll]
@@ -130,51 +132,57 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             rt.drop_prompts(finished)
         return list(wins), finished
 
+    # Member turns: each member in turn reads its last forward's results, decides, and plans and
+    # launches its next forward, while the GPU runs the other members' forwards; the scores of a
+    # forward still running are read at a later turn (Runtime.pending). Off: every member
+    # decides, then every member's forward (the host plans one while the GPU runs the one before).
+    turns = [[k] for k in range(K)] if cfg.member_turns else [list(range(K))]
     while batch.live():
-        for rt in runtimes:
-            for s in rt.rows:
-                if s.kind != "score":  # a score stream may have tokens left from the last forward
-                    s.feed = []
-        # 1-3. decide, propose, score what is complete; a prompt whose round ends here starts
-        # its next round in this step
-        while True:
-            live = batch.live()
-            with host_phase("decide"):  # with the wait for the last forwards' peeks
-                for k, rt in enumerate(runtimes):
-                    decide(k, rt)
-            with host_phase("propose"):
-                propose(live)
-            with host_phase("settle"):
-                committed, finished = settle(live)
-            for p in finished:
-                yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
-            if len(committed) == len(finished):
+        for turn in turns:
+            for k in turn:
+                for s in runtimes[k].rows:
+                    if s.kind != "score":  # a score stream may have tokens left from the last forward
+                        s.feed = []
+            # 1-3. decide, propose, score what is complete; a prompt whose round ends here starts
+            # its next round in this turn
+            while True:
+                live = batch.live()
+                with host_phase("decide"):  # with the wait for the turn's members' last forwards
+                    for k in turn:
+                        runtimes[k].land(wait=True)
+                        decide(k, runtimes[k])
+                with host_phase("propose"):
+                    propose(live)
+                with host_phase("settle"):
+                    committed, finished = settle(live)
+                for p in finished:
+                    yield batch.output(p, [rt.m.answer_tokens(p) for rt in runtimes])
+                if len(committed) == len(finished):
+                    break
+            if not batch.live():
                 break
-        if not batch.live():
-            break
-        with host_phase("growing"):
-            growing = _growing(runtimes, props, [p for p in batch.live() if cands[p] is None]) if early else None
-        # 4. one forward per member over all its streams; the host plans a member's forward (its
-        # early score streams too) while the GPU runs the member's before, and the next step's
-        # decide(k) reads member k's peek, queued right behind its forward, while the GPU runs
-        # the members after it
-        for k, rt in enumerate(runtimes):
-            with host_phase("grow_early"):  # with the restructure that adds its streams
-                if early:
-                    rt.grow_early(growing[k])
-                rt.restructure()
-            for p in {s.p for s in rt.rows if s.feed}:
-                fwd_round[k][p] += 1
-            with host_phase("forward"):  # the plan, the launch, and the scores of what it fed
-                rt.forward(cap=cfg.feed_cap)
-                rt.prefetch(pool, cfg.criterion)
+            with host_phase("growing"):
+                growing = _growing(runtimes, props, [p for p in batch.live() if cands[p] is None], turn) if early else None
+            # 4. one forward per member of the turn over all its streams; the next decide(k)
+            # reads member k's peek, queued right behind its forward
+            for k in turn:
+                rt = runtimes[k]
+                with host_phase("grow_early"):  # with the restructure that adds its streams
+                    if early:
+                        rt.grow_early(growing[k])
+                    rt.restructure()
+                for p in {s.p for s in rt.rows if s.feed}:
+                    fwd_round[k][p] += 1
+                with host_phase("forward"):  # the plan, the launch, and the scores of what it fed
+                    rt.forward(cap=cfg.feed_cap)
+                    rt.prefetch(pool, cfg.criterion)
 
 
-def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
+def _growing(runtimes, props, prompts: list[int], members: list[int]) -> dict[int, dict[int, dict]]:
     """The candidate texts of each prompt's round as they stand: each member's proposal where
     it is complete, else its look-ahead's text, or the texts of its branches as they grow.
-    Per member: {prompt: {text: the streams that decoded it, (look-ahead, branch or None), where
-    the member decoded it, else None}}."""
+    For each of `members`: {prompt: {text: the streams that decoded it, (look-ahead, branch or
+    None), where the member decoded it, else None}}."""
     mine = [{p: {} for p in prompts} for _ in runtimes]
     for k, (rt, prop) in enumerate(zip(runtimes, props)):
         branches = rt.groups("branch")
@@ -186,11 +194,8 @@ def _growing(runtimes, props, prompts: list[int]) -> list[dict[int, dict]]:
             mine[k][p][main.st.text] = (main, None)
             if main.st.branch is not None:
                 mine[k][p].update((main.st.text + b.st.text, (main, b)) for b in branches.get(p, ()))
-    out = []
-    for own in mine:
-        out.append({p: {t: d for t, d in {**{t: None for m in mine for t in m[p]}, **own[p]}.items() if t}
-                    for p in prompts})
-    return out
+    return {k: {p: {t: d for t, d in {**{t: None for m in mine for t in m[p]}, **mine[k][p]}.items() if t}
+                for p in prompts} for k in members}
 
 
 def _trace(props, p, cands, owners, nll, combined, w, fwd_round, cfg) -> dict:

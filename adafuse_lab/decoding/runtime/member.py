@@ -46,8 +46,8 @@ class HostCopy:
     work already queued (not behind what is queued later); tolist() waits for it alone."""
 
     def __init__(self, t: torch.Tensor):
-        if t.device.type != "cuda":
-            self.host, self.done = t, None
+        if t.device.type != "cuda":  # a copy all the same: the values as they are now
+            self.host, self.done = t.clone(), None
             return
         self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         self.host.copy_(t, non_blocking=True)
@@ -59,6 +59,10 @@ class HostCopy:
         if self.done is not None:
             self.done.synchronize()
         return self.host
+
+    def ready(self) -> bool:
+        """Copied already (never waits)."""
+        return self.done is None or self.done.query()
 
     def tolist(self) -> list:
         return self.wait().tolist()

@@ -56,6 +56,7 @@ class Stream:
     take: int = 0               # how many of its feed tokens this step feeds (the rest: next steps)
     end_logits: object = None   # score with tail: the logits after its committed part, kept when fed
     toks: list = field(default_factory=list)  # main, branch with score_decoded: the tokens it fed this round
+    fed_at: int = -1            # the member's forward that last changed its NLL sums (-1: they are zero)
 
 
 class Runtime:
@@ -91,6 +92,7 @@ class Runtime:
         self.fed: HostCopy | None = None       # the tokens a greedy forward chose
         self.version = 0                       # counts the writes to self.last (prefetch() is valid until one)
         self.peeked: _Peeked | None = None
+        self.landed: _Peeked | None = None     # the newest prefetch() known to be on the host
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
         self.window, self.mixed = _sliding_window(session.model.config)
 
@@ -231,6 +233,13 @@ class Runtime:
         """Prompts with score streams that have tokens left to feed."""
         return {s.p for s in self.rows + self.spawn if s.kind == "score" and s.feed and not s.dead}
 
+    def pending(self) -> set[int]:
+        """Prompts whose sums the host cannot read yet without waiting for a forward: unfed(),
+        and those with a stream fed in a forward whose results have not landed (land())."""
+        at = self.landed_at()
+        return {s.p for s in self.rows + self.spawn
+                if not s.dead and ((s.kind == "score" and s.feed) or s.fed_at > at)}
+
     def drop_prompts(self, finished: list[int]) -> None:
         """Remove the cache rows of finished prompts (not with graphs: they need fixed shapes;
         a finished prompt's row is then fed pads)."""
@@ -315,6 +324,7 @@ class Runtime:
             if self.score_decoded and s.kind != "score":
                 s.toks += s.feed[:s.take]
             s.n += s.take
+            s.fed_at = m.forwards
             s.feed = s.feed[s.take:]
         kv.front = F + T
         self.logits = logits
@@ -388,46 +398,92 @@ class Runtime:
         pre = self.peeked
         if pre is not None and pre.key == (self.version, pool, criterion) and all(s.slot in pre.index for s in streams):
             rows = pre.rows()[[pre.index[s.slot] for s in streams]]
-        else:
+        else:  # waits for all the work queued, the other members' forwards too
+            if pre is not None:
+                COUNTS[id(self.m.s.model), "sync_peeks"] += 1
             rows = _peek_rows(self.last, on_device([s.slot for s in streams], self.last.device, torch.long),
-                              pool, criterion).cpu()
-        k = (rows.shape[1] - 3) // 2
-        return rows[:, :3].tolist(), rows[:, 3 + k:].long().tolist(), rows[:, 3:3 + k].tolist()
+                              pool, criterion, self.m.eos_t).cpu()
+        k = (rows.shape[1] - _HEAD) // 2
+        return rows[:, :3].tolist(), rows[:, _HEAD + k:].long().tolist(), rows[:, _HEAD:_HEAD + k].tolist()
 
     def prefetch(self, pool: int, criterion: str) -> None:
-        """Queue peek()'s work for every stream fed to its end, right behind this member's
-        forward, with its copy to the host: the next peek() then waits for this forward only,
-        and the host decides for this member while the GPU runs the next member's forward."""
+        """Queue peek()'s work for every stream fed to its end (and every complete candidate,
+        which may win and go on as the main stream), with the streams' NLL sums, right behind
+        this member's forward, copied to the host: the next peek() then waits for this forward
+        only, the host decides for this member while the GPU runs the next member's forward,
+        and candidate_nll(host=True) reads the sums without waiting for the forwards after it."""
         if self.last.device.type not in PREFETCH_DEVICES:
             return
-        streams = [s for s in self.rows if not s.dead and not s.feed and s.kind != "score"]  # never peeked
-        if not streams:
-            self.peeked = None
-            return
+        streams = [s for s in self.rows if not s.dead and not s.feed
+                   and (s.kind != "score" or (s.cand >= 0 and s.role != "score"))]
         slots = [s.slot for s in streams]
-        rows = _peek_rows(self.last, on_device(slots, self.last.device, torch.long), pool, criterion)
-        self.peeked = _Peeked((self.version, pool, criterion), {slot: i for i, slot in enumerate(slots)}, HostCopy(rows))
+        rows = _peek_rows(self.last, on_device(slots, self.last.device, torch.long), pool, criterion,
+                          self.m.eos_t) if slots else None
+        self.peeked = _Peeked((self.version, pool, criterion), self.m.forwards, {slot: i for i, slot in enumerate(slots)},
+                              HostCopy(rows) if slots else None, HostCopy(self.nll))
 
-    def candidate_nll(self, n_cands: dict[int, int]) -> dict[int, list[float]]:
+    def land(self, wait: bool = False) -> None:
+        """Take the newest prefetch() as landed if its copies are on the host (wait: once they are)."""
+        pre = self.peeked
+        if pre is not None and pre is not self.landed and (wait or pre.ready()):
+            pre.wait()
+            self.landed = pre
+
+    def landed_at(self) -> int:
+        """The newest forward whose results the host reads without waiting (every one where
+        nothing is prefetched: there reads wait)."""
+        if self.peeked is None:
+            return self.m.forwards
+        return self.landed.at if self.landed is not None else 0
+
+    def candidate_nll(self, n_cands: dict[int, int], host: bool = False) -> dict[int, list[float]]:
         """Mean token NLL of every candidate of the prompts in n_cands (prompt -> number of
-        candidates), from the sums the forwards kept; a candidate with no scored token is NaN."""
-        keys, slots = [], []
+        candidates), from the sums the forwards kept; a candidate with no scored token is NaN.
+        host: from the landed prefetch() (none of those prompts pending()), without waiting for
+        the forwards queued since; where it lacks a row, from the device."""
+        keys, streams = [], []
         for s in self.rows:
             if s.kind == "score" and not s.dead and s.p in n_cands and s.role != "commit":
                 keys.append((s.p, s.cand))
-                slots.append(s.slot)
+                streams.append(s)
         mine = [(p, c, v) for p in n_cands for c, v in self.virtual.get(p, {}).items()]
         out = {p: [float("nan")] * n for p, n in n_cands.items()}
-        if not slots and not mine:
+        if not streams and not mine:
             return out
-        sums = self.nll.index_select(0, on_device(slots, self.nll.device, torch.long))
-        if mine:
-            keys += [(p, c) for p, c, _ in mine]
-            sums = torch.cat([sums, self._decoded_sums([v for _, _, v in mine])])
+        sums = self._landed_sums(streams, [v for _, _, v in mine]) if host and self.landed is not None else None
+        if sums is None:
+            if host and self.peeked is not None:
+                COUNTS[id(self.m.s.model), "sync_reads"] += 1
+            sums = self.nll.index_select(0, on_device([s.slot for s in streams], self.nll.device, torch.long))
+            if mine:
+                sums = torch.cat([sums, self._decoded_sums([v for _, _, v in mine])])
+        keys += [(p, c) for p, c, _ in mine]
         means = torch.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1].clamp_min(1), float("nan")).tolist()
         for (p, c), mean in zip(keys, means):
             out[p][c] = mean
         return out
+
+    def _landed_sums(self, streams: list[Stream], mine: list[tuple]) -> torch.Tensor | None:
+        """candidate_nll's sums from the landed prefetch, on the host, in the order and float32
+        arithmetic of the device path; None where it lacks an ending's row. A stream that has
+        not fed since its sums were zeroed (fed_at -1) reads zero, whatever its slot held."""
+        pre = self.landed
+        nll = pre.nll.wait()
+        zero = torch.zeros(2, dtype=nll.dtype)
+
+        def sums(s):
+            return nll[s.slot] if s.fed_at >= 0 else zero
+        own = [torch.stack([sums(s) for s in streams]) if streams else nll.new_zeros((0, 2))]
+        if mine:
+            lasts = [(b or a).slot for a, b, _ in mine]
+            if any(slot not in pre.index for slot in lasts):
+                return None
+            look = torch.stack([sums(a) for a, _, _ in mine])
+            branch = torch.stack([sums(b) if b is not None else zero for _, b, _ in mine])
+            ending = pre.rows()[[pre.index[slot] for slot in lasts], 3].float()
+            eos = torch.tensor([float(e) for _, _, e in mine])
+            own.append((look + branch) + torch.stack([ending, torch.ones_like(ending)], 1) * eos[:, None])
+        return torch.cat(own)
 
     def _decoded_sums(self, mine: list[tuple]) -> torch.Tensor:
         """(summed NLL, tokens) of candidates scored from the streams that decoded them, each
@@ -510,34 +566,51 @@ class Runtime:
         if not rows:
             return
         m.kv.commit_streams(rows, owners, hide, ends, also)
+        prompts_host = prompts
         prompts, slots = on_device_many([prompts, slots], self.last.device)
         m.last_logits[prompts] = self.last.index_select(0, slots)
         if self.score_decoded:  # the new look-ahead sums its own tokens from zero
             self.nll.index_fill_(0, slots, 0)
+            for p in prompts_host:
+                self.main[p].fed_at = -1
 
 
-def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: str) -> torch.Tensor:
-    """Per slot: criterion, margin, entropy, then the top `pool` log-probabilities and token ids,
-    as one float64 tensor (one copy to the host; float64 holds the float32 values and the ids
-    exactly)."""
+_HEAD = 4  # peek rows: criterion, margin, entropy, the NLL of ending here; then top log-probs, then top ids
+
+
+def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: str, eos: torch.Tensor) -> torch.Tensor:
+    """Per slot: criterion, margin, entropy, the NLL of ending here (as _decoded_sums scores it),
+    then the top `pool` log-probabilities and token ids, as one float64 tensor (one copy to the
+    host; float64 holds the float32 values and the ids exactly)."""
     logits = last.index_select(0, slots)
     conf = confidences(logits)
+    ending = (-token_log_probs(logits, eos[:1].expand(len(logits)), eos) if eos.numel()
+              else logits.new_ones(len(logits), dtype=torch.float32))  # as _decoded_sums
     top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
-    return torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"]], 1).double(), top_lp.double(),
-                      top_ids.double()], 1)
+    return torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"], ending.float()], 1).double(),
+                      top_lp.double(), top_ids.double()], 1)
 
 
 class _Peeked:
-    """prefetch()'s rows on their way to the host, valid while `key` (Runtime.version, pool,
-    criterion) holds; index: slot -> row."""
+    """prefetch()'s copies on their way to the host: its peek rows, valid while `key`
+    (Runtime.version, pool, criterion) holds (index: slot -> row), and the NLL sums of every
+    slot after the member's forward number `at`."""
 
-    def __init__(self, key: tuple, index: dict[int, int], copy: HostCopy):
-        self.key, self.index, self.copy, self._rows = key, index, copy, None
+    def __init__(self, key: tuple, at: int, index: dict[int, int], copy: HostCopy | None, nll: HostCopy):
+        self.key, self.at, self.index, self.copy, self.nll, self._rows = key, at, index, copy, nll, None
 
     def rows(self) -> torch.Tensor:
         if self._rows is None:
             self._rows = self.copy.wait()
         return self._rows
+
+    def ready(self) -> bool:
+        return all(c.ready() for c in (self.copy, self.nll) if c is not None)
+
+    def wait(self) -> None:
+        self.nll.wait()
+        if self.copy is not None:
+            self.rows()
 
 
 def _extend(s: Stream, plan: tuple) -> bool:
