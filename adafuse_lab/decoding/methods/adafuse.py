@@ -71,11 +71,12 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
         """Proposals that are complete (a stopped look-ahead whose branches are all done); the
         union of a prompt's proposals once all are in, with its score streams in every member."""
         for k, rt in enumerate(runtimes):
-            groups = rt.groups("branch")
+            groups = None  # built once a stopped look-ahead needs it (most calls have none)
             for p in live:
                 main = rt.main[p]
                 if cands[p] is not None or props[k][p].texts or not main.st.done:
                     continue
+                groups = rt.groups("branch") if groups is None else groups
                 branches = groups.get(p, [])
                 if all(b.st.done for b in branches):
                     _finish_proposal(rt, props[k][p], main, branches, cfg, text_rule)
