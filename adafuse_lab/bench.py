@@ -167,7 +167,7 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             "model_gpu_s": [round(c.engine("model_gpu_s"), 3) for c in counters],
             # reads that waited for all the queued work (other members' forwards too) where a
             # copy queued behind the member's own forward did not serve them (span methods on CUDA)
-            "sync_reads": [c.engine("sync_peeks") + c.engine("sync_reads") for c in counters],
+            "sync_reads": [[c.engine("sync_peeks"), c.engine("sync_reads")] for c in counters],  # [peeks, scores]
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs],
             # the host's wall time by phase of a step, both members together (span methods; "forward"
             # includes the graph captures of capture_s; decoding/runtime/counters.py)

@@ -93,6 +93,9 @@
 #   v15a    member turns (each member plans and launches its forward while the GPU runs the other's):
 #           cuda15; adafuse and single at batch 64 with generate; adafuse at batch 64 again (warm Triton
 #           cache) with turns and without (member_turns=false), and at 256 with turns, no generate
+#   v15b    after v15a (turns slower: reads that waited for the other member's forward; answers that
+#           depended on timing): the same with every complete score stream prefetched, copies landing
+#           only at a member's own turn, and retired graphs kept alive; adafuse warm twice (same answers?)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -365,7 +368,7 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v14|v14m|v14p|v14o|v15a)
+v14|v14m|v14p|v14o|v15a|v15b)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   b() { local name=$1; shift; python -m adafuse_lab bench --models $M $D "$@" --out $O/$name.json > $O/$name.log 2>&1
@@ -388,6 +391,13 @@ v14|v14m|v14p|v14o|v15a)
           --out $O/engine_v14_paper_theta${th}_b32.json > $O/paper_$th.log 2>&1
       python benchmarks/bench_summary.py $O/engine_v14_paper_theta${th}_b32.json; pack
     done ;;
+  v15b)
+    OUT=$O bash $0 cuda15; pack
+    b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64
+    b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate
+    b engine_v15b_b64_warm2 --method adafuse --limit 64 --batch-size 64 --no-generate
+    b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=false
+    b engine_v15b_b256 --method adafuse --limit 256 --batch-size 256 --no-generate ;;
   v15a)
     OUT=$O bash $0 cuda15; pack
     b engine_v15_b64 --method adafuse,single --limit 64 --batch-size 64

@@ -9,6 +9,7 @@ import dataclasses
 import gc
 import math
 import string
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -383,16 +384,22 @@ def test_decoding_keeps_older_objects_out_of_the_collector_then_restores_it(tiny
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 def test_graphs_survive_the_other_members_widening():
-    """With no slack the caches widen often, and a widening drops that member's graphs while the
-    other member's live on. Graphs captured on one stream share its cuBLAS workspace, which
+    """With no slack the caches widen often, and a widening replaces that member's graphs while
+    the other member's live on. Graphs captured on one stream share its cuBLAS workspace, which
     destroying any of them frees (pytorch/pytorch#193402): the other member's next replay would
-    then read freed memory. With graphs, the answers and scores are those of eager forwards."""
+    then read freed memory. Every capture succeeds, and the answers and scores are those of
+    eager forwards."""
     from adafuse_lab.decoding.runtime.counters import COUNTS
     members = [load_session("tiny:bpe", device="cuda"), load_session("tiny:spm", device="cuda")]
     cfg = DecodeConfig(theta=1.0, B=3, M=3, max_new_tokens=32, kv_slack=0, batch_size=4)
     eager = decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, cuda_graphs=False))
     before = sum(COUNTS[id(m.model), "captures"] for m in members)
-    graphed = decode("adafuse", members, PROMPTS, cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graphed = decode("adafuse", members, PROMPTS, cfg)
+    # a capture that fails falls back to eager forwards: right answers, but no graphs (an H100
+    # lease saw "use_count > 0 INTERNAL ASSERT" here once the first graphs were destroyed)
+    assert not [w for w in caught if "capture failed" in str(w.message)], [str(w.message) for w in caught]
     assert sum(COUNTS[id(m.model), "captures"] for m in members) - before > 10, "no graph was captured again"
     assert [o.text for o in graphed] == [o.text for o in eager]
     shape, values = _floats_apart([o.trace for o in eager])
@@ -502,7 +509,10 @@ def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
     from adafuse_lab.decoding.runtime.streams import _Peeked
     monkeypatch.setattr(streams, "PREFETCH_DEVICES", {"cuda", "cpu"})
     members = [tiny["bpe"], tiny["spm"]]
-    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, B=2 if tail else 3, lookahead_scoring=tail)
+    # without member turns: there every member's copies land before a round is scored, as reads
+    # that wait would (turns read the other members' scores a turn later: test_member_turns_*)
+    cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, B=2 if tail else 3, lookahead_scoring=tail,
+                       member_turns=False)
     asked, served = [], []
     peek, rows = Runtime.peek, _Peeked.rows
     monkeypatch.setattr(Runtime, "peek", lambda self, *a: (asked.append(1), peek(self, *a))[1])
@@ -515,22 +525,22 @@ def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
     assert [o.trace for o in prefetched] == [o.trace for o in fresh]
 
 
-@pytest.mark.parametrize("land_late", [False, True])
 @pytest.mark.parametrize("method,theta", [("adafuse", 0.0), ("adafuse", 0.5), ("adafuse", 1.0), ("sweetspan", 0.5)])
-def test_member_turns_decode_as_one_schedule(tiny, method, theta, land_late, monkeypatch):
+def test_member_turns_decode_as_one_schedule(tiny, method, theta, monkeypatch):
     """member_turns: each member in turn decides and launches its forward while the other
-    members' forwards run, and reads their scores from copies queued behind those forwards once
-    they have landed (land_late: only when the member's own turn waits for them, as when the
-    GPU is slower than the host). The answers and scores are those of the schedule without
-    turns (every member decides, then every member's forward); the shapes of the forwards differ,
-    so the scores agree within float rounding."""
-    from adafuse_lab.decoding.runtime import member, streams
+    members' forwards run, and reads their scores from copies queued behind those forwards from
+    their next turn on. The answers and scores are those of the schedule without turns (every
+    member decides, then every member's forward); the shapes of the forwards differ, so the
+    scores agree within float rounding. Every peek and score is served by those copies."""
+    from adafuse_lab.decoding.runtime import streams
+    from adafuse_lab.decoding.runtime.counters import COUNTS
     monkeypatch.setattr(streams, "PREFETCH_DEVICES", {"cuda", "cpu"})
-    if land_late:
-        monkeypatch.setattr(member.HostCopy, "ready", lambda self: False)
+    waits = lambda: sum(v for (_, name), v in COUNTS.items() if name in ("sync_peeks", "sync_reads"))
+    before = waits()
     members = [tiny["bpe"], tiny["spm"]]
     cfg = DecodeConfig(max_new_tokens=24, batch_size=4, theta=theta, B=3)
     turns, one = (decode(method, members, PROMPTS, dataclasses.replace(cfg, member_turns=t)) for t in (True, False))
+    assert waits() == before
     assert [o.text for o in turns] == [o.text for o in one]
 
     def rounds(outs):

@@ -97,8 +97,6 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
     def settle(live) -> tuple[list[int], list[int]]:
         """Score the prompts whose candidates are all fed, pick the winners, commit them; the
         prompts committed and, of them, those finished."""
-        for rt in runtimes:
-            rt.land()
         pending = set().union(*(rt.pending() for rt in runtimes))
         scoring = {p: len(cands[p]) for p in live if cands[p] is not None and p not in pending}
         if not scoring:
@@ -135,7 +133,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
 
     # Member turns: each member in turn reads its last forward's results, decides, and plans and
     # launches its next forward, while the GPU runs the other members' forwards; the scores of a
-    # forward still running are read at a later turn (Runtime.pending). Off: every member
+    # member's forward are read from its turn after it on (Runtime.pending). Off: every member
     # decides, then every member's forward (the host plans one while the GPU runs the one before).
     turns = [[k] for k in range(K)] if cfg.member_turns else [list(range(K))]
     while batch.live():
@@ -150,7 +148,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 live = batch.live()
                 with host_phase("decide"):  # with the wait for the turn's members' last forwards
                     for k in turn:
-                        runtimes[k].land(wait=True)
+                        runtimes[k].land()
                         decide(k, runtimes[k])
                 with host_phase("propose"):
                     propose(live)

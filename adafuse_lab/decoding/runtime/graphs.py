@@ -58,9 +58,14 @@ class Graphs:
         with torch.cuda.device(device):
             self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[int, _Captured] = {}
+        self.retired: list[_Captured] = []
         self.failed: str | None = None  # why capture was given up (the forward then runs eagerly)
 
     def clear(self) -> None:
+        """Forget the graphs, but keep them alive while this object lives: graphs captured on
+        one stream share its cuBLAS workspace, and destroying any of them frees it under the
+        other members' graphs still replaying (pytorch/pytorch#193402)."""
+        self.retired += self.captured.values()
         self.captured = {}
 
     def __call__(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:

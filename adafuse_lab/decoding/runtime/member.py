@@ -60,10 +60,6 @@ class HostCopy:
             self.done.synchronize()
         return self.host
 
-    def ready(self) -> bool:
-        """Copied already (never waits)."""
-        return self.done is None or self.done.query()
-
     def tolist(self) -> list:
         return self.wait().tolist()
 

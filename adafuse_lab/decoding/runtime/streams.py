@@ -407,25 +407,26 @@ class Runtime:
         return rows[:, :3].tolist(), rows[:, _HEAD + k:].long().tolist(), rows[:, _HEAD:_HEAD + k].tolist()
 
     def prefetch(self, pool: int, criterion: str) -> None:
-        """Queue peek()'s work for every stream fed to its end (and every complete candidate,
-        which may win and go on as the main stream), with the streams' NLL sums, right behind
+        """Queue peek()'s work for every stream fed to its end (score streams too: a candidate
+        may win and go on as the main stream), with the streams' NLL sums, right behind
         this member's forward, copied to the host: the next peek() then waits for this forward
         only, the host decides for this member while the GPU runs the next member's forward,
         and candidate_nll(host=True) reads the sums without waiting for the forwards after it."""
         if self.last.device.type not in PREFETCH_DEVICES:
             return
-        streams = [s for s in self.rows if not s.dead and not s.feed
-                   and (s.kind != "score" or (s.cand >= 0 and s.role != "score"))]
+        streams = [s for s in self.rows if not s.dead and not s.feed and s.role != "score"]
         slots = [s.slot for s in streams]
         rows = _peek_rows(self.last, on_device(slots, self.last.device, torch.long), pool, criterion,
                           self.m.eos_t) if slots else None
         self.peeked = _Peeked((self.version, pool, criterion), self.m.forwards, {slot: i for i, slot in enumerate(slots)},
                               HostCopy(rows) if slots else None, HostCopy(self.nll))
 
-    def land(self, wait: bool = False) -> None:
-        """Take the newest prefetch() as landed if its copies are on the host (wait: once they are)."""
+    def land(self) -> None:
+        """Wait for the newest prefetch()'s copies: the member's results up to its last forward
+        are on the host from here on. Only at fixed points of the rounds (never when a copy
+        happens to be done), so that what is scored when does not depend on timing."""
         pre = self.peeked
-        if pre is not None and pre is not self.landed and (wait or pre.ready()):
+        if pre is not None and pre is not self.landed:
             pre.wait()
             self.landed = pre
 
@@ -603,9 +604,6 @@ class _Peeked:
         if self._rows is None:
             self._rows = self.copy.wait()
         return self._rows
-
-    def ready(self) -> bool:
-        return all(c.ready() for c in (self.copy, self.nll) if c is not None)
 
     def wait(self) -> None:
         self.nll.wait()
