@@ -95,7 +95,8 @@
 #           cache) with turns and without (member_turns=false), and at 256 with turns, no generate
 #   v15b    after v15a (turns slower: reads that waited for the other member's forward; answers that
 #           depended on timing): the same with every complete score stream prefetched, copies landing
-#           only at a member's own turn, and retired graphs kept alive; adafuse warm twice (same answers?)
+#           only at a member's own turn, and retired graphs kept alive; adafuse cold and warm (same answers?),
+#           no generate (a short lease)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -393,9 +394,8 @@ v14|v14m|v14p|v14o|v15a|v15b)
     done ;;
   v15b)
     OUT=$O bash $0 cuda15; pack
-    b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64
+    b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64 --no-generate
     b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate
-    b engine_v15b_b64_warm2 --method adafuse --limit 64 --batch-size 64 --no-generate
     b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=false
     b engine_v15b_b256 --method adafuse --limit 256 --batch-size 256 --no-generate ;;
   v15a)
