@@ -394,10 +394,11 @@ v14|v14m|v14p|v14o|v15a|v15b)
     done ;;
   v15b)
     OUT=$O bash $0 cuda15; pack
-    b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64 --no-generate
-    b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate
-    b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=false
-    b engine_v15b_b256 --method adafuse --limit 256 --batch-size 256 --no-generate ;;
+    T="--set member_turns=true"  # off by default since v15a
+    b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64 --no-generate $T
+    b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate $T
+    b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate
+    b engine_v15b_b256 --method adafuse --limit 256 --batch-size 256 --no-generate $T ;;
   v15a)
     OUT=$O bash $0 cuda15; pack
     b engine_v15_b64 --method adafuse,single --limit 64 --batch-size 64
