@@ -93,6 +93,8 @@
 #   v15a    member turns (each member plans and launches its forward while the GPU runs the other's):
 #           cuda15; adafuse and single at batch 64 with generate; adafuse at batch 64 again (warm Triton
 #           cache) with turns and without (member_turns=false), and at 256 with turns, no generate
+#   v15t    no staging: cuda15, then the tiny members on CUDA, adafuse with turns twice and without:
+#           do reads still wait (sync_reads: peeks, scores), and are the answers the same each time?
 #   v15b    after v15a (turns slower: reads that waited for the other member's forward; answers that
 #           depended on timing): the same with every complete score stream prefetched, copies landing
 #           only at a member's own turn, and retired graphs kept alive; adafuse cold and warm (same answers?),
@@ -369,7 +371,7 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v14|v14m|v14p|v14o|v15a|v15b)
+v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   b() { local name=$1; shift; python -m adafuse_lab bench --models $M $D "$@" --out $O/$name.json > $O/$name.log 2>&1
@@ -392,6 +394,19 @@ v14|v14m|v14p|v14o|v15a|v15b)
           --out $O/engine_v14_paper_theta${th}_b32.json > $O/paper_$th.log 2>&1
       python benchmarks/bench_summary.py $O/engine_v14_paper_theta${th}_b32.json; pack
     done ;;
+  v15t)
+    OUT=$O bash $0 cuda15; pack
+    M=tiny:bpe,tiny:spm; D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
+    b tiny_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true
+    b tiny_turns2 --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true
+    b tiny_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate
+    python - $O/tiny_*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    x = json.load(open(f))["methods"]["adafuse"]
+    print(f.split("/")[-1], "forwards", x["forward_calls"], "sync_reads", x["sync_reads"], "answers", x["answers_sha256"][:10])
+PY
+    ;;
   v15b)
     OUT=$O bash $0 cuda15; pack
     T="--set member_turns=true"  # off by default since v15a
