@@ -396,7 +396,7 @@ v14|v14m|v14p|v14o|v15a|v15b|v15t)
     done ;;
   v15t)
     OUT=$O bash $0 cuda15; pack
-    M=tiny:bpe,tiny:spm; D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
+    M=tiny:bpe,tiny:spm; D="--task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
     b tiny_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true
     b tiny_turns2 --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true
     b tiny_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate
