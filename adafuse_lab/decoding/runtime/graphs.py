@@ -58,14 +58,16 @@ class Graphs:
         with torch.cuda.device(device):
             self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[int, _Captured] = {}
-        self.retired: list[_Captured] = []
+        self.retired: list[torch.cuda.CUDAGraph] = []
         self.failed: str | None = None  # why capture was given up (the forward then runs eagerly)
 
     def clear(self) -> None:
-        """Forget the graphs, but keep them alive while this object lives: graphs captured on
-        one stream share its cuBLAS workspace, and destroying any of them frees it under the
-        other members' graphs still replaying (pytorch/pytorch#193402)."""
-        self.retired += self.captured.values()
+        """Forget the graphs but keep the graph objects alive while this object lives: a capture
+        after all graphs of the pool were destroyed failed an allocator assert on an H100
+        (BENCHMARKS.md, engine v15), and destroying graphs captured on one stream frees the cuBLAS
+        workspace the other members' graphs replay with (pytorch/pytorch#193402). Their static
+        inputs and logits go back to the pool."""
+        self.retired += [c.graph for c in self.captured.values()]
         self.captured = {}
 
     def __call__(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
