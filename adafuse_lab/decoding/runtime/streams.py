@@ -383,13 +383,13 @@ class Runtime:
                                 if end > start else None)
         if not here_t and not prev_t:
             return
-        src, h_r, h_c, h_t, p_t, slots = on_device_many([prev_from, here_r, here_c, here_t, prev_t, here_s + prev_s],
-                                                        m.last_logits.device)
+        src, h_r, h_c, toks, slots = on_device_many([prev_from, here_r, here_c, here_t + prev_t, here_s + prev_s],
+                                                    m.last_logits.device)
         before = torch.where((src >= 0)[:, None], self.last.index_select(0, src.clamp_min(0)),
                              m.last_logits.index_select(0, (-1 - src).clamp_min(0)))
-        lp = torch.cat([token_log_probs(logits[h_r, h_c], h_t, m.eos_t), token_log_probs(before, p_t, m.eos_t)])
-        self.nll[:, 0].index_add_(0, slots, -lp)
-        self.nll[:, 1].index_add_(0, slots, torch.ones_like(lp))
+        # one scoring pass over both kinds of rows: each torch call here costs the host more than its kernel
+        lp = token_log_probs(torch.cat([logits[h_r, h_c].float(), before]), toks, m.eos_t)
+        self.nll.index_add_(0, slots, torch.stack([-lp, torch.ones_like(lp)], 1))
 
     # ---- reading the results ---------------------------------------------------
     def peek(self, streams: list[Stream], pool: int, criterion: str):
