@@ -48,6 +48,16 @@ def test_tree_mask_reads_what_the_tree_says():
                                          [True, True, True, False, False, True]]]
 
 
+def test_a_captured_plan_reads_its_first_column_from_a_tensor():
+    """A CUDA graph plans each step's attention inside its replay, where the step's first column
+    is the first of its static `cols` tensor, not a Python number fixed at capture."""
+    import dataclasses
+    for seed in (0, 1):
+        meta = random_tree(3, 40, 4, streams=5, seed=seed)
+        cols = torch.arange(meta.front, meta.front + 4)
+        assert torch.equal(tree_mask(dataclasses.replace(meta, front=cols[0])), tree_mask(meta))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("T", [1, 3, 8])
 @pytest.mark.parametrize("seed", [0, 1])

@@ -6,10 +6,11 @@ work that the GPU waits for between forwards (docs/engine_log.md, engine v5). Pr
 time, time by kind (torch operators, tokenizer calls, Python of the package, other Python)
 and the package's functions by own time.
 
-    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25] [--ops]
+    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25] [--ops [--by-caller]]
 
 --ops counts instead the tensor operators dispatched outside the members' forwards (each one
-kernel launch or more on a GPU, where a forward is one graph replay), by name, per forward.
+kernel launch or more on a GPU, where a forward is one graph replay), by name, per forward;
+with --by-caller, by the package function that called them.
 """
 import argparse
 import cProfile
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--ops", action="store_true", help="count tensor operators outside the forwards instead")
+    ap.add_argument("--by-caller", action="store_true", help="with --ops: by the package function that called them")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields (as the CLI's --set)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -54,7 +56,7 @@ def main() -> None:
     cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.batch, **extra)
     decode(args.method, members, prompts(4), DecodeConfig(max_new_tokens=8, batch_size=4))  # warm-up
     if args.ops:
-        return count_ops(args.method, members, prompts(args.batch), cfg, args.top)
+        return count_ops(args.method, members, prompts(args.batch), cfg, args.top, args.by_caller)
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
@@ -88,7 +90,8 @@ def main() -> None:
         print(f"  {tt:7.3f} s  {where}")
 
 
-def count_ops(method, members, batch, cfg, top) -> None:
+def count_ops(method, members, batch, cfg, top, by_caller=False) -> None:
+    import sys
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -100,8 +103,14 @@ def count_ops(method, members, batch, cfg, top) -> None:
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if not paused[0]:
-                ops[func.__name__] += 1
+                ops[caller() if by_caller else func.__name__] += 1
             return func(*args, **(kwargs or {}))
+
+    def caller() -> str:
+        f = sys._getframe(2)
+        while f is not None and "adafuse_lab" not in f.f_code.co_filename:
+            f = f.f_back
+        return f"{f.f_code.co_filename.split('adafuse_lab/')[-1]}:{f.f_code.co_name}" if f else "?"
 
     inner, forwards = streams.eager_forward, [0]
 

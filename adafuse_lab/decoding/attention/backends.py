@@ -27,7 +27,7 @@ class StepMeta:
     committed: torch.Tensor
     pos: torch.Tensor
     owner: torch.Tensor
-    front: int
+    front: int | torch.Tensor   # a 0-d tensor inside a captured graph (its static columns' first)
     q_pos: torch.Tensor
     q_owner: torch.Tensor
     q_parent: torch.Tensor

@@ -6,6 +6,7 @@ BENCHMARKS.md) becomes one replay.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ def bucket(t: int) -> int:
     return 1 << max(0, t - 1).bit_length()
 
 
-def eager_forward(model, backend, cache, ids, pos, attn, cols, compiled: bool = False) -> torch.Tensor:
+def eager_forward(model, backend, cache, ids, meta, cols, compiled: bool = False) -> torch.Tensor:
+    """One forward of `ids` at cache columns `cols`, with the attention plan made from `meta`
+    (StepMeta) in it: captured as a graph, the plan is part of the replay."""
     cache.cols = cols
     run = compiled_forward(model) if compiled else model
+    attn = backend.plan(meta)
     with use_backend(model, backend):
-        return run(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+        return run(input_ids=ids, attention_mask=attn, position_ids=meta.q_pos, past_key_values=cache,
                    use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
 
 
@@ -46,7 +50,7 @@ def compiled_forward(model):
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
-    inputs: dict          # static input tensors (the mask may be a dict of them)
+    inputs: dict          # static input tensors
     logits: torch.Tensor  # static output
 
 
@@ -70,31 +74,35 @@ class Graphs:
         self.retired += [c.graph for c in self.captured.values()]
         self.captured = {}
 
-    def __call__(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
+    def __call__(self, model, backend, cache, ids, meta, cols) -> torch.Tensor:
         if self.failed is None:
             # captures belong to the current device: make it the member's (rank 1 of a sharded run)
             with torch.cuda.device(ids.device):
                 try:
-                    return self._replay(model, backend, cache, ids, pos, attn, cols)
+                    return self._replay(model, backend, cache, ids, meta, cols)
                 except RuntimeError as e:  # something in the model cannot be captured
                     self.failed, self.captured = f"{type(e).__name__}: {e}", {}
                     warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
                     torch.cuda.synchronize()
-        return eager_forward(model, backend, cache, ids, pos, attn, cols, self.compiled)
+        return eager_forward(model, backend, cache, ids, meta, cols, self.compiled)
 
-    def _replay(self, model, backend, cache, ids, pos, attn, cols) -> torch.Tensor:
+    def _replay(self, model, backend, cache, ids, meta, cols) -> torch.Tensor:
         c = self.captured.get(ids.shape[1])
         if c is None:
-            c = self.captured[ids.shape[1]] = self._capture(model, backend, cache, ids, pos, attn, cols)
-        _copy_into(c.inputs, {"ids": ids, "pos": pos, "attn": attn, "cols": cols})
+            c = self.captured[ids.shape[1]] = self._capture(model, backend, cache, ids, meta, cols)
+        for name, x in _step_inputs(ids, meta, cols).items():
+            c.inputs[name].copy_(x)
         c.graph.replay()
         return c.logits
 
-    def _capture(self, model, backend, cache, ids, pos, attn, cols) -> _Captured:
+    def _capture(self, model, backend, cache, ids, meta, cols) -> _Captured:
         start = time.perf_counter()
-        inputs = {"ids": ids.clone(), "pos": pos.clone(), "attn": _clone(attn), "cols": cols.clone()}
-        run = lambda: eager_forward(model, backend, cache, inputs["ids"], inputs["pos"], inputs["attn"], inputs["cols"],
-                                    self.compiled)
+        inputs = {name: x.clone() for name, x in _step_inputs(ids, meta, cols).items()}
+        # the cache's per-column state (meta.committed, pos, owner) is read where it lies: the
+        # cache updates it in place while its width holds (a widening clears the graphs)
+        static = dataclasses.replace(meta, front=inputs["cols"][0], q_pos=inputs["q_pos"], q_owner=inputs["q_owner"],
+                                     q_parent=inputs["q_parent"], q_limit=inputs["q_limit"])
+        run = lambda: eager_forward(model, backend, cache, inputs["ids"], static, inputs["cols"], self.compiled)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph (lazy handles, workspaces)
@@ -109,13 +117,7 @@ class Graphs:
         return _Captured(graph, inputs, logits)
 
 
-def _clone(x):
-    return {k: v.clone() for k, v in x.items()} if isinstance(x, dict) else x.clone()
-
-
-def _copy_into(static, new) -> None:
-    if isinstance(static, dict):
-        for k in static:
-            static[k].copy_(new[k])
-    else:
-        static.copy_(new)
+def _step_inputs(ids, meta, cols) -> dict:
+    """What changes from one forward to the next: the graph's static inputs."""
+    return {"ids": ids, "q_pos": meta.q_pos, "q_owner": meta.q_owner, "q_parent": meta.q_parent,
+            "q_limit": meta.q_limit, "cols": cols}

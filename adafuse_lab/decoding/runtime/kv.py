@@ -98,7 +98,7 @@ class KVCache:
             old = getattr(self, name)
             new = torch.full_like(old, free)
             new[:, :width] = old.gather(1, order)
-            setattr(self, name, new)
+            old.copy_(new)  # in place: captured graphs plan their attention from these
         self.front = width
         if width + need <= self.width:
             return False

@@ -301,14 +301,13 @@ class Runtime:
         kv.pos[:, F:F + T] = pos
         kv.owner[:, F:F + T] = owner
         meta = StepMeta(kv.committed, kv.pos, kv.owner, F, pos, owner, parent, limit, self.window, self.mixed)
-        attn = self.backend.plan(meta)
         cols = torch.arange(F, F + T, device=dev)
         # a forward that captures its graph counts in capture_s instead
         timed = _events(dev) if self.graphs is None or T in self.graphs.captured else None
         if self.graphs is not None:
-            logits = self.graphs(m.s.model, self.backend, kv.cache, ids, pos, attn, cols)
+            logits = self.graphs(m.s.model, self.backend, kv.cache, ids, meta, cols)
         else:
-            logits = eager_forward(m.s.model, self.backend, kv.cache, ids, pos, attn, cols, self.compiled)
+            logits = eager_forward(m.s.model, self.backend, kv.cache, ids, meta, cols, self.compiled)
         if timed:
             timed[1].record()
             TIMED.append((key, *timed))
