@@ -468,21 +468,21 @@ class Runtime:
         arithmetic of the device path; None where it lacks an ending's row. A stream that has
         not fed since its sums were zeroed (fed_at -1) reads zero, whatever its slot held."""
         pre = self.landed
-        nll = pre.nll.wait()
-        zero = torch.zeros(2, dtype=nll.dtype)
+        # one row of zeros after the slots: where a stream has not fed since its sums were zeroed
+        nll = torch.cat([pre.nll.wait(), pre.nll.wait().new_zeros((1, 2))])
+        zero = len(nll) - 1
 
-        def sums(s):
-            return nll[s.slot] if s.fed_at >= 0 else zero
-        own = [torch.stack([sums(s) for s in streams]) if streams else nll.new_zeros((0, 2))]
+        def rows(ss):
+            return nll[[s.slot if s is not None and s.fed_at >= 0 else zero for s in ss]]
+        own = [rows(streams)]
         if mine:
             lasts = [(b or a).slot for a, b, _ in mine]
             if any(slot not in pre.index for slot in lasts):
                 return None
-            look = torch.stack([sums(a) for a, _, _ in mine])
-            branch = torch.stack([sums(b) if b is not None else zero for _, b, _ in mine])
             ending = pre.rows()[[pre.index[slot] for slot in lasts], 3].float()
             eos = torch.tensor([float(e) for _, _, e in mine])
-            own.append((look + branch) + torch.stack([ending, torch.ones_like(ending)], 1) * eos[:, None])
+            own.append((rows([a for a, _, _ in mine]) + rows([b for _, b, _ in mine]))
+                       + torch.stack([ending, torch.ones_like(ending)], 1) * eos[:, None])
         return torch.cat(own)
 
     def _decoded_sums(self, mine: list[tuple]) -> torch.Tensor:
