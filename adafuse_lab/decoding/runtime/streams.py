@@ -86,6 +86,9 @@ class Runtime:
         # the NLL of the tokens they feed, and a candidate they decoded as it tokenizes is scored
         # from those sums, with no stream of its own (about half of the tokens early scoring fed).
         self.score_decoded = False
+        # prefetch() rows for complete score streams too: where a peek that waits would also wait
+        # for the other members' forwards (member turns); elsewhere they cost the GPU for nothing
+        self.peek_scores = False
         self.decoded: dict[int, dict[str, tuple]] = {}   # prompt -> own text -> (look-ahead, branch or None)
         self.virtual: dict[int, dict[int, tuple]] = {}   # prompt -> candidate -> (look-ahead, branch or None, eos)
         self.logits = None                     # logits of the last forward (rows x T x V)
@@ -406,14 +409,16 @@ class Runtime:
         return rows[:, :3].tolist(), rows[:, _HEAD + k:].long().tolist(), rows[:, _HEAD:_HEAD + k].tolist()
 
     def prefetch(self, pool: int, criterion: str) -> None:
-        """Queue peek()'s work for every stream fed to its end (score streams too: a candidate
-        may win and go on as the main stream), with the streams' NLL sums, right behind
-        this member's forward, copied to the host: the next peek() then waits for this forward
-        only, the host decides for this member while the GPU runs the next member's forward,
-        and candidate_nll(host=True) reads the sums without waiting for the forwards after it."""
+        """Queue peek()'s work for every stream fed to its end (complete score streams too with
+        peek_scores: a candidate may win and go on as the main stream), with the streams' NLL
+        sums, right behind this member's forward, copied to the host: the next peek() then waits
+        for this forward only, the host decides for this member while the GPU runs the next
+        member's forward, and candidate_nll(host=True) reads the sums without waiting for the
+        forwards after it."""
         if self.last.device.type not in PREFETCH_DEVICES:
             return
-        streams = [s for s in self.rows if not s.dead and not s.feed and s.role != "score"]
+        streams = [s for s in self.rows if not s.dead and not s.feed
+                   and (s.kind != "score" or (self.peek_scores and s.role != "score"))]
         slots = [s.slot for s in streams]
         rows = _peek_rows(self.last, on_device(slots, self.last.device, torch.long), pool, criterion,
                           self.m.eos_t) if slots else None
