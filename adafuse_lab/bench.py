@@ -169,8 +169,9 @@ def run_method(method, sessions, prompts, cfg, stop=None) -> dict:
             # copy queued behind the member's own forward did not serve them (span methods on CUDA)
             "sync_reads": [[c.engine("sync_peeks"), c.engine("sync_reads")] for c in counters],  # [peeks, scores]
             "member_branch_rate": branched / starts if starts else None, "texts": [o.text for o in outs],
-            # the host's wall time by phase of a step, both members together (span methods; "forward"
-            # includes the graph captures of capture_s; decoding/runtime/counters.py)
+            # the host's wall time by phase of a step, both members together (span methods; "wait":
+            # for the members' last forwards to land, on CUDA; "forward" includes the graph captures
+            # of capture_s; decoding/runtime/counters.py)
             "host_phases_s": {k: round(v - host_before.get(k, 0.0), 4) for k, v in HOST.items()
                               if v - host_before.get(k, 0.0) > 0}}
 

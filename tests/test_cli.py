@@ -190,7 +190,7 @@ def test_bench_times_several_methods_on_cpu(tmp_path):
         assert all(x > 0 for x in m["forward_calls_vs_generate"])
     # where the host's time goes, by phase of a step (span methods)
     phases = r["methods"]["adafuse"]["host_phases_s"]
-    assert set(phases) == {"decide", "propose", "settle", "growing", "grow_early", "forward"}
+    assert set(phases) == {"wait", "decide", "propose", "settle", "growing", "grow_early", "forward"}
     assert 0 < sum(phases.values()) < r["methods"]["adafuse"]["wall_s"]
     assert r["methods"]["rerank"]["host_phases_s"] == {}
     # the answers' digest: what two runs that should agree compare

@@ -147,9 +147,11 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             # its next round in this turn
             while True:
                 live = batch.live()
-                with host_phase("decide"):  # with the wait for the turn's members' last forwards
+                with host_phase("wait"):  # for the turn's members' last forwards (their prefetched copies)
                     for k in turn:
                         runtimes[k].land()
+                with host_phase("decide"):
+                    for k in turn:
                         decide(k, runtimes[k])
                 with host_phase("propose"):
                     propose(live)
