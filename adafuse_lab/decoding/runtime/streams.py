@@ -474,7 +474,8 @@ class Runtime:
         not fed since its sums were zeroed (fed_at -1) reads zero, whatever its slot held."""
         pre = self.landed
         # one row of zeros after the slots: where a stream has not fed since its sums were zeroed
-        nll = torch.cat([pre.nll.wait(), pre.nll.wait().new_zeros((1, 2))])
+        sums = pre.nll.wait()
+        nll = torch.cat([sums, sums.new_zeros((1, 2))])
         zero = len(nll) - 1
 
         def rows(ss):
@@ -500,9 +501,7 @@ class Runtime:
                                                   [(b or a).slot for a, b, _ in mine], [int(e) for _, _, e in mine]], dev)
         sums = self.nll.index_select(0, look) + torch.where((branch >= 0)[:, None],
                                                             self.nll.index_select(0, branch.clamp_min(0)), 0.0)
-        m = self.m
-        ending = (-token_log_probs(self.last.index_select(0, last), m.eos_t[:1].expand(len(mine)), m.eos_t)
-                  if m.eos_t.numel() else eos.float())
+        ending = _ending_nll(self.last.index_select(0, last), self.m.eos_t)
         return sums + torch.stack([ending, torch.ones_like(ending)], 1) * eos[:, None]
 
     @torch.inference_mode()
@@ -571,12 +570,11 @@ class Runtime:
         if not rows:
             return
         m.kv.commit_streams(rows, owners, hide, ends, also)
-        prompts_host = prompts
-        prompts, slots = on_device_many([prompts, slots], self.last.device)
-        m.last_logits[prompts] = self.last.index_select(0, slots)
+        prompt_t, slot_t = on_device_many([prompts, slots], self.last.device)
+        m.last_logits[prompt_t] = self.last.index_select(0, slot_t)
         if self.score_decoded:  # the new look-ahead sums its own tokens from zero
-            self.nll.index_fill_(0, slots, 0)
-            for p in prompts_host:
+            self.nll.index_fill_(0, slot_t, 0)
+            for p in prompts:
                 self.main[p].fed_at = -1
 
 
@@ -584,16 +582,23 @@ _HEAD = 4  # peek rows: criterion, margin, entropy, the NLL of ending here; then
 
 
 def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: str, eos: torch.Tensor) -> torch.Tensor:
-    """Per slot: criterion, margin, entropy, the NLL of ending here (as _decoded_sums scores it),
-    then the top `pool` log-probabilities and token ids, as one float64 tensor (one copy to the
+    """Per slot: criterion, margin, entropy, the NLL of ending here (_ending_nll), then the top `pool` log-probabilities and token ids, as one float64 tensor (one copy to the
     host; float64 holds the float32 values and the ids exactly)."""
     logits = last.index_select(0, slots)
     conf = confidences(logits)
-    ending = (-token_log_probs(logits, eos[:1].expand(len(logits)), eos) if eos.numel()
-              else logits.new_ones(len(logits), dtype=torch.float32))  # as _decoded_sums
+    ending = _ending_nll(logits, eos)
     top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
     return torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"], ending.float()], 1).double(),
                       top_lp.double(), top_ids.double()], 1)
+
+
+def _ending_nll(logits: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """Per row, the NLL of ending after it (any EOS id, scoring.token_log_probs); 1 for a member
+    with no EOS id. What a candidate that ends is scored with, read on the device
+    (_decoded_sums) or from a prefetched copy (_landed_sums): the same values either way."""
+    if not eos.numel():
+        return logits.new_ones(len(logits), dtype=torch.float32)
+    return -token_log_probs(logits, eos[:1].expand(len(logits)), eos)
 
 
 class _Peeked:
