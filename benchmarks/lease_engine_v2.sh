@@ -407,12 +407,12 @@ for f in sys.argv[1:]:
     print(f.split("/")[-1], "forwards", x["forward_calls"], "sync_reads", x["sync_reads"], "answers", x["answers_sha256"][:10])
 PY
     ;;
-  v15b)
-    OUT=$O bash $0 cuda15; pack
+  v15b)  # cuda15 ran in v15t, earlier in the same lease
     T="--set member_turns=true"  # off by default since v15a
     b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64 --no-generate $T
-    b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate $T
     b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate
+    b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate $T
+    b engine_v15b_b256_no_turns --method adafuse --limit 256 --batch-size 256 --no-generate
     b engine_v15b_b256 --method adafuse --limit 256 --batch-size 256 --no-generate $T ;;
   v15a)
     OUT=$O bash $0 cuda15; pack
