@@ -98,7 +98,9 @@
 #   v15b    after v15a (turns slower: reads that waited for the other member's forward; answers that
 #           depended on timing): the same with every complete score stream prefetched, copies landing
 #           only at a member's own turn, and retired graphs kept alive; adafuse cold and warm (same answers?),
-#           no generate (a short lease)
+#           no generate (a short lease); b64 without turns and b256 with and without
+#   v16h    no staging: tiny members on CUDA, cProfile of one b64 batch (the host's time where the
+#           GPU's work is small), then the same batch timed
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -371,7 +373,7 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v14|v14m|v14p|v14o|v15a|v15b|v15t)
+v14|v14m|v14p|v14o|v15a|v15b|v15t|v16h)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   b() { local name=$1; shift; python -m adafuse_lab bench --models $M $D "$@" --out $O/$name.json > $O/$name.log 2>&1
@@ -407,10 +409,14 @@ for f in sys.argv[1:]:
     print(f.split("/")[-1], "forwards", x["forward_calls"], "sync_reads", x["sync_reads"], "answers", x["answers_sha256"][:10])
 PY
     ;;
+  v16h)  # no staging: where the host's time goes with the GPU's work made small (tiny members on CUDA)
+    M=tiny:bpe,tiny:spm; D="--task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
+    b tiny_cprofile --method adafuse --limit 64 --batch-size 64 --no-generate --cprofile --profile-only
+    b tiny_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate ;;
   v15b)  # cuda15 ran in v15t, earlier in the same lease
     T="--set member_turns=true"  # off by default since v15a
     b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64 --no-generate $T
-    b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate
+    b engine_v15b_b64_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate --cprofile
     b engine_v15b_b64_warm --method adafuse --limit 64 --batch-size 64 --no-generate $T
     b engine_v15b_b256_no_turns --method adafuse --limit 256 --batch-size 256 --no-generate
     b engine_v15b_b256 --method adafuse --limit 256 --batch-size 256 --no-generate $T ;;
