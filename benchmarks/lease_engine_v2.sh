@@ -99,8 +99,9 @@
 #           depended on timing): the same with every complete score stream prefetched, copies landing
 #           only at a member's own turn, and retired graphs kept alive; adafuse cold and warm (same answers?),
 #           no generate (a short lease); b64 without turns and b256 with and without
-#   v16h    no staging: tiny members on CUDA, cProfile of one b64 batch (the host's time where the
-#           GPU's work is small), then the same batch timed
+# SmallGraphs (peek rows and token scores between forwards as captured graphs), against this commit (files engine_v16/):
+#   v16h    no staging: the branch's CUDA tests; tiny members on CUDA (host-bound), with and without turns; cProfile
+#   v16b    staged: adafuse b64 (with cProfile), b64 with turns, b256, each this commit then the branch
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -373,7 +374,34 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v14|v14m|v14p|v14o|v15a|v15b|v15t|v16h)
+v16h|v16b)  # this commit's engine against the SmallGraphs branch (its package in .gpu-extra/new, made by
+  # `git archive <branch> adafuse_lab tests pyproject.toml | tar -x -C .gpu-extra/new`), on one host
+  STEP=$1; O=/tmp/$STEP; mkdir -p $O
+  pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
+  ROOT=$(pwd); NEW=$ROOT/.gpu-extra/new
+  new_py() { (cd $NEW && PYTHONPATH=/tmp/site:$NEW python "$@"); }
+  both() { local name=$1; shift
+    python -m adafuse_lab bench --models $M $D "$@" --out $O/${name}_head.json > $O/${name}_head.log 2>&1
+    python benchmarks/bench_summary.py $O/${name}_head.json
+    new_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} "$@" --out $O/${name}_small.json > $O/${name}_small.log 2>&1
+    python benchmarks/bench_summary.py $O/${name}_small.json; pack; }
+  case $STEP in
+  v16h)  # no staging: the CUDA tests of the branch, then tiny members on CUDA (the GPU's work small: the host's time)
+    new_py -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive or small_graphs" > $O/cuda16.log 2>&1
+    tail -4 $O/cuda16.log; pack
+    M=tiny:bpe,tiny:spm; D="--task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
+    both tiny --method adafuse --limit 64 --batch-size 64 --no-generate
+    both tiny_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true
+    new_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} --method adafuse --limit 64 --batch-size 64 \
+        --no-generate --cprofile --profile-only --out $O/tiny_cprofile_small.json > $O/tiny_cprofile_small.log 2>&1; pack ;;
+  v16b)  # after staging: real members, the first run warms the Triton cache
+    python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --max-new-tokens 32 --no-generate \
+        --out $O/warmup.json > $O/warmup.log 2>&1
+    both b64 --method adafuse --limit 64 --batch-size 64 --no-generate --cprofile
+    both b64_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true
+    both b256 --method adafuse --limit 256 --batch-size 256 --no-generate ;;
+  esac ;;
+v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   b() { local name=$1; shift; python -m adafuse_lab bench --models $M $D "$@" --out $O/$name.json > $O/$name.log 2>&1
@@ -409,10 +437,6 @@ for f in sys.argv[1:]:
     print(f.split("/")[-1], "forwards", x["forward_calls"], "sync_reads", x["sync_reads"], "answers", x["answers_sha256"][:10])
 PY
     ;;
-  v16h)  # no staging: where the host's time goes with the GPU's work made small (tiny members on CUDA)
-    M=tiny:bpe,tiny:spm; D="--task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
-    b tiny_cprofile --method adafuse --limit 64 --batch-size 64 --no-generate --cprofile --profile-only
-    b tiny_no_turns --method adafuse --limit 64 --batch-size 64 --no-generate ;;
   v15b)  # cuda15 ran in v15t, earlier in the same lease
     T="--set member_turns=true"  # off by default since v15a
     b engine_v15b_b64 --method adafuse --limit 64 --batch-size 64 --no-generate $T
