@@ -101,7 +101,7 @@
 #           no generate (a short lease); b64 without turns and b256 with and without
 # SmallGraphs (peek rows and token scores between forwards as captured graphs), against this commit (files engine_v16/):
 #   v16h    no staging: the branch's CUDA tests; tiny members on CUDA (host-bound)
-#   v16b    staged: adafuse b64 (with cProfile), b256, b64 with turns, each this commit then the branch
+#   v16b    staged: the branch's CUDA tests; adafuse b64, b256, b64 with turns, each this commit then the branch
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -391,10 +391,12 @@ v16h|v16b)  # this commit's engine against the SmallGraphs branch (its package i
     tail -4 $O/cuda16.log; pack
     M=tiny:bpe,tiny:spm; D="--task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
     both tiny --method adafuse --limit 64 --batch-size 64 --no-generate ;;
-  v16b)  # after staging: real members, the first run warms the Triton cache
+  v16b)  # after staging: the branch's CUDA tests; real members, the first run warms the Triton cache
+    new_py -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive or small_graphs" > $O/cuda16.log 2>&1
+    tail -4 $O/cuda16.log; pack
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --max-new-tokens 32 --no-generate \
         --out $O/warmup.json > $O/warmup.log 2>&1
-    both b64 --method adafuse --limit 64 --batch-size 64 --no-generate --cprofile
+    both b64 --method adafuse --limit 64 --batch-size 64 --no-generate
     both b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     both b64_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true ;;
   esac ;;
