@@ -9,7 +9,8 @@ and the package's functions by own time.
     python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25] [--ops [--by-caller]]
 
 --ops counts instead the tensor operators dispatched outside the members' forwards (each one
-kernel launch or more on a GPU, where a forward is one graph replay), by name, per forward;
+kernel launch or more on a GPU, where a forward is one graph replay, and a SmallGraphs call an
+index copy and one replay), by name, per forward;
 with --by-caller, by the package function that called them.
 """
 import argparse
@@ -96,7 +97,7 @@ def count_ops(method, members, batch, cfg, top, by_caller=False) -> None:
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from adafuse_lab.decoding.runtime import streams
+    from adafuse_lab.decoding.runtime import graphs, streams
 
     ops, paused = Counter(), [False]
 
@@ -122,12 +123,23 @@ def count_ops(method, members, batch, cfg, top, by_caller=False) -> None:
         finally:
             paused[0] = False
 
-    streams.eager_forward = forward
+    # a SmallGraphs call is an index copy and one replay on a GPU: counted as 2
+    small_call = graphs.SmallGraphs.__call__
+
+    def small(self, fn, *a, **k):
+        paused[0] = True
+        try:
+            return small_call(self, fn, *a, **k)
+        finally:
+            paused[0] = False
+            ops[caller() if by_caller else f"SmallGraphs({fn.__name__})"] += 2
+
+    streams.eager_forward, graphs.SmallGraphs.__call__ = forward, small
     try:
         with Count():
             decode(method, members, batch, cfg)
     finally:
-        streams.eager_forward = inner
+        streams.eager_forward, graphs.SmallGraphs.__call__ = inner, small_call
     n = max(forwards[0], 1)
     print(f"{method}, {len(batch)} prompts, {cfg.max_new_tokens} tokens: {sum(ops.values())} tensor operators "
           f"outside {forwards[0]} forwards, {sum(ops.values()) / n:.0f} per forward")

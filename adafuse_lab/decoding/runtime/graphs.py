@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..attention import use_backend
@@ -121,3 +122,83 @@ def _step_inputs(ids, meta, cols) -> dict:
     """What changes from one forward to the next: the graph's static inputs."""
     return {"ids": ids, "q_pos": meta.q_pos, "q_owner": meta.q_owner, "q_parent": meta.q_parent,
             "q_limit": meta.q_limit, "cols": cols}
+
+
+@dataclass
+class _Small:
+    graph: torch.cuda.CUDAGraph
+    index: torch.Tensor   # static: the padded index matrix
+    out: torch.Tensor     # static output
+
+
+class SmallGraphs:
+    """The engine's small tensor functions between forwards (peek rows, token scores), captured
+    as CUDA graphs and replayed: each is dozens of kernels, and on a GPU host every launch, not
+    the kernel, is the cost (a logsumexp of a few rows took 80 us of host time; BENCHMARKS.md,
+    engine v16). A function fn(*fixed, index, *consts) reads its big tensors (`fixed`, the
+    member's logits) where they lie and takes an int64 index matrix (k x n) whose n is rounded up
+    to a bucket, so a few graphs serve every step; a layout (addresses, shapes, n's bucket,
+    consts) is captured once. Rows past n compute on index 0 and are cut off (a function that
+    writes must mask them). Without capture (the CPU) fn runs eagerly on the same padded index.
+    The result is valid until the next call: queue its use (a copy, an index_add_) before the next."""
+
+    LIMIT = 256
+
+    def __init__(self, device, key, capture: bool = True):
+        self.key = key  # the member model's counters (COUNTS)
+        self.device = torch.device(device)
+        self.pool = None
+        if capture:
+            with torch.cuda.device(self.device):
+                self.pool = torch.cuda.graph_pool_handle()  # one pool: the graphs run one at a time
+        self.graphs: dict[tuple, _Small] = {}
+        self.failed: str | None = None
+
+    def __call__(self, fn, fixed: tuple, index, consts: tuple = ()) -> torch.Tensor:
+        """fn's result for `index` (host int64 rows, k x n), through its captured graph."""
+        index = np.asarray(index, dtype=np.int64).reshape(len(index), -1)
+        n = index.shape[1]
+        N = bucket(n)
+        padded = np.zeros((index.shape[0], N), dtype=np.int64)
+        padded[:, :n] = index
+        if self.pool is None or self.failed is not None:
+            return fn(*fixed, on_device_index(padded, self.device), *consts)[:n]
+        key = (fn, N, index.shape[0], consts, *[(t.data_ptr(), t.shape, t.stride(), t.dtype) for t in fixed])
+        g = self.graphs.get(key)
+        if g is None and len(self.graphs) >= self.LIMIT:  # layouts that keep changing (a forward run eagerly)
+            self.failed = f"more than {self.LIMIT} layouts"
+            return fn(*fixed, on_device_index(padded, self.device), *consts)[:n]
+        if g is None:
+            try:
+                g = self.graphs[key] = self._capture(fn, fixed, index.shape[0], N, consts)
+            except RuntimeError as e:  # something in fn cannot be captured: run it eagerly from here on
+                self.failed = f"{type(e).__name__}: {e}"
+                warnings.warn(f"CUDA graph capture of {fn.__name__} failed, running eagerly: {self.failed}",
+                              RuntimeWarning)
+                torch.cuda.synchronize()
+                return fn(*fixed, on_device_index(padded, self.device), *consts)[:n]
+        g.index.copy_(torch.from_numpy(padded).pin_memory(), non_blocking=True)
+        g.graph.replay()
+        return g.out[:n]
+
+    def _capture(self, fn, fixed, k, N, consts) -> _Small:
+        start = time.perf_counter()
+        index = torch.zeros((k, N), dtype=torch.long, device=self.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (a function that writes writes nothing: index 0 masked)
+            fn(*fixed, index, *consts)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = fn(*fixed, index, *consts)
+        torch.cuda.synchronize()
+        COUNTS[self.key, "capture_s"] += time.perf_counter() - start
+        COUNTS[self.key, "captures"] += 1
+        return _Small(graph, index, out)
+
+
+def on_device_index(index: np.ndarray, device) -> torch.Tensor:
+    """An int64 host array on `device`, queued behind the work there (member.on_device)."""
+    t = torch.from_numpy(index)
+    return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t.to(device)

@@ -25,7 +25,7 @@ from ..attention import AttentionBackend, StepMeta
 from ..criteria import confidences
 from ..scoring import token_log_probs
 from .counters import COUNTS, TIMED, settle
-from .graphs import Graphs, bucket, eager_forward
+from .graphs import Graphs, SmallGraphs, bucket, eager_forward
 from .member import HostCopy, Member, on_device, on_device_many
 
 NO_STREAM = -2   # a query's parent when it has none
@@ -71,6 +71,7 @@ class Runtime:
         # and cross-device copies are not worth it for members that big.
         use = cfg.cuda_graphs and session.device.type == "cuda" and not spans_devices(session.model)
         self.graphs = Graphs(session.device, cfg.compile) if use else None
+        self.small = SmallGraphs(session.device, id(session.model), capture=use)
         self.compiled = cfg.compile  # rows stay fixed while graphs or compiled shapes live
         self._uid = 0
         self.rows: list[Stream] = []
@@ -383,15 +384,12 @@ class Runtime:
                 # a copy: a replayed graph writes its next logits into the same buffer
                 s.end_logits = (logits[self.crow[s.p], s.off + end - 1 - start - done].to(torch.float32, copy=True)
                                 if end > start else None)
-        if not here_t and not prev_t:
-            return
-        src, h_r, h_c, toks, slots = on_device_many([prev_from, here_r, here_c, here_t + prev_t, here_s + prev_s],
-                                                    m.last_logits.device)
-        before = torch.where((src >= 0)[:, None], self.last.index_select(0, src.clamp_min(0)),
-                             m.last_logits.index_select(0, (-1 - src).clamp_min(0)))
-        # one scoring pass over both kinds of rows: each torch call here costs the host more than its kernel
-        lp = token_log_probs(torch.cat([logits[h_r, h_c].float(), before]), toks, m.eos_t)
-        self.nll.index_add_(0, slots, torch.stack([-lp, torch.ones_like(lp)], 1))
+        # each a captured graph on a GPU: a dozen kernels whose launches cost the host more than they run
+        if here_t:
+            self.small(_add_here_nll, (logits, self.nll, m.eos_t), [here_r, here_c, here_t, here_s, [1] * len(here_t)])
+        if prev_t:
+            self.small(_add_prev_nll, (self.last, m.last_logits, self.nll, m.eos_t),
+                       [prev_from, prev_t, prev_s, [1] * len(prev_t)])
 
     # ---- reading the results ---------------------------------------------------
     def peek(self, streams: list[Stream], pool: int, criterion: str):
@@ -403,10 +401,12 @@ class Runtime:
         else:  # waits for all the work queued, the other members' forwards too
             if pre is not None:
                 COUNTS[id(self.m.s.model), "sync_peeks"] += 1
-            rows = _peek_rows(self.last, on_device([s.slot for s in streams], self.last.device, torch.long),
-                              pool, criterion, self.m.eos_t).cpu()
+            rows = self._peeks([s.slot for s in streams], pool, criterion).cpu()
         k = (rows.shape[1] - _HEAD) // 2
         return rows[:, :3].tolist(), rows[:, _HEAD + k:].long().tolist(), rows[:, _HEAD:_HEAD + k].tolist()
+
+    def _peeks(self, slots: list[int], pool: int, criterion: str) -> torch.Tensor:
+        return self.small(_peek_slots, (self.last, self.m.eos_t), [slots], (pool, criterion))
 
     def prefetch(self, pool: int, criterion: str) -> None:
         """Queue peek()'s work for every stream fed to its end (complete score streams too with
@@ -420,8 +420,7 @@ class Runtime:
         streams = [s for s in self.rows if not s.dead and not s.feed
                    and (s.kind != "score" or (self.peek_scores and s.role != "score"))]
         slots = [s.slot for s in streams]
-        rows = _peek_rows(self.last, on_device(slots, self.last.device, torch.long), pool, criterion,
-                          self.m.eos_t) if slots else None
+        rows = self._peeks(slots, pool, criterion) if slots else None
         self.peeked = _Peeked((self.version, pool, criterion), self.m.forwards, {slot: i for i, slot in enumerate(slots)},
                               HostCopy(rows) if slots else None, HostCopy(self.nll))
 
@@ -590,6 +589,33 @@ def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: st
     top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
     return torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"], ending.float()], 1).double(),
                       top_lp.double(), top_ids.double()], 1)
+
+
+def _peek_slots(last, eos, index, pool: int, criterion: str) -> torch.Tensor:
+    """_peek_rows of the slots in index[0] (SmallGraphs' calling convention)."""
+    return _peek_rows(last, index[0], pool, criterion, eos)
+
+
+def _add_here_nll(logits, nll, eos, index) -> torch.Tensor:
+    """Add to nll (by slot) the NLL of tokens predicted by this forward's logits. index rows:
+    cache row, column, token, slot, valid (0: a pad, adds nothing)."""
+    r, c, tok, slot, valid = index
+    return _add_nll(nll, slot, valid, token_log_probs(logits[r, c].float(), tok, eos))
+
+
+def _add_prev_nll(last, last_logits, nll, eos, index) -> torch.Tensor:
+    """The same for tokens predicted by logits from before this forward. index rows: source (a
+    stream's slot in last, or -1 - prompt for the logits after its committed text), token, slot, valid."""
+    src, tok, slot, valid = index
+    before = torch.where((src >= 0)[:, None], last.index_select(0, src.clamp_min(0)),
+                         last_logits.index_select(0, (-1 - src).clamp_min(0)))
+    return _add_nll(nll, slot, valid, token_log_probs(before, tok, eos))
+
+
+def _add_nll(nll, slot, valid, lp) -> torch.Tensor:
+    add = torch.where(valid[:, None] > 0, torch.stack([-lp, torch.ones_like(lp)], 1), 0.0)
+    nll.index_add_(0, slot, add)
+    return add
 
 
 def _ending_nll(logits: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
