@@ -99,9 +99,9 @@
 #           depended on timing): the same with every complete score stream prefetched, copies landing
 #           only at a member's own turn, and retired graphs kept alive; adafuse cold and warm (same answers?),
 #           no generate (a short lease); b64 without turns and b256 with and without
-# SmallGraphs (peek rows and token scores between forwards as captured graphs), against this commit (files engine_v16/):
-#   v16h    no staging: the branch's CUDA tests; tiny members on CUDA (host-bound)
-#   v16b    staged: the branch's CUDA tests; adafuse b64, b256, b64 with turns, each this commit then the branch
+# SmallGraphs (peek rows and token scores between forwards as captured graphs) against its parent d7a104d (files engine_v16/):
+#   v16h    no staging: the CUDA tests of graphs; tiny members on CUDA (host-bound), parent then this commit
+#   v16b    staged: the same tests; adafuse b64, b256, b64 with turns, parent then this commit
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -374,26 +374,24 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v16h|v16b)  # this commit's engine against the SmallGraphs branch (its package in .gpu-extra/new, made by
-  # `git archive <branch> adafuse_lab tests pyproject.toml | tar -x -C .gpu-extra/new`), on one host
+v16h|v16b)  # SmallGraphs (this commit) against its parent d7a104d (package in .gpu-extra/base, made by
+  # `git archive d7a104d adafuse_lab | tar -x -C .gpu-extra/base`), on one host
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
-  ROOT=$(pwd); NEW=$ROOT/.gpu-extra/new
-  new_py() { (cd $NEW && PYTHONPATH=/tmp/site:$NEW python "$@"); }
+  ROOT=$(pwd); BASE=$ROOT/.gpu-extra/base
+  base_py() { (cd $BASE && PYTHONPATH=/tmp/site:$BASE python "$@"); }
   both() { local name=$1; shift
+    base_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} "$@" --out $O/${name}_base.json > $O/${name}_base.log 2>&1
+    python benchmarks/bench_summary.py $O/${name}_base.json
     python -m adafuse_lab bench --models $M $D "$@" --out $O/${name}_head.json > $O/${name}_head.log 2>&1
-    python benchmarks/bench_summary.py $O/${name}_head.json
-    new_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} "$@" --out $O/${name}_small.json > $O/${name}_small.log 2>&1
-    python benchmarks/bench_summary.py $O/${name}_small.json; pack; }
+    python benchmarks/bench_summary.py $O/${name}_head.json; pack; }
+  python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive or small_graphs" > $O/cuda16.log 2>&1
+  tail -4 $O/cuda16.log; pack
   case $STEP in
-  v16h)  # no staging: the CUDA tests of the branch, then tiny members on CUDA (the GPU's work small: the host's time)
-    new_py -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive or small_graphs" > $O/cuda16.log 2>&1
-    tail -4 $O/cuda16.log; pack
+  v16h)  # no staging: tiny members on CUDA (the GPU's work small: the host's time)
     M=tiny:bpe,tiny:spm; D="--task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
     both tiny --method adafuse --limit 64 --batch-size 64 --no-generate ;;
-  v16b)  # after staging: the branch's CUDA tests; real members, the first run warms the Triton cache
-    new_py -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive or small_graphs" > $O/cuda16.log 2>&1
-    tail -4 $O/cuda16.log; pack
+  v16b)  # after staging: real members, the first run warms the Triton cache
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --max-new-tokens 32 --no-generate \
         --out $O/warmup.json > $O/warmup.log 2>&1
     both b64 --method adafuse --limit 64 --batch-size 64 --no-generate
