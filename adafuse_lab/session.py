@@ -29,6 +29,7 @@ class ModelSession:
     chat: bool = False             # prompts go in as one user turn of the tokenizer's chat template
     # prompt -> its ids, least recently used first; not copied by replace(): as_chat() encodes anew
     _prompt_ids: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _decode: object = field(default=None, init=False, repr=False)  # decode()'s function, made on first use
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` with no special tokens added."""
@@ -66,7 +67,10 @@ class ModelSession:
         return replace(self, chat=True)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        """Text of `ids`, special tokens included, no clean-up of spaces."""
+        if self._decode is None:
+            self._decode = _decoder(self.tokenizer, self.eos_token_ids)
+        return self._decode(ids)
 
     @property
     def vocab_size(self) -> int:
@@ -75,6 +79,23 @@ class ModelSession:
     @property
     def max_context(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)
+
+
+_DECODE_CHECK = "Hello world, 12 + 30 = 42.\n\n  Question: Who wrote \u00e9t\u00e9 \u4e2d\u6587 \U0001F600?\tAnswer:  Twain's (1876)."
+
+
+def _decoder(tokenizer, special: list[int]):
+    """The tokenizer's decode, or its Rust backend's where it gives the same text: the engine
+    decodes tens of times per forward, and transformers' wrapper costs more than the decoding."""
+    slow = lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return slow
+    fast = lambda ids: backend.decode(ids, skip_special_tokens=False)
+    ids = tokenizer(_DECODE_CHECK, add_special_tokens=False)["input_ids"] + list(special)
+    # whole, in pieces (a piece may cut a multi-byte character), and every token alone
+    probes = [ids] + [ids[i:i + 3] for i in range(len(ids))] + [[t] for t in ids]
+    return fast if all(fast(x) == slow(x) for x in probes) else slow
 
 
 def spans_devices(model) -> bool:

@@ -69,3 +69,33 @@ def test_encode_many_equals_encode_of_each_text(name):
     texts = ["Tom has 3 apples.", " and then", "é😀 x", "", "Tom has 3 apples."]
     assert s.encode_many(texts) == [s.encode(t) for t in texts]
     assert s.encode_many([]) == []
+
+
+@pytest.mark.parametrize("name", ["tiny:char", "tiny:bpe", "tiny:spm", "smollm2-135m"])
+def test_decode_equals_the_tokenizers_decode(name, request):
+    """session.decode (the Rust backend's decode where it passed its check) gives the
+    tokenizer's own text for any ids: special tokens, byte pieces cut mid-character, all."""
+    s = request.getfixturevalue("smollm2") if name == "smollm2-135m" else load_session(name)
+    gen = torch.Generator().manual_seed(0)
+    n = len(s.tokenizer)
+    for _ in range(200):
+        ids = torch.randint(0, n, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).tolist()
+        assert s.decode(ids) == s.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def test_decode_keeps_the_tokenizers_decode_where_the_backend_differs():
+    """A tokenizer whose own decode is not its backend's (here: it cleans up spaces) keeps its own."""
+    s = load_session("tiny:bpe")
+
+    class Tidy:
+        backend_tokenizer = s.tokenizer.backend_tokenizer
+
+        def __call__(self, *a, **k):
+            return s.tokenizer(*a, **k)
+
+        def decode(self, ids, **k):
+            return s.tokenizer.decode(ids, **k).replace(" ,", ",").replace(" ", "_")
+
+    from adafuse_lab.session import _decoder
+    ids = s.encode("a b , c")
+    assert _decoder(Tidy(), s.eos_token_ids)(ids) == Tidy().decode(ids)
