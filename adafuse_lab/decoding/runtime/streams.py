@@ -397,13 +397,13 @@ class Runtime:
         token ids and log-probabilities, as host lists; from prefetch() where it covers them."""
         pre = self.peeked
         if pre is not None and pre.key == (self.version, pool, criterion) and all(s.slot in pre.index for s in streams):
-            rows = pre.rows()[[pre.index[s.slot] for s in streams]]
+            rows = pre.rows().numpy()[[pre.index[s.slot] for s in streams]]
         else:  # waits for all the work queued, the other members' forwards too
             if pre is not None:
                 COUNTS[id(self.m.s.model), "sync_peeks"] += 1
-            rows = self._peeks([s.slot for s in streams], pool, criterion).cpu()
-        k = (rows.shape[1] - _HEAD) // 2
-        return rows[:, :3].tolist(), rows[:, _HEAD + k:].long().tolist(), rows[:, _HEAD:_HEAD + k].tolist()
+            rows = self._peeks([s.slot for s in streams], pool, criterion).cpu().numpy()
+        k = (rows.shape[1] - _HEAD) // 2  # numpy: slicing host rows through torch cost a dispatch each
+        return rows[:, :3].tolist(), rows[:, _HEAD + k:].astype(np.int64).tolist(), rows[:, _HEAD:_HEAD + k].tolist()
 
     def _peeks(self, slots: list[int], pool: int, criterion: str) -> torch.Tensor:
         return self.small(_peek_slots, (self.last, self.m.eos_t), [slots], (pool, criterion))
