@@ -99,7 +99,7 @@
 #           depended on timing): the same with every complete score stream prefetched, copies landing
 #           only at a member's own turn, and retired graphs kept alive; adafuse cold and warm (same answers?),
 #           no generate (a short lease); b64 without turns and b256 with and without
-# SmallGraphs (peek rows and token scores between forwards as captured graphs) against its parent d7a104d (files engine_v16/):
+# SmallGraphs (peek rows and token scores between forwards as captured graphs) and the host cuts since, against d7a104d (files engine_v16/):
 #   v16h    no staging: the CUDA tests of graphs; tiny members on CUDA (host-bound), parent then this commit
 #   v16b    staged: the same tests; adafuse b64, b256, b64 with turns, parent then this commit
 source benchmarks/gpu_setup.sh
@@ -374,7 +374,7 @@ v13)
   done ;;
 cuda15)  # no models needed: the engine's CUDA-only tests (tiny members on the GPU), first in a lease
   python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "graphs_survive" > $O/cuda15.log 2>&1; tail -15 $O/cuda15.log ;;
-v16h|v16b)  # SmallGraphs (this commit) against its parent d7a104d (package in .gpu-extra/base, made by
+v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d (package in .gpu-extra/base, made by
   # `git archive d7a104d adafuse_lab | tar -x -C .gpu-extra/base`), on one host
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
