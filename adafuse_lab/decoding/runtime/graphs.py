@@ -6,7 +6,6 @@ BENCHMARKS.md) becomes one replay.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..attention import use_backend
+from ..attention import StepMeta, use_backend
 from .counters import COUNTS
 
 
@@ -23,14 +22,23 @@ def bucket(t: int) -> int:
     return 1 << max(0, t - 1).bit_length()
 
 
-def eager_forward(model, backend, cache, ids, meta, cols, compiled: bool = False) -> torch.Tensor:
-    """One forward of `ids` at cache columns `cols`, with the attention plan made from `meta`
-    (StepMeta) in it: captured as a graph, the plan is part of the replay."""
-    cache.cols = cols
+def eager_forward(model, backend, kv, plan, window=None, mixed=False, compiled: bool = False) -> torch.Tensor:
+    """One forward of `plan` (6 x rows x T int64: token ids, positions, owners, parents, limits,
+    and the cache columns written, the same in every row) on the KVCache `kv`: the fed columns'
+    positions and owners are written into the cache's per-column state, the attention plan is
+    made from it (StepMeta), and the model runs. Captured as a graph, all of it is the replay, and
+    the plan its one input."""
+    ids, pos, owner, parent, limit, at = plan
+    cols = at[0]
+    owner, parent = owner.to(kv.owner.dtype), parent.to(kv.owner.dtype)
+    kv.pos.index_copy_(1, cols, pos)
+    kv.owner.index_copy_(1, cols, owner)
+    meta = StepMeta(kv.committed, kv.pos, kv.owner, cols[0], pos, owner, parent, limit, window, mixed)
+    kv.cache.cols = cols
     run = compiled_forward(model) if compiled else model
     attn = backend.plan(meta)
     with use_backend(model, backend):
-        return run(input_ids=ids, attention_mask=attn, position_ids=meta.q_pos, past_key_values=cache,
+        return run(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=kv.cache,
                    use_cache=True).logits.to(ids.device)  # no-op unless the model spans devices
 
 
@@ -51,7 +59,7 @@ def compiled_forward(model):
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
-    inputs: dict          # static input tensors
+    plan: torch.Tensor    # static input
     logits: torch.Tensor  # static output
 
 
@@ -71,39 +79,34 @@ class Graphs:
         after all graphs of the pool were destroyed failed an allocator assert on an H100
         (BENCHMARKS.md, engine v15), and destroying graphs captured on one stream frees the cuBLAS
         workspace the other members' graphs replay with (pytorch/pytorch#193402). Their static
-        inputs and logits go back to the pool."""
+        plans and logits go back to the pool."""
         self.retired += [c.graph for c in self.captured.values()]
         self.captured = {}
 
-    def __call__(self, model, backend, cache, ids, meta, cols) -> torch.Tensor:
+    def __call__(self, model, backend, kv, plan, window=None, mixed=False) -> torch.Tensor:
+        """eager_forward's logits, from the graph captured for this many tokens per row."""
         if self.failed is None:
             # captures belong to the current device: make it the member's (rank 1 of a sharded run)
-            with torch.cuda.device(ids.device):
+            with torch.cuda.device(plan.device):
                 try:
-                    return self._replay(model, backend, cache, ids, meta, cols)
+                    c = self.captured.get(plan.shape[2])
+                    if c is None:
+                        c = self.captured[plan.shape[2]] = self._capture(model, backend, kv, plan, window, mixed)
+                    c.plan.copy_(plan)
+                    c.graph.replay()
+                    return c.logits
                 except RuntimeError as e:  # something in the model cannot be captured
                     self.failed, self.captured = f"{type(e).__name__}: {e}", {}
                     warnings.warn(f"CUDA graph capture failed, running eagerly: {self.failed}", RuntimeWarning)
                     torch.cuda.synchronize()
-        return eager_forward(model, backend, cache, ids, meta, cols, self.compiled)
+        return eager_forward(model, backend, kv, plan, window, mixed, self.compiled)
 
-    def _replay(self, model, backend, cache, ids, meta, cols) -> torch.Tensor:
-        c = self.captured.get(ids.shape[1])
-        if c is None:
-            c = self.captured[ids.shape[1]] = self._capture(model, backend, cache, ids, meta, cols)
-        for name, x in _step_inputs(ids, meta, cols).items():
-            c.inputs[name].copy_(x)
-        c.graph.replay()
-        return c.logits
-
-    def _capture(self, model, backend, cache, ids, meta, cols) -> _Captured:
+    def _capture(self, model, backend, kv, plan, window, mixed) -> _Captured:
+        # the cache's per-column state (kv.committed, pos, owner) is read and written where it
+        # lies: the cache updates it in place while its width holds (a widening clears the graphs)
         start = time.perf_counter()
-        inputs = {name: x.clone() for name, x in _step_inputs(ids, meta, cols).items()}
-        # the cache's per-column state (meta.committed, pos, owner) is read where it lies: the
-        # cache updates it in place while its width holds (a widening clears the graphs)
-        static = dataclasses.replace(meta, front=inputs["cols"][0], q_pos=inputs["q_pos"], q_owner=inputs["q_owner"],
-                                     q_parent=inputs["q_parent"], q_limit=inputs["q_limit"])
-        run = lambda: eager_forward(model, backend, cache, inputs["ids"], static, inputs["cols"], self.compiled)
+        static = plan.clone()
+        run = lambda: eager_forward(model, backend, kv, static, window, mixed, self.compiled)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph (lazy handles, workspaces)
@@ -115,13 +118,7 @@ class Graphs:
         torch.cuda.synchronize()
         COUNTS[id(model), "capture_s"] += time.perf_counter() - start  # compiling included
         COUNTS[id(model), "captures"] += 1
-        return _Captured(graph, inputs, logits)
-
-
-def _step_inputs(ids, meta, cols) -> dict:
-    """What changes from one forward to the next: the graph's static inputs."""
-    return {"ids": ids, "q_pos": meta.q_pos, "q_owner": meta.q_owner, "q_parent": meta.q_parent,
-            "q_limit": meta.q_limit, "cols": cols}
+        return _Captured(graph, static, logits)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...session import spans_devices
-from ..attention import AttentionBackend, StepMeta
+from ..attention import AttentionBackend
 from ..criteria import confidences
 from ..scoring import token_log_probs
 from .counters import COUNTS, TIMED, settle
@@ -288,30 +288,26 @@ class Runtime:
         entries = np.array([(self.crow[s.p], s.off + j, t, s.n + j, s.uid, s.parent, s.limit)
                             for s in feeding for j, t in enumerate(s.feed[:s.take])], dtype=np.int64)
         dev = m.s.device
-        # the fed tokens' ids, positions, owners, parents and limits, rows x T each, filled on the
-        # host and sent in one copy (on the device, each grid was a fill and a scatter)
-        plan = np.empty((5, kv.rows, T), dtype=np.int64)
+        # the fed tokens' ids, positions, owners, parents and limits, and the columns they go to,
+        # rows x T each, filled on the host and sent in one copy: the forward's one input
+        plan = np.empty((6, kv.rows, T), dtype=np.int64)
         for x, fill in zip(plan, (m.s.pad_token_id, 0, PAD, NO_STREAM, 0)):
             x.fill(fill)
-        plan[:, entries[:, 0], entries[:, 1]] = entries[:, 2:].T
-        ids, pos, owner, parent, limit = on_device(plan, dev, torch.long)
-        owner, parent = owner.to(kv.owner.dtype), parent.to(kv.owner.dtype)
+        plan[5] = np.arange(F, F + T)
+        plan[:5, entries[:, 0], entries[:, 1]] = entries[:, 2:].T
+        plan = on_device(plan, dev, torch.long)
         if greedy:
             assert all(s.take == 1 for s in feeding), "a greedy forward feeds one token per stream"
             r, q, slots = on_device_many([entries[:, 0].tolist(), entries[:, 1].tolist(), [s.slot for s in feeding]], dev)
             chosen = self.last.index_select(0, slots).argmax(-1)
             self.fed = HostCopy(chosen)
-            ids[r, q] = chosen  # one entry per stream, in feeding order
-        kv.pos[:, F:F + T] = pos
-        kv.owner[:, F:F + T] = owner
-        meta = StepMeta(kv.committed, kv.pos, kv.owner, F, pos, owner, parent, limit, self.window, self.mixed)
-        cols = torch.arange(F, F + T, device=dev)
+            plan[0, r, q] = chosen  # one entry per stream, in feeding order
         # a forward that captures its graph counts in capture_s instead
         timed = _events(dev) if self.graphs is None or T in self.graphs.captured else None
         if self.graphs is not None:
-            logits = self.graphs(m.s.model, self.backend, kv.cache, ids, meta, cols)
+            logits = self.graphs(m.s.model, self.backend, kv, plan, self.window, self.mixed)
         else:
-            logits = eager_forward(m.s.model, self.backend, kv.cache, ids, meta, cols, self.compiled)
+            logits = eager_forward(m.s.model, self.backend, kv, plan, self.window, self.mixed, self.compiled)
         if timed:
             timed[1].record()
             TIMED.append((key, *timed))
