@@ -1026,7 +1026,7 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         write_atomic(samples, b"".join(_line(done[i]) for i in ids if i in done))
 
     per_example, oom = {}, []
-    t_decode = time.perf_counter()
+    t_decode, decode_from = time.perf_counter(), time.time()
     if batches:
         with open(samples, "ab", buffering=0) as f, tqdm(total=len(mine), initial=len(done), disable=not progress,
                                             desc=f"{cfg.task}/{cfg.method}", unit="ex") as bar:
@@ -1067,6 +1067,9 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         "attention": attention_mode(dcfg),
         "timings": {"wall_s": round(time.perf_counter() - t_start, 3), "load_s": round(load_s, 3),
                     "decode_s": round(decode_s, 3), "n_decoded": len(per_example),
+                    # wall-clock seconds since the epoch: the merge of a sharded run measures the
+                    # span in which any of its processes decoded (they may share a GPU)
+                    "decode_unix": [round(decode_from, 3), round(time.time(), 3)],
                     "n_resumed": len(records) - len(per_example),
                     "per_example_mean_s": round(sum(per_example.values()) / len(per_example), 4)
                     if per_example else None,
@@ -1097,11 +1100,13 @@ def shard_from_env() -> tuple[int, int] | None:
 
 def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool = True,
                 poll_s: float = 1.0) -> dict | None:
-    """One process of a run split over `world` processes (one per GPU of a host):
+    """One process of a run split over `world` processes (one or more per GPU of a host):
 
         torchrun --nproc-per-node 2 -m adafuse_lab run ...    (or: accelerate launch -m adafuse_lab run ...)
 
-    Rank r decodes its batches into OUT/shards/r (resumable like any run) on cuda:LOCAL_RANK;
+    Rank r decodes its batches into OUT/shards/r (resumable like any run) on cuda:LOCAL_RANK
+    modulo the GPUs: with more processes than GPUs they share them, and one process's host
+    work (the rounds between forwards) runs while another's forwards keep the GPU busy;
     rank 0 then waits for every shard and merges them into OUT, which ends up with the same
     config.json and samples.jsonl as a one-process run. Returns results.json on rank 0."""
     out = Path(out_dir)
@@ -1109,7 +1114,8 @@ def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool =
     if cfg.device is None:
         import torch
         if torch.cuda.is_available():
-            shard_cfg = dataclasses.replace(cfg, device=f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
+            local = int(os.environ.get("LOCAL_RANK", rank))
+            shard_cfg = dataclasses.replace(cfg, device=f"cuda:{local % torch.cuda.device_count()}")
     part = run(shard_cfg, out / "shards" / str(rank), progress=progress and rank == 0, shard=(rank, world))
     if rank != 0:
         return None
@@ -1130,9 +1136,19 @@ def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool =
     merged = run(cfg, out, progress=False)  # every example is done: this puts them in order and aggregates
     merged["device"] = [parts[r]["device"] for r in range(world)]
     merged["timings"] = {"wall_s": max(p["timings"]["wall_s"] for p in parts.values()),
+                         "decode_span_s": _decode_span([parts[r]["timings"] for r in range(world)]),
                          "shards": [parts[r]["timings"] for r in range(world)]}
     _write_results(out, merged)
     return merged
+
+
+def _decode_span(shards: list[dict]) -> float | None:
+    """Seconds from the first shard's start of decoding to the last one's end (None where a
+    shard's timings predate decode_unix, or it resumed with nothing left to decode)."""
+    spans = [t.get("decode_unix") for t in shards]
+    if not all(spans):
+        return None
+    return round(max(b for _, b in spans) - min(a for a, _ in spans), 3)
 
 
 def _write_results(out: Path, results: dict) -> None:

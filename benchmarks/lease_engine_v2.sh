@@ -102,6 +102,8 @@
 # SmallGraphs (peek rows and token scores between forwards as captured graphs) and the host cuts since, against d7a104d (files engine_v16/):
 #   v16h    no staging: the CUDA tests of graphs; tiny members on CUDA (host-bound), parent then this commit
 #   v16b    staged: the same tests; adafuse b64, b256, b64 with turns, parent then this commit
+#   v17p    staged: several processes on one GPU (run under torchrun, runs.run_sharded): 256 questions
+#           as 4 x 64, 1 x 64 (four batches in turn), 1 x 256; 64 questions as 2 x 32 and 1 x 64
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -398,6 +400,33 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
     both b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     both b64_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true ;;
   esac ;;
+v17p)
+  STEP=$1; O=/tmp/$STEP; mkdir -p $O
+  pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
+  python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" > $O/load.log 2>&1
+  R="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256 --models $M --method adafuse --no-progress"
+  r() { local name=$1 n=$2; shift 2; local t0=$(date +%s%N)
+    if [ $n = 1 ]; then python -m adafuse_lab run $R "$@" --out $O/$name > $O/$name.log 2>&1
+    else python -m torch.distributed.run --nproc-per-node $n --master-port 29533 -m adafuse_lab run $R "$@" \
+        --out $O/$name > $O/$name.log 2>&1; fi
+    echo "$name processes=$n rc=$? command_wall_ms=$(( ($(date +%s%N) - t0) / 1000000 ))" | tee -a $O/times.txt
+    python - $O/$name <<'PY' | tee -a $O/times.txt
+import hashlib, json, sys
+d = sys.argv[1]
+r = json.load(open(f"{d}/results.json"))
+t = r["timings"]
+shards = t.get("shards", [t])
+print(f"  n={r['n_examples']} decode_span_s={t.get('decode_span_s', t.get('decode_s'))} wall_s={t['wall_s']} "
+      f"shard_decode_s={[s['decode_s'] for s in shards]} load_s={[s['load_s'] for s in shards]} "
+      f"samples_sha256={hashlib.sha256(open(f'{d}/samples.jsonl', 'rb').read()).hexdigest()[:12]}")
+PY
+    pack; }
+  r p4x64 4 --limit 256 --batch-size 64
+  r p1x64 1 --limit 256 --batch-size 64
+  r p1x256 1 --limit 256 --batch-size 256
+  r p2x32 2 --limit 64 --batch-size 32
+  r q1x64 1 --limit 64 --batch-size 64
+  r p2x128 2 --limit 256 --batch-size 128 ;;
 v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }

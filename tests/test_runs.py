@@ -261,7 +261,24 @@ def test_sharded_run_merges_into_the_one_process_run(tmp_path):
         assert (two / name).read_bytes() == (one / name).read_bytes()
     assert merged["metrics"] == single["metrics"] and merged["n_examples"] == 5
     assert len(merged["timings"]["shards"]) == 2 and len(merged["device"]) == 2
+    spans = [t["decode_unix"] for t in merged["timings"]["shards"]]  # rank 1 decoded before rank 0 began
+    assert spans[1][1] <= spans[0][0] and merged["timings"]["decode_span_s"] == pytest.approx(
+        spans[0][1] - spans[1][0], abs=2e-3)
     assert evaluate_dir(two)["matches_results"]
+
+
+def test_more_processes_than_gpus_share_them(tmp_path, monkeypatch):
+    """Rank r runs on GPU LOCAL_RANK modulo the GPUs there are, so that several processes can
+    share one GPU (one's rounds on the host while another's forwards run)."""
+    import torch
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(runs, "run", lambda c, out, **kw: seen.append(c.device))
+    for local in (1, 2, 3):  # rank 0 would wait for the shards' results
+        monkeypatch.setenv("LOCAL_RANK", str(local))
+        assert runs.run_sharded(cfg(), tmp_path, local, 4, progress=False) is None
+    assert seen == ["cuda:1", "cuda:0", "cuda:1"]
 
 
 def test_sharded_run_under_torchrun(tmp_path):

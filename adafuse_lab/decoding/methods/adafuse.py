@@ -147,11 +147,10 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
             # its next round in this turn
             while True:
                 live = batch.live()
-                with host_phase("wait"):  # for the turn's members' last forwards (their prefetched copies)
-                    for k in turn:
+                for k in turn:  # member k decides while the GPU still runs the forwards queued after its own
+                    with host_phase("wait"):  # for member k's last forward (its prefetched copies)
                         runtimes[k].land()
-                with host_phase("decide"):
-                    for k in turn:
+                    with host_phase("decide"):
                         decide(k, runtimes[k])
                 with host_phase("propose"):
                     propose(live)
