@@ -1145,8 +1145,8 @@ def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool =
 def _decode_span(shards: list[dict]) -> float | None:
     """Seconds from the first shard's start of decoding to the last one's end (None where a
     shard's timings predate decode_unix, or it resumed with nothing left to decode)."""
-    spans = [t.get("decode_unix") for t in shards]
-    if not all(spans):
+    spans = [t.get("decode_unix") for t in shards if t.get("n_decoded", 1)]  # a shard with no batch: no span
+    if not spans or not all(spans):
         return None
     return round(max(b for _, b in spans) - min(a for a, _ in spans), 3)
 
