@@ -94,7 +94,7 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
 
     device = place(model, target, dtype)
     model.eval()
-    eos, bos = _special_ids(model, tok, extra_eos)
+    eos, bos = _special_ids(model.generation_config, tok, extra_eos)
     if not eos:
         raise ValueError(f"{spec}: no end-of-sequence token: neither the generation config nor the tokenizer "
                          "names one, so an answer could never end; set eos_token_id in generation_config.json "
@@ -105,6 +105,25 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
     info["load_seconds"] = round(time.perf_counter() - t0, 2)
     return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
                         eos_token_ids=eos, bos_token_id=bos, pad_token_id=pad, info=info)
+
+
+def load_tokens(spec: str) -> tuple:
+    """(tokenizer, EOS ids, BOS id, pad id) of a member, as load_session gives them. A zoo
+    member whose folder keeps its tokenizer/ and its generation config (in hf/, or beside
+    tokenizer/ where a GPU machine gets only these) needs no weights; any other is loaded on
+    the CPU and dropped."""
+    if spec in zoo.MODELS:
+        d = zoo.model_dir(spec)
+        tok_dir = _tokenizer_dir(d)
+        gen = next((g for g in (d / "hf", d) if (g / "generation_config.json").is_file()), None)
+        if tok_dir is not None and gen is not None:
+            from transformers import GenerationConfig
+            tok = AutoTokenizer.from_pretrained(tok_dir)
+            eos, bos = _special_ids(GenerationConfig.from_pretrained(gen), tok, zoo.get(spec).extra_eos)
+            if eos:
+                return tok, eos, bos, tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    s = load_session(spec, device="cpu", dtype=torch.bfloat16)
+    return s.tokenizer, s.eos_token_ids, s.bos_token_id, s.pad_token_id
 
 
 def _check_args(spec, device, dtype) -> tuple:
@@ -316,9 +335,9 @@ def _load_staged(d: Path, dtype: torch.dtype):
     return model, tok, str(d / "model.gguf")
 
 
-def _special_ids(model, tok, extra_eos=()) -> tuple[list[int], int | None]:
+def _special_ids(generation_config, tok, extra_eos=()) -> tuple[list[int], int | None]:
     """Every id that ends generation, and the BOS id if the tokenizer adds one to prompts."""
-    eos = model.generation_config.eos_token_id
+    eos = generation_config.eos_token_id
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     vocab = tok.get_vocab()
     eos += [tok.eos_token_id] + [vocab.get(t) for t in extra_eos]

@@ -63,12 +63,9 @@ def config(arch: str, vocab_size: int | None = None, **overrides):
 
 def load_random(spec: str, device=None, dtype=None, seed: int = 0, **overrides) -> ModelSession:
     """A member with `spec`'s architecture, random weights (seeded) and the named member's tokenizer."""
-    from .models import load_session, place, resolve
+    from .models import load_tokens, place, resolve
     arch, tok_spec = parse(spec)
-    # The tokenizer's member is loaded on CPU in its smallest form and dropped at once.
-    donor = load_session(tok_spec, device="cpu", dtype=torch.bfloat16)
-    tok, eos, bos, pad = donor.tokenizer, donor.eos_token_ids, donor.bos_token_id, donor.pad_token_id
-    del donor
+    tok, eos, bos, pad = load_tokens(tok_spec)
     target, device, dtype = resolve(device, dtype)
     cfg = config(arch, vocab_size=len(tok), **overrides)
     cfg.eos_token_id, cfg.pad_token_id = eos, pad

@@ -14,10 +14,13 @@ for first in $S/*.gguf.part000; do
   mkdir -p $S/cache/models/$m
   cat $S/$f.gguf.part* > $S/cache/models/$m/model.gguf && rm $S/$f.gguf.part*
 done
-for d in $S/cache/models/*/; do
+# Every member in .gpu-extra gets its tokenizer, staged or not, and its generation config beside
+# it: a random-weight member takes its tokenizer from there without the weights (models.load_tokens).
+for d in .gpu-extra/cache/models/*/; do
   [ -d "$d" ] || continue
-  m=$(basename "$d")
-  [ -d $d/tokenizer ] || cp -r .gpu-extra/cache/models/$m/tokenizer $d/
+  m=$(basename "$d"); mkdir -p $S/cache/models/$m
+  [ -d $S/cache/models/$m/tokenizer ] || cp -r $d/tokenizer $S/cache/models/$m/
+  [ ! -f $d/generation_config.json ] || cp $d/generation_config.json $S/cache/models/$m/
 done
 [ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .gpu-extra/whl/*.whl && touch /tmp/site/.installed; }

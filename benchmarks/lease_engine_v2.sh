@@ -84,7 +84,8 @@
 #   v14m    the other methods at batch 64 (no generate); every method at batch 1 (2 questions, with generate)
 #   v14p    paper-scale random members at batch 32, theta 0 and 1, with generate (ran past a 480 s call
 #           and brought nothing back): `... v14p 0.0`, then `... v14p 1.0` (without generate, which
-#           theta does not change), one 600 s call each
+#           theta does not change), one 600 s call each. Needs no staging since 2026-12-07: the
+#           random members' tokenizers and end ids come from .gpu-extra (models.load_tokens)
 #   v14o    step v13 (this change against e42ed9b, bf16 and fp32), files packed (not run as written: the
 #           lease ran the command in BENCHMARKS.md "Engine v14" instead, without v13's warm-up run)
 # For the next lease (engine v15):

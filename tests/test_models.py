@@ -28,7 +28,7 @@ def test_dtype_and_extra_eos(tmp_path):
     tiny = make_tiny("bpe")
     s = load_session(str(_save(tiny, tmp_path / "m")), dtype=torch.bfloat16)
     assert s.dtype == next(s.model.parameters()).dtype == torch.bfloat16
-    eos, bos = models._special_ids(s.model, s.tokenizer, extra_eos=("<|im_start|>", "<not-a-token>"))
+    eos, bos = models._special_ids(s.model.generation_config, s.tokenizer, extra_eos=("<|im_start|>", "<not-a-token>"))
     assert eos == tiny.eos_token_ids + [s.tokenizer.convert_tokens_to_ids("<|im_start|>")] and bos is None
 
 

@@ -117,3 +117,40 @@ def test_qwen_plain_end_token_if_cached():
     s = _cached_or_skip("qwen2.5-coder-0.5b")
     assert s.eos_token_ids == [151645, 151643] and s.bos_token_id is None
     assert s.encode("Hello world") == [9707, 1879]
+
+
+def test_tokens_without_weights_equal_the_loaded_members(smollm2, tmp_path, monkeypatch):
+    """load_tokens (a random-weight member's tokenizer donor) reads no weights where the member's
+    folder keeps tokenizer/ and its generation config, in hf/ or beside tokenizer/ (what a GPU
+    machine gets without the GGUF), and gives what the loaded member has."""
+    import shutil
+
+    from adafuse_lab import models
+    want = (smollm2.eos_token_ids, smollm2.bos_token_id, smollm2.pad_token_id)
+    text = "Héllo  world\n\n12345 日本"
+
+    def no_weights(*a, **k):
+        raise AssertionError("load_tokens loaded the member's weights")
+
+    src = zoo.model_dir("smollm2-135m")
+    monkeypatch.setattr(models, "load_session", no_weights)
+    tok, *got = models.load_tokens("smollm2-135m")
+    assert tuple(got) == want and tok(text)["input_ids"] == smollm2.tokenizer(text)["input_ids"]
+    monkeypatch.setenv("ADAFUSE_CACHE", str(tmp_path))  # only tokenizer/ and generation_config.json
+    d = zoo.model_dir("smollm2-135m")
+    shutil.copytree(src / "tokenizer", d / "tokenizer")
+    shutil.copy(src / "hf" / "generation_config.json", d)
+    tok, *got = models.load_tokens("smollm2-135m")
+    assert tuple(got) == want and tok(text)["input_ids"] == smollm2.tokenizer(text)["input_ids"]
+    (d / "generation_config.json").unlink()  # no generation config: the member is loaded
+    with pytest.raises(AssertionError, match="loaded the member's weights"):
+        models.load_tokens("smollm2-135m")
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "gemma3-270m", "qwen2.5-coder-1.5b"])
+def test_tokens_without_weights_if_cached(name):
+    from adafuse_lab import models
+    s = _cached_or_skip(name)
+    tok, *got = models.load_tokens(name)
+    assert tuple(got) == (s.eos_token_ids, s.bos_token_id, s.pad_token_id)
+    assert tok("Hello  world\n\n12345")["input_ids"] == s.tokenizer("Hello  world\n\n12345")["input_ids"]
