@@ -104,7 +104,8 @@
 #   v16h    no staging: the CUDA tests of graphs; tiny members on CUDA (host-bound), parent then this commit
 #   v16b    staged: the same tests; adafuse b64, b256, b64 with turns, parent then this commit
 #   v17p    staged: several processes on one GPU (run under torchrun, runs.run_sharded): 256 questions
-#           as 4 x 64, 1 x 64 (four batches in turn), 2 x 128, 1 x 256; 64 questions as 2 x 32 and 1 x 64
+#           as 4 x 64, 1 x 64 (four batches in turn), 2 x 128, 1 x 256; 64 questions as 2 x 32 and 1 x 64;
+#           then the members' generate on those 64 (bench single)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -427,7 +428,11 @@ PY
   r p2x128 2 --limit 256 --batch-size 128
   r p1x256 1 --limit 256 --batch-size 256
   r p2x32 2 --limit 64 --batch-size 32
-  r q1x64 1 --limit 64 --batch-size 64 ;;
+  r q1x64 1 --limit 64 --batch-size 64
+  # target 2's yardstick on the same host: the members' own generate on the same 64 questions
+  python -m adafuse_lab bench --models $M --method single $D --limit 64 --batch-size 64 \
+      --out $O/generate_b64.json > $O/generate_b64.log 2>&1
+  python benchmarks/bench_summary.py $O/generate_b64.json; pack ;;
 v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
