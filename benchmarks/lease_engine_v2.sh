@@ -420,7 +420,9 @@ t = r["timings"]
 shards = t.get("shards", [t])
 print(f"  n={r['n_examples']} decode_span_s={t.get('decode_span_s', t.get('decode_s'))} wall_s={t['wall_s']} "
       f"shard_decode_s={[s['decode_s'] for s in shards]} load_s={[s['load_s'] for s in shards]} "
-      f"samples_sha256={hashlib.sha256(open(f'{d}/samples.jsonl', 'rb').read()).hexdigest()[:12]}")
+      f"samples_sha256={hashlib.sha256(open(f'{d}/samples.jsonl', 'rb').read()).hexdigest()[:12]} "
+      # the predictions alone: a trace's last float bits follow the CPU threads torchrun allows
+      f"predictions_sha256={hashlib.sha256(''.join(json.loads(x)['prediction'] + chr(10) for x in open(f'{d}/samples.jsonl')).encode()).hexdigest()[:12]}")
 PY
     pack; }
   r p4x64 4 --limit 256 --batch-size 64
