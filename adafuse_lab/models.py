@@ -100,7 +100,7 @@ def load_session(spec: str, device: str | torch.device | None = None, dtype: tor
                          "names one, so an answer could never end; set eos_token_id in generation_config.json "
                          "or eos_token in tokenizer_config.json")
     model.generation_config.eos_token_id = eos
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    pad = _pad_id(tok, eos)
     model.generation_config.pad_token_id = pad
     info["load_seconds"] = round(time.perf_counter() - t0, 2)
     return ModelSession(name=spec, model=model, tokenizer=tok, device=device, dtype=dtype,
@@ -121,7 +121,7 @@ def load_tokens(spec: str) -> tuple:
             tok = AutoTokenizer.from_pretrained(tok_dir)
             eos, bos = _special_ids(GenerationConfig.from_pretrained(gen), tok, zoo.get(spec).extra_eos)
             if eos:
-                return tok, eos, bos, tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+                return tok, eos, bos, _pad_id(tok, eos)
     s = load_session(spec, device="cpu", dtype=torch.bfloat16)
     return s.tokenizer, s.eos_token_ids, s.bos_token_id, s.pad_token_id
 
@@ -333,6 +333,11 @@ def _load_staged(d: Path, dtype: torch.dtype):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return model, tok, str(d / "model.gguf")
+
+
+def _pad_id(tok, eos: list[int]) -> int:
+    """The tokenizer's pad id, else the first EOS id (padded positions are masked)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else eos[0]
 
 
 def _special_ids(generation_config, tok, extra_eos=()) -> tuple[list[int], int | None]:

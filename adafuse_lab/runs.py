@@ -1135,9 +1135,9 @@ def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool =
                                          for rec in read_samples(out / "shards" / str(r) / SAMPLES)))
     merged = run(cfg, out, progress=False)  # every example is done: this puts them in order and aggregates
     merged["device"] = [parts[r]["device"] for r in range(world)]
-    merged["timings"] = {"wall_s": max(p["timings"]["wall_s"] for p in parts.values()),
-                         "decode_span_s": _decode_span([parts[r]["timings"] for r in range(world)]),
-                         "shards": [parts[r]["timings"] for r in range(world)]}
+    shards = [parts[r]["timings"] for r in range(world)]
+    merged["timings"] = {"wall_s": max(t["wall_s"] for t in shards), "decode_span_s": _decode_span(shards),
+                         "shards": shards}
     _write_results(out, merged)
     return merged
 
