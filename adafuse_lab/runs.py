@@ -910,34 +910,41 @@ def _oom_errors() -> tuple:
 
 
 def _decode_batch(method, members, batch, prompts, dcfg, stop, oom: list):
-    """Yield (example, DecodeOutput) for one batch; on out-of-memory, halve and go on.
+    """Yield (example, DecodeOutput) for the examples of `batch` (one batch, or with
+    batches_in_flight n, n batches decoded at once); on out-of-memory, shrink and go on.
 
-    When the GPU runs out of memory, the examples of `batch` that have not finished
-    are decoded again in sub-batches of half the size of the one that failed, down
-    to one example; `oom` gets a note of each halving. (Smaller batches pad prompts
+    When the GPU runs out of memory, the examples that have not finished are decoded
+    again: first one batch at a time, then in sub-batches of half the size of the one that
+    failed, down to one example; `oom` gets a note of each step. (Smaller batches pad prompts
     differently: trace values may then differ from a run that did not halve in the
     last float bits, see IGNORED_KEYS.)"""
     from tqdm.auto import tqdm
 
     from .models import free_memory
-    todo, size, finished = list(batch), dcfg.batch_size, set()
+    todo, size, flight, finished = list(batch), dcfg.batch_size, dcfg.batches_in_flight, set()
     while todo:
         try:
             for i, o in _decode_iter(method, members, [prompts[ex.id] for ex in todo],
-                                     dataclasses.replace(dcfg, batch_size=size), stop=stop):
+                                     dataclasses.replace(dcfg, batch_size=size, batches_in_flight=flight), stop=stop):
                 finished.add(todo[i].id)
                 yield todo[i], o
             return
         except _oom_errors() as e:
             k = next(j for j, ex in enumerate(todo) if ex.id not in finished)
             failed = todo[k // size * size:][:size]  # the sub-batch decode_iter was working on
-            if len(failed) == 1:
+            if len(failed) == 1 and flight == 1:
                 raise UsageError(f"out of GPU memory decoding example {failed[0].id!r} on its own (batch size 1): "
                                  "free GPU memory, lower --max-new-tokens or use smaller models; finished "
                                  "examples are saved, rerun the same command to resume") from e
         todo = [ex for ex in todo if ex.id not in finished]
-        size = len(failed) // 2
         free_memory()  # after the except block: the traceback no longer holds the batch's tensors
+        if flight > 1:
+            oom.append({"example": todo[0].id, "batches_in_flight": flight, "retry_batches_in_flight": 1})
+            tqdm.write(f"warning: out of GPU memory decoding {flight} batches at once; decoding the {len(todo)} "
+                       "unfinished examples one batch at a time", file=sys.stderr)
+            flight = 1
+            continue
+        size = len(failed) // 2
         oom.append({"example": todo[0].id, "batch_size": len(failed), "retry_batch_size": size})
         tqdm.write(f"warning: out of GPU memory decoding {len(failed)} examples together; decoding the "
                    f"{len(todo)} unfinished ones of this batch {size} at a time", file=sys.stderr)
@@ -1031,8 +1038,11 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         with open(samples, "ab", buffering=0) as f, tqdm(total=len(mine), initial=len(done), disable=not progress,
                                             desc=f"{cfg.task}/{cfg.method}", unit="ex") as bar:
             t_prev = time.perf_counter()
-            for batch in batches:
-                for ex, o in _decode_batch(cfg.method, members, batch, prompts, dcfg, task.stop_fn, oom):
+            # batches_in_flight n: n batches at once, whole and in order (only the last can be short),
+            # so the decoder cuts them back into the same batches
+            n = dcfg.batches_in_flight
+            for group in (sum(batches[j:j + n], []) for j in range(0, len(batches), n)):
+                for ex, o in _decode_batch(cfg.method, members, group, prompts, dcfg, task.stop_fn, oom):
                     if ex.id in done:
                         continue  # finished before the interruption; same bytes either way
                     rec = _record(task, ex, prompts[ex.id], o)

@@ -407,6 +407,52 @@ def test_graphs_survive_the_other_members_widening():
     assert _floats_apart([o.trace for o in graphed])[1] == pytest.approx(values, rel=1e-4, abs=1e-4, nan_ok=True)
 
 
+@pytest.mark.parametrize("method", METHODS_2)
+def test_batches_in_flight_decode_as_one_batch_at_a_time(tiny, method):
+    """batches_in_flight n: n batches take turns step by step (on CUDA each on a stream of its
+    own). Each batch computes what it computes alone: the same answers, traces and forwards,
+    whatever n, also when n exceeds the batches or the last batch is short."""
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=12, batch_size=2, theta=0.5)
+    one = decode(method, members, PROMPTS, cfg)
+    for n in (2, 3, 4):
+        many = decode(method, members, PROMPTS, dataclasses.replace(cfg, batches_in_flight=n))
+        assert [(o.text, o.trace, o.stats) for o in many] == [(o.text, o.trace, o.stats) for o in one]
+
+
+def test_batches_in_flight_take_turns_at_each_step(tiny):
+    """The batches really interleave: the second batch's first step comes before the first
+    batch has finished (else the option would run them one after the other)."""
+    from adafuse_lab.decoding.methods import batch as batch_mod
+    order = []
+    append = batch_mod.Batch.append
+
+    def record(self, p, *a, **kw):
+        order.append(self.idx[0])
+        return append(self, p, *a, **kw)
+    members = [tiny["bpe"], tiny["spm"]]
+    cfg = DecodeConfig(max_new_tokens=12, batch_size=2, theta=0.5, batches_in_flight=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch_mod.Batch, "append", record)
+        decode("adafuse", members, PROMPTS[:4], cfg)
+    first_of_second = order.index(2)
+    assert 0 in order[first_of_second:], order  # batch 0 still committing after batch 2 began
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams need CUDA")
+def test_batches_in_flight_on_cuda_streams():
+    """On CUDA, batches in flight queue their work on streams of their own, with graphs: the
+    answers are those of one batch at a time (scores within float rounding)."""
+    members = [load_session("tiny:bpe", device="cuda"), load_session("tiny:spm", device="cuda")]
+    cfg = DecodeConfig(theta=0.5, B=3, max_new_tokens=32, batch_size=2)
+    one = decode("adafuse", members, PROMPTS, cfg)
+    many = decode("adafuse", members, PROMPTS, dataclasses.replace(cfg, batches_in_flight=3))
+    assert [o.text for o in many] == [o.text for o in one]
+    shape, values = _floats_apart([o.trace for o in one])
+    assert _floats_apart([o.trace for o in many])[0] == shape
+    assert _floats_apart([o.trace for o in many])[1] == pytest.approx(values, rel=1e-4, abs=1e-4, nan_ok=True)
+
+
 @pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
 def test_small_graphs_add_scores_once_and_pads_nothing(device):
     """The scores added through SmallGraphs (captured on CUDA, eager on the CPU, both on an

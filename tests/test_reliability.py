@@ -126,6 +126,26 @@ def test_oom_at_the_start_gives_the_bytes_of_the_smaller_batch(unfailed, tmp_pat
     assert (tmp_path / "samples.jsonl").read_bytes() == (unfailed[2] / "samples.jsonl").read_bytes()
 
 
+def test_oom_with_batches_in_flight_goes_one_batch_at_a_time(unfailed, tmp_path, monkeypatch, capsys):
+    """Out of memory with several batches in flight: the unfinished examples go on one batch at
+    a time first (the same batches, so the same bytes when nothing had finished)."""
+    calls, real = [], runs._decode_iter
+
+    def oom_in_flight(method, members, prompts, dcfg, stop=None):
+        calls.append((len(prompts), dcfg.batch_size, dcfg.batches_in_flight))
+        if dcfg.batches_in_flight > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        yield from real(method, members, prompts, dcfg, stop=stop)
+
+    monkeypatch.setattr(runs, "_decode_iter", oom_in_flight)
+    res = run(cfg(batch_size=2, decode={"batches_in_flight": 3}), tmp_path, progress=False)
+    assert calls == [(6, 2, 3), (6, 2, 1)]  # the three batches of 2 together, then in turn
+    [note] = res["timings"]["oom_halvings"]
+    assert note["batches_in_flight"] == 3 and note["retry_batches_in_flight"] == 1
+    assert "out of GPU memory decoding 3 batches at once" in capsys.readouterr().err
+    assert (tmp_path / "samples.jsonl").read_bytes() == (unfailed[2] / "samples.jsonl").read_bytes()
+
+
 def test_oom_on_a_single_example_is_a_clear_error_and_keeps_finished_ones(tmp_path, monkeypatch, capsys):
     calls = []
     third = runs._get_task("triviaqa")

@@ -120,6 +120,15 @@ def test_resume_after_exception_mid_batch_is_identical(reference, tmp_path, monk
     assert (tmp_path / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_batches_in_flight_give_the_samples_of_one_batch_at_a_time(reference, tmp_path, n):
+    """A run with n batches in flight decodes them together (2 of 2 prompts and the last
+    short one of 1 here) and writes the bytes of the one-at-a-time run."""
+    c, ref, _ = reference
+    run(RunConfig(**{**c.to_dict(), "decode": {"batches_in_flight": n}}), tmp_path, progress=False)
+    assert (tmp_path / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
+
+
 def test_different_config_is_refused_naming_keys(tmp_path):
     run(cfg(), tmp_path, progress=False)
     with pytest.raises(UsageError, match=r"max_new_tokens: 12 -> 8; method: 'single' -> 'adafuse'"):

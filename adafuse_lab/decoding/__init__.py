@@ -18,7 +18,7 @@ import torch
 
 from .attention import get_backend
 from .config import ConfigError, DecodeConfig
-from .methods import ROUNDS, Batch, DecodeOutput, make_stop
+from .methods import ROUNDS, STEP, Batch, DecodeOutput, make_stop
 from .runtime import Runtime
 from ..session import ModelSession
 
@@ -107,19 +107,62 @@ def decode_iter(method: str, members: Sequence, prompts: Sequence[str], cfg: Dec
 
 @torch.inference_mode()  # no autograd graph: it would keep every step's cache alive
 def _decode(method: str, members: list, prompts: list[str], cfg: DecodeConfig, stop) -> Iterator[tuple[int, DecodeOutput]]:
-    """decode_iter's loop: per batch, one runtime per member, then the method's rounds."""
+    """decode_iter's loop: per batch, one runtime per member, then the method's rounds;
+    cfg.batches_in_flight batches at a time, taking turns."""
     with _older_objects_frozen():
         sessions = [members[cfg.member]] if method == "single" else list(members)
         stop_fn = make_stop(stop)
-        for start in range(0, len(prompts), cfg.batch_size):
-            idx = list(range(start, min(start + cfg.batch_size, len(prompts))))
-            runtimes = [Runtime(s, [prompts[i] for i in idx], cfg,
-                                get_backend(cfg.attention, s.device, s.model, len(idx))) for s in sessions]
-            batch = Batch(idx, cfg, stop_fn, len(sessions))
-            for i, out in ROUNDS[method](runtimes, batch, cfg):
-                out.stats["method"] = method
-                out.stats["members"] = [s.name for s in sessions]
-                yield i, out
+        batches = (_batch_rounds(method, sessions, prompts, range(start, min(start + cfg.batch_size, len(prompts))),
+                                 cfg, stop_fn) for start in range(0, len(prompts), cfg.batch_size))
+        yield from _in_turns(batches, cfg.batches_in_flight, sessions[0].device)
+
+
+def _batch_rounds(method: str, sessions: list, prompts: list[str], idx, cfg: DecodeConfig, stop_fn) -> Iterator:
+    """One batch: a runtime per member (the prefill), then the method's rounds. Yields
+    (prompt index, output) as each prompt finishes, and STEP after each step's forwards."""
+    idx = list(idx)
+    runtimes = [Runtime(s, [prompts[i] for i in idx], cfg,
+                        get_backend(cfg.attention, s.device, s.model, len(idx))) for s in sessions]
+    batch = Batch(idx, cfg, stop_fn, len(sessions))
+    for item in ROUNDS[method](runtimes, batch, cfg):
+        if item is not STEP:
+            item[1].stats["method"] = method
+            item[1].stats["members"] = [s.name for s in sessions]
+        yield item
+
+
+def _in_turns(batches: Iterator[Iterator], n: int, device) -> Iterator[tuple[int, DecodeOutput]]:
+    """Up to n batches decoded at once, each running until its next STEP in turn: while the
+    host does one batch's rounds, the GPU runs the forwards the others launched. On CUDA each
+    batch queues its work on a stream of its own, so that a read of its results waits for its
+    own forwards only. A batch computes what it would alone: answers do not depend on n."""
+    cuda = torch.device(device).type == "cuda"
+    free = [torch.cuda.Stream(device) if cuda and n > 1 else None for _ in range(n)]
+    running: list = []  # [rounds, stream]
+
+    def take_next() -> None:
+        rounds = next(batches, None)
+        if rounds is not None:
+            running.append([rounds, free.pop()])
+
+    for _ in range(n):
+        take_next()
+    while running:
+        for turn in list(running):
+            rounds, stream = turn
+            done, out = False, []
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for item in rounds:  # until its next STEP
+                    if item is STEP:
+                        break
+                    out.append(item)
+                else:
+                    done = True
+            yield from out  # outside the stream: the caller's own GPU work stays on its stream
+            if done:
+                running.remove(turn)
+                free.append(stream)
+                take_next()
 
 
 @contextlib.contextmanager

@@ -71,6 +71,7 @@ class DecodeConfig:
     trace: bool = True             # record the per-round trace
     early_scoring: bool = True     # AdaFuse rounds: members score candidates while they grow, not in a forward after
     member_turns: bool = False     # span methods: members take turns, each planning its forward while the GPU runs the others' (not yet faster: BENCHMARKS.md, engine v15)
+    batches_in_flight: int = 1     # batches decoded at once, taking turns step by step, each on a CUDA stream of its own
     feed_cap: int = 16             # tokens a prompt feeds per forward at most (0: no cap); candidates longer wait a step
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
@@ -97,6 +98,8 @@ class DecodeConfig:
         need(self.outlier_ratio > 1.0, f"outlier_ratio must be > 1, got {self.outlier_ratio}")
         need(self.word_token_cap >= 1 and self.window_tokens >= 1, "word_token_cap and window_tokens must be >= 1")
         need(isinstance(self.feed_cap, int) and self.feed_cap >= 0, f"feed_cap must be a whole number >= 0, got {self.feed_cap!r}")
+        need(isinstance(self.batches_in_flight, int) and self.batches_in_flight >= 1,
+             f"batches_in_flight must be a whole number >= 1, got {self.batches_in_flight!r}")
         need(isinstance(self.kv_slack, int) and self.kv_slack >= 0, f"kv_slack must be a whole number >= 0, got {self.kv_slack!r}")
         need(self.sweetspan_words >= 1, f"sweetspan_words must be >= 1, got {self.sweetspan_words}")
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")

@@ -2,7 +2,7 @@
 import dataclasses
 
 from .adafuse import span_rounds
-from .batch import Batch, DecodeOutput, make_stop
+from .batch import STEP, Batch, DecodeOutput, make_stop
 from .greedy import rerank_rounds, single_rounds
 from .tokens import gac_rounds, unite_rounds
 
@@ -24,4 +24,4 @@ def adafuse_rounds(runtimes, batch, cfg):
 ROUNDS = {"single": single_rounds, "adafuse": adafuse_rounds, "unite": unite_rounds, "gac": gac_rounds,
           "sweetspan": sweetspan_rounds, "coolfusion": coolfusion_rounds, "rerank": rerank_rounds}
 
-__all__ = ["ROUNDS", "Batch", "DecodeOutput", "make_stop"]
+__all__ = ["ROUNDS", "STEP", "Batch", "DecodeOutput", "make_stop"]

@@ -15,7 +15,7 @@ from ..pieces import next_piece
 from ..select import combine_scores, pick, select_branches
 from ..words import more_words, official_words, starts_new_word
 from ..runtime.counters import host_phase
-from .batch import Batch, official_stop
+from .batch import STEP, Batch, official_stop
 from .proposal import Proposal, _gate, _Row, _unit
 
 
@@ -177,6 +177,7 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
                 with host_phase("forward"):  # the plan, the launch, and the scores of what it fed
                     rt.forward(cap=cfg.feed_cap)
                     rt.prefetch(pool, cfg.criterion)
+            yield STEP
 
 
 def _growing(runtimes, props, prompts: list[int], members: list[int]) -> dict[int, dict[int, dict]]:

@@ -8,6 +8,11 @@ from typing import Callable, Sequence
 StopFn = Callable[[str], "int | None"]
 
 
+# What rounds yield after launching a step's forwards: there another batch may take its turn
+# (decoding.batches_in_flight). Rounds that never yield it run their batch in one turn.
+STEP = None
+
+
 @dataclass
 class DecodeOutput:
     text: str                                   # the continuation after the prompt

@@ -10,7 +10,7 @@ import torch
 
 from ..pieces import piece_table
 from ..runtime.member import on_device
-from .batch import Batch
+from .batch import STEP, Batch
 
 EOS = "\x00<eos>"  # the union's name for "end of text", whatever each member's EOS ids are
 
@@ -39,6 +39,7 @@ def _commit_strings(runtimes: list, batch: Batch, chosen: dict[int, str]) -> Ite
     for p, text in going.items():
         batch.append(p, text, False, runtimes[0].m.answer_tokens(p))
     yield from _finish(runtimes, batch, list(chosen))
+    yield STEP
 
 
 def _finish(runtimes, batch: Batch, rows: list[int]) -> Iterator:
