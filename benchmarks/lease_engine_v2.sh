@@ -108,8 +108,8 @@
 #           then the members' generate on those 64 (bench single)
 # Batches in flight (decoding.batches_in_flight: batches take turns step by step, each on a CUDA stream;
 # files engine_v18/):
-#   v18f    staged: the CUDA tests of streams and graphs; adafuse on 256 GSM8K questions at b64 with 1, 2
-#           and 4 batches in flight, b128 with 2, b256 with 1 (no generate)
+#   v18f    staged: the CUDA tests of streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2
+#           batches in flight, b128 with 2, b256 with 1, b64 with 4 (no generate)
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -448,7 +448,7 @@ v18f)
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 256 --batch-size $bs --no-generate \
         --set batches_in_flight=$n --out $O/$name.json > $O/$name.log 2>&1
     python benchmarks/bench_summary.py $O/$name.json; pack; }
-  f b64_f1 64 1; f b64_f2 64 2; f b64_f4 64 4; f b128_f2 128 2; f b256_f1 256 1 ;;
+  f b64_f1 64 1; f b64_f2 64 2; f b128_f2 128 2; f b256_f1 256 1; f b64_f4 64 4 ;;
 v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }

@@ -17,7 +17,7 @@ import torch
 
 from adafuse_lab.decoding import ConfigError, DecodeConfig, decode
 from adafuse_lab.decoding.criteria import Threshold
-from adafuse_lab.decoding.methods import Batch, make_stop
+from adafuse_lab.decoding.methods import STEP, Batch, make_stop
 from adafuse_lab.decoding.methods import tokens as token_methods
 from adafuse_lab.decoding.methods.proposal import _gate, _Row
 from adafuse_lab.decoding.runtime import Member, Runtime
@@ -858,7 +858,7 @@ def token_round(tiny, fn, cfg):
     members = [runtime(tiny["char"], prompts, max_new_tokens=1), runtime(tiny["bpe"], prompts, max_new_tokens=1)]
     set_probs(members[0].m, 0, {"q": 0.6, "y": 0.4})
     set_probs(members[1].m, 0, {" the": 0.6, "y": 0.4})
-    outs = list(fn(members, Batch([0], cfg, make_stop(None), 2), cfg))
+    outs = [o for o in fn(members, Batch([0], cfg, make_stop(None), 2), cfg) if o is not STEP]  # STEP: a step's end
     assert [i for i, _ in outs] == [0]
     return outs[0][1].text
 
@@ -874,7 +874,7 @@ def test_unite_scores_a_missing_string_by_its_own_first_token(tiny):
     members = [runtime(tiny["char"], prompts, max_new_tokens=1), runtime(tiny["bpe"], prompts, max_new_tokens=1)]
     set_probs(members[0].m, 0, {"q": 0.5, " ": 0.5})
     set_probs(members[1].m, 0, {" the": 0.55, "q": 0.45})
-    (_, out), = list(token_methods.unite_rounds(members, Batch([0], cfg, make_stop(None), 2), cfg))
+    (_, out), = [o for o in token_methods.unite_rounds(members, Batch([0], cfg, make_stop(None), 2), cfg) if o is not STEP]
     assert out.text == " the"  # char: q, " ", " the" 1/3 each after renormalising; bpe: " the" .55 > q .45
 
 
