@@ -110,6 +110,8 @@
 # files engine_v18/):
 #   v18f    staged: the CUDA tests of streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2
 #           batches in flight, b128 with 2, b256 with 1, b64 with 4 (no generate)
+#   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
+#           and 2 in flight; on 256 questions b128 with 2 and 1
 source benchmarks/gpu_setup.sh
 O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
@@ -439,16 +441,20 @@ PY
   python -m adafuse_lab bench --models $M --method single $D --limit 64 --batch-size 64 \
       --out $O/generate_b64.json > $O/generate_b64.log 2>&1
   python benchmarks/bench_summary.py $O/generate_b64.json; pack ;;
-v18f)
+v18f|v18s)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
       > $O/cuda18.log 2>&1; tail -3 $O/cuda18.log; pack
   f() { local name=$1 bs=$2 n=$3
-    python -m adafuse_lab bench --models $M $D --method adafuse --limit 256 --batch-size $bs --no-generate \
+    python -m adafuse_lab bench --models $M $D --method adafuse --limit ${L:-256} --batch-size $bs --no-generate \
         --set batches_in_flight=$n --out $O/$name.json > $O/$name.log 2>&1
     python benchmarks/bench_summary.py $O/$name.json; pack; }
-  f b64_f1 64 1; f b64_f2 64 2; f b128_f2 128 2; f b256_f1 256 1; f b64_f4 64 4 ;;
+  if [ $STEP = v18s ]; then
+    python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --max-new-tokens 16 --no-generate \
+        --out $O/warmup.json > $O/warmup.log 2>&1
+    L=128; f b64_f1 64 1; f b64_f2 64 2; L=256; f b128_f2 128 2; f b128_f1 128 1
+  else f b64_f1 64 1; f b64_f2 64 2; f b128_f2 128 2; f b256_f1 256 1; f b64_f4 64 4; fi ;;
 v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
