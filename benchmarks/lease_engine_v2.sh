@@ -110,6 +110,8 @@
 # files engine_v18/):
 #   v18f    staged: the CUDA tests of streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2
 #           batches in flight, b128 with 2, b256 with 1, b64 with 4 (no generate)
+#   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
+#           64 new tokens, with 1 then 2 batches in flight
 #   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
 #           and 2 in flight; on 256 questions b128 with 2 and 1
 source benchmarks/gpu_setup.sh
@@ -441,7 +443,7 @@ PY
   python -m adafuse_lab bench --models $M --method single $D --limit 64 --batch-size 64 \
       --out $O/generate_b64.json > $O/generate_b64.log 2>&1
   python benchmarks/bench_summary.py $O/generate_b64.json; pack ;;
-v18f|v18s)
+v18f|v18s|v18p)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
@@ -450,7 +452,14 @@ v18f|v18s)
     python -m adafuse_lab bench --models $M $D --method adafuse --limit ${L:-256} --batch-size $bs --no-generate \
         --set batches_in_flight=$n --out $O/$name.json > $O/$name.log 2>&1
     python benchmarks/bench_summary.py $O/$name.json; pack; }
-  if [ $STEP = v18s ]; then
+  if [ $STEP = v18p ]; then
+    P=random:llama-3.1-8b+qwen2.5-coder-0.5b,random:mistral-7b-v0.3+smollm2-135m
+    for n in 1 2; do
+      python -m adafuse_lab bench --models $P $D --method adafuse --limit 64 --batch-size 32 --max-new-tokens 64 \
+          --set theta=1.0 --set batches_in_flight=$n --no-generate --out $O/paper_theta1_b32_f$n.json > $O/paper_f$n.log 2>&1
+      python benchmarks/bench_summary.py $O/paper_theta1_b32_f$n.json; pack
+    done
+  elif [ $STEP = v18s ]; then
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --max-new-tokens 16 --no-generate \
         --out $O/warmup.json > $O/warmup.log 2>&1
     L=128; f b64_f1 64 1; f b64_f2 64 2; L=256; f b128_f2 128 2; f b128_f1 128 1
