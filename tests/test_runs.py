@@ -129,6 +129,29 @@ def test_batches_in_flight_give_the_samples_of_one_batch_at_a_time(reference, tm
     assert (tmp_path / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
 
 
+def test_batches_in_flight_resume_after_an_interruption_to_the_same_bytes(reference, tmp_path, monkeypatch):
+    """Stopped while two batches were in flight (one answer written), then resumed: the bytes of
+    the uninterrupted one-at-a-time run."""
+    c, ref, _ = reference
+    c2 = RunConfig(**{**c.to_dict(), "decode": {"batches_in_flight": 2}})
+    real, seen = runs._decode_iter, []
+
+    def interrupted(*a, **kw):
+        for item in real(*a, **kw):
+            if seen:
+                raise KeyboardInterrupt
+            seen.append(item)
+            yield item
+
+    monkeypatch.setattr(runs, "_decode_iter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(c2, tmp_path, progress=False)
+    assert len(lines(tmp_path / "samples.jsonl")) == 1
+    monkeypatch.setattr(runs, "_decode_iter", real)
+    run(c2, tmp_path, progress=False)
+    assert (tmp_path / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
+
+
 def test_different_config_is_refused_naming_keys(tmp_path):
     run(cfg(), tmp_path, progress=False)
     with pytest.raises(UsageError, match=r"max_new_tokens: 12 -> 8; method: 'single' -> 'adafuse'"):
