@@ -159,6 +159,7 @@ def get_backend(name: str, device, model=None, rows: int = 64, width: int = 2048
     shape = (heads, getattr(c, "num_key_value_heads", None) or heads,
              getattr(c, "head_dim", None) or c.hidden_size // heads, rows, width)
     if shape not in CHOSEN:
+        torch.cuda.synchronize(device)  # no other batch's work in flight (batches_in_flight) in the timings
         us = {b: _time_layer(BACKENDS[b], *shape, device=device) for b in FAST}
         CHOSEN[shape] = {"backend": _fastest(us).name, "us": us}
     return _fastest(CHOSEN[shape]["us"])
