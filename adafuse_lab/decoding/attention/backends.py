@@ -159,7 +159,6 @@ def get_backend(name: str, device, model=None, rows: int = 64, width: int = 2048
     shape = (heads, getattr(c, "num_key_value_heads", None) or heads,
              getattr(c, "head_dim", None) or c.hidden_size // heads, rows, width)
     if shape not in CHOSEN:
-        torch.cuda.synchronize(device)  # no other batch's work in flight (batches_in_flight) in the timings
         us = {b: _time_layer(BACKENDS[b], *shape, device=device) for b in FAST}
         CHOSEN[shape] = {"backend": _fastest(us).name, "us": us}
     return _fastest(CHOSEN[shape]["us"])
@@ -175,6 +174,7 @@ def _time_layer(backend, heads, kv_heads, dim, rows, width, device) -> dict:
     """Microseconds of one layer's attention per number of new tokens per row (LENGTHS), random
     data, a mask that hides a third of the columns."""
     out = {}
+    torch.cuda.synchronize(device)  # no other batch's work in flight (batches_in_flight) in the timings
     gen = torch.Generator(device=device).manual_seed(0)
     for T in LENGTHS:
         q = torch.randn(rows, heads, T, dim, device=device, dtype=torch.bfloat16, generator=gen)

@@ -6,7 +6,7 @@ from typing import Iterator
 
 from ..pieces import next_piece
 from ..select import combine_scores, pick
-from .batch import Batch
+from .batch import STEP, Batch
 
 
 @dataclass
@@ -16,9 +16,10 @@ class Answer:
     stopped_by: str | None = None
 
 
-def greedy_answers(runtimes: list, batch: Batch) -> list[list[Answer]]:
+def greedy_answers(runtimes: list, batch: Batch) -> Iterator:
     """Every member writes a greedy answer to every prompt as one look-ahead stream (nothing
-    committed), one token per step, until EOS, a stop string or the budget.
+    committed), one token per step, until EOS, a stop string or the budget. Yields STEP after
+    each step's forwards; returns the answers, per member and prompt (`yield from`).
 
     The tokens are chosen on the device and the host reads them one forward late: while the
     GPU runs the forward that feeds step t's tokens, the host checks them for stops. A stream
@@ -40,6 +41,7 @@ def greedy_answers(runtimes: list, batch: Batch) -> list[list[Answer]]:
                 fed.append((k, rt, live))
         if not fed:
             return answers
+        yield STEP
         for k, rt, live in fed:
             for s, t in zip(live, rt.fed.tolist()):
                 if _greedy_step(rt, s, t, batch):
@@ -64,7 +66,7 @@ def _greedy_step(rt, s, t: int, batch: Batch) -> bool:
 
 def single_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
     """Plain greedy decoding of one member (the single-model baseline)."""
-    answers = greedy_answers(runtimes, batch)[0]
+    answers = (yield from greedy_answers(runtimes, batch))[0]
     for p, a in enumerate(answers):
         batch.answers[p] = a.text
         batch.append(p, "", a.stopped_by == "eos", len(a.toks))
@@ -75,7 +77,7 @@ def single_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
 def rerank_rounds(runtimes: list, batch: Batch, cfg) -> Iterator:
     """Sample-level rerank: each member writes a whole greedy answer; every member scores
     every answer (mean NLL given the prompt); the lowest average wins."""
-    answers = greedy_answers(runtimes, batch)
+    answers = yield from greedy_answers(runtimes, batch)
     P = len(batch.idx)
     uniq = [list(dict.fromkeys(a[p].text for a in answers)) for p in range(P)]
     for rt in runtimes:
