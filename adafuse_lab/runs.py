@@ -1115,8 +1115,8 @@ def run_sharded(cfg: RunConfig, out_dir, rank: int, world: int, progress: bool =
         torchrun --nproc-per-node 2 -m adafuse_lab run ...    (or: accelerate launch -m adafuse_lab run ...)
 
     Rank r decodes its batches into OUT/shards/r (resumable like any run) on cuda:LOCAL_RANK
-    modulo the GPUs: with more processes than GPUs they share them, and one process's host
-    work (the rounds between forwards) runs while another's forwards keep the GPU busy;
+    modulo the GPUs: with more processes than GPUs they share them (without MPS a GPU runs one
+    process's kernels at a time: 16% faster at best on one H100, BENCHMARKS.md, engine v17);
     rank 0 then waits for every shard and merges them into OUT, which ends up with the same
     config.json and samples.jsonl as a one-process run. Returns results.json on rank 0."""
     out = Path(out_dir)

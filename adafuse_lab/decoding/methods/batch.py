@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 StopFn = Callable[[str], "int | None"]
 
 
-# What rounds yield after launching a step's forwards: there another batch may take its turn
-# (decoding.batches_in_flight). Rounds that never yield it run their batch in one turn.
+# What every method's rounds yield after launching a step's forwards: there another batch may
+# take its turn (decoding.batches_in_flight).
 STEP = None
 
 
