@@ -108,8 +108,10 @@
 #           then the members' generate on those 64 (bench single)
 # Batches in flight (decoding.batches_in_flight: batches take turns step by step, each on a CUDA stream;
 # files engine_v18/):
-#   v18f    staged: the CUDA tests of streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2
-#           batches in flight, b128 with 2, b256 with 1, b64 with 4 (no generate)
+#   v18f    staged, with .gpu-extra/base = b6760d5 (captures through torch.cuda.graph): the CUDA tests of
+#           streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2 batches in flight, the
+#           base's then HEAD's (captures without the device sync) (no generate)
+#   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
 #   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
@@ -443,10 +445,16 @@ PY
   python -m adafuse_lab bench --models $M --method single $D --limit 64 --batch-size 64 \
       --out $O/generate_b64.json > $O/generate_b64.log 2>&1
   python benchmarks/bench_summary.py $O/generate_b64.json; pack ;;
-v18f|v18s|v18p)
+v18f|v18g|v18s|v18p)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
-  timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
+  ROOT=$(pwd); BASE=$ROOT/.gpu-extra/base
+  fb() { local name=$1 bs=$2 n=$3
+    (cd $BASE && PYTHONPATH=/tmp/site:$BASE python -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} \
+        --method adafuse --limit 256 --batch-size $bs --no-generate --set batches_in_flight=$n --out $O/${name}_base.json \
+        > $O/${name}_base.log 2>&1)
+    python benchmarks/bench_summary.py $O/${name}_base.json; pack; }
+  [ $STEP = v18g ] || timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
       > $O/cuda18.log 2>&1; tail -3 $O/cuda18.log; pack
   f() { local name=$1 bs=$2 n=$3
     python -m adafuse_lab bench --models $M $D --method adafuse --limit ${L:-256} --batch-size $bs --no-generate \
@@ -459,11 +467,15 @@ v18f|v18s|v18p)
           --set theta=1.0 --set batches_in_flight=$n --no-generate --out $O/paper_theta1_b32_f$n.json > $O/paper_f$n.log 2>&1
       python benchmarks/bench_summary.py $O/paper_theta1_b32_f$n.json; pack
     done
-  elif [ $STEP = v18s ]; then
+  elif [ $STEP != v18g ]; then  # the first run on the host pays for Triton's compiles and the first loads
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --max-new-tokens 16 --no-generate \
         --out $O/warmup.json > $O/warmup.log 2>&1
+  fi
+  if [ $STEP = v18p ]; then :
+  elif [ $STEP = v18s ]; then
     L=128; f b64_f1 64 1; f b64_f2 64 2; L=256; f b128_f2 128 2; f b128_f1 128 1
-  else f b64_f1 64 1; f b64_f2 64 2; f b128_f2 128 2; f b256_f1 256 1; f b64_f4 64 4; fi ;;
+  elif [ $STEP = v18f ]; then fb b64_f1 64 1; f b64_f1 64 1; fb b64_f2 64 2; f b64_f2 64 2
+  else f b128_f2 128 2; f b256_f1 256 1; f b64_f4 64 4; fi ;;
 v14|v14m|v14p|v14o|v15a|v15b|v15t)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }

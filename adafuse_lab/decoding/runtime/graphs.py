@@ -113,10 +113,8 @@ class Graphs:
             run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits = run()
-        torch.cuda.synchronize()
-        COUNTS[id(model), "capture_s"] += time.perf_counter() - start  # compiling included
+        logits = capture(graph, self.pool, side, run)
+        COUNTS[id(model), "capture_s"] += time.perf_counter() - start  # host time, compiling included
         COUNTS[id(model), "captures"] += 1
         return _Captured(graph, static, logits)
 
@@ -187,12 +185,25 @@ class SmallGraphs:
             fn(*fixed, index, *consts)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = fn(*fixed, index, *consts)
-        torch.cuda.synchronize()
+        out = capture(graph, self.pool, side, lambda: fn(*fixed, index, *consts))
         COUNTS[self.key, "capture_s"] += time.perf_counter() - start
         COUNTS[self.key, "captures"] += 1
         return _Small(graph, index, out)
+
+
+def capture(graph: torch.cuda.CUDAGraph, pool, stream, fn):
+    """fn() captured into `graph` on `stream` (a side stream, where fn has just run once to warm
+    up); returns fn's output. Unlike the torch.cuda.graph context, it does not synchronize the
+    device nor empty the allocator's device and pinned-host caches first: with batches in
+    flight that would stall the other batches' queued work at every capture, and make every
+    allocation after it a fresh cudaMalloc or cudaHostAlloc."""
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool, capture_error_mode="global")
+        try:
+            out = fn()
+        finally:
+            graph.capture_end()
+    return out
 
 
 def on_device_index(index: np.ndarray, device) -> torch.Tensor:
