@@ -197,9 +197,10 @@ def _time_method(method, sessions, prompts, cfg, stop, device, result) -> dict:
         out["ms_per_budget_step"] = round(wall / steps * 1e3, 3)
     # the decode steps alone: wall time less the prefills and the graph captures (and compiles)
     out["decode_s"] = round(wall - sum(r["prefill_s"]) - sum(r["capture_s"]), 3)
-    if any(r["model_gpu_s"]):  # the decode time the GPU does not spend in the members' forwards
+    overlap = cfg.batches_in_flight > 1 and len(prompts) > cfg.batch_size
+    if any(r["model_gpu_s"]) and not overlap:  # the decode time the GPU does not spend in the members' forwards
         out["decode_outside_forwards_s"] = round(out["decode_s"] - sum(r["model_gpu_s"]), 3)
-    if cfg.batches_in_flight > 1:
+    if overlap:
         out["overlap"] = ("batches in flight: a prefill waits for the other batches' queued work, and forwards "
                           "of different batches overlap on the GPU, so prefill_s, model_gpu_s and the times made "
                           "from them overstate the work; compare wall_s")

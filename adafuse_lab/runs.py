@@ -3,7 +3,7 @@
 A run directory holds three files:
 
 - ``config.json``   the RunConfig, written first; a rerun with a different config
-  into the same folder is refused (see IGNORED_KEYS for what may differ).
+  into the same folder is refused (IGNORED_KEYS and IGNORED_DECODE_KEYS say what may differ).
 - ``samples.jsonl`` one record per example, appended and fsync'ed as each example
   finishes, rewritten in example order at the end. It holds no timings, so an
   interrupted-and-resumed run ends with the same bytes as an uninterrupted one
@@ -38,6 +38,9 @@ CONFIG, SAMPLES, RESULTS = "config.json", "samples.jsonl", "results.json"
 # can move the last float bits of trace values; predictions almost never change.
 # Keep it unchanged when byte-identical files matter.)
 IGNORED_KEYS = frozenset({"batch_size"})
+# Decode options that change speed and leave every byte of the samples as it is (tested):
+# a run started with one value resumes with another, in the same directory.
+IGNORED_DECODE_KEYS = frozenset({"batches_in_flight"})
 
 # The most new tokens a run may ask for: more than any member's context (generation stops there),
 # and the engine reserves a KV-cache column for each one.
@@ -773,7 +776,7 @@ def _claim_dir(out: Path, cfg: RunConfig, write: bool = True) -> None:
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
-        if not prefix and k in IGNORED_KEYS:
+        if (not prefix and k in IGNORED_KEYS) or (prefix == "decode." and k in IGNORED_DECODE_KEYS):
             continue
         a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
         if isinstance(a, dict) and isinstance(b, dict):
@@ -923,6 +926,7 @@ def _decode_batch(method, members, batch, prompts, dcfg, stop, oom: list):
     from .models import free_memory
     todo, size, flight, finished = list(batch), dcfg.batch_size, dcfg.batches_in_flight, set()
     while todo:
+        flight = min(flight, -(-len(todo) // size))  # no more in flight than there are batches left
         try:
             for i, o in _decode_iter(method, members, [prompts[ex.id] for ex in todo],
                                      dataclasses.replace(dcfg, batch_size=size, batches_in_flight=flight), stop=stop):
@@ -1343,8 +1347,10 @@ def run_config(task: str, models: str | list, method: str = "adafuse", decode: d
 def run_dir(runs_dir, cfg) -> Path:
     """runs_dir/<task>/<method>[_<option><value>...]-<hash of the config>."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in IGNORED_KEYS}
+    decode = {k: v for k, v in cfg.decode.items() if k not in IGNORED_DECODE_KEYS}
+    d["decode"] = decode
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
-    opts = "".join(f"_{k}{v}" for k, v in sorted(cfg.decode.items()) if not isinstance(v, (list, dict)))
+    opts = "".join(f"_{k}{v}" for k, v in sorted(decode.items()) if not isinstance(v, (list, dict)))
     slug = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in f"{cfg.method}{opts}")[:60]
     return Path(runs_dir) / cfg.task / f"{slug}-{h}"
 

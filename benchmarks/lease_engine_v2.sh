@@ -112,6 +112,9 @@
 #           streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2 batches in flight, the
 #           base's then HEAD's (captures without the device sync) (no generate)
 #   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
+#   v19r    staged: `run` (the quality runs' path, not bench) on 256 GSM8K questions: b64 with 1 batch in flight,
+#           then with 2 (the default since engine v18): same samples.jsonl bytes?; b128 with 2; then a cProfile
+#           of one b64 batch (the host, the bottleneck with 2 in flight)
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
 #   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
@@ -412,7 +415,7 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
     both b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     both b64_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true ;;
   esac ;;
-v17p)
+v17p|v19r)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
   python -c "from adafuse_lab.models import load_session as L; L('qwen2.5-coder-0.5b'); L('smollm2-135m')" > $O/load.log 2>&1
@@ -435,6 +438,14 @@ print(f"  n={r['n_examples']} decode_span_s={t.get('decode_span_s', t.get('decod
       f"predictions_sha256={hashlib.sha256(''.join(json.loads(x)['prediction'] + chr(10) for x in open(f'{d}/samples.jsonl')).encode()).hexdigest()[:12]}")
 PY
     pack; }
+  if [ $STEP = v19r ]; then
+    r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
+    r f2x64 1 --limit 256 --batch-size 64
+    r f2x128 1 --limit 256 --batch-size 128
+    python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
+        --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
+    head -45 $O/cprofile_b64.log; pack; exit 0
+  fi
   r p4x64 4 --limit 256 --batch-size 64
   r p1x64 1 --limit 256 --batch-size 64
   r p2x128 2 --limit 256 --batch-size 128

@@ -315,6 +315,8 @@ def test_canonical_decode_and_run_dir(tmp_path):
     c = R.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {"B": 1}, **kw)
     assert R.run_dir(tmp_path, a) == R.run_dir(tmp_path, b)  # defaults and batch size do not matter
     assert R.run_dir(tmp_path, a) != R.run_dir(tmp_path, c)
+    d = R.run_config("triviaqa", "tiny:bpe,tiny:spm", "adafuse", {"B": 1, "batches_in_flight": 3}, **kw)
+    assert R.run_dir(tmp_path, d) == R.run_dir(tmp_path, c)  # nor batches in flight (same bytes)
     assert R.run_dir(tmp_path, c).parent == tmp_path / "triviaqa"
     assert R.run_dir(tmp_path, c).name.startswith("adafuse_B1-")
 

@@ -107,13 +107,12 @@ def test_sigterm_ends_a_run_like_ctrl_c(monkeypatch, capsys, tmp_path):
     import os
     import signal
     from adafuse_lab import runs
-    calls = []
 
     def killed(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:  # the second batch: the first is written
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kw)
+        for i, item in enumerate(real(*args, **kw)):
+            if i == 2:  # two examples are written
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
     real = runs._decode_iter
     monkeypatch.setattr(runs, "_decode_iter", killed)
     out = tmp_path / "o"
@@ -193,6 +192,8 @@ def test_bench_times_several_methods_on_cpu(tmp_path):
     assert set(phases) == {"wait", "decide", "propose", "settle", "growing", "grow_early", "forward"}
     assert 0 < sum(phases.values()) < r["methods"]["adafuse"]["wall_s"]
     assert r["methods"]["rerank"]["host_phases_s"] == {}
+    # two batches of 3 prompts, decoded together (2 in flight, the default): the times overlap
+    assert r["decode_config"]["batches_in_flight"] == 2 and all("overlap" in m for m in r["methods"].values())
     # the answers' digest: what two runs that should agree compare
     from adafuse_lab.decoding import DecodeConfig, decode
     from adafuse_lab.models import load_session

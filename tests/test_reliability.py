@@ -97,7 +97,7 @@ def test_oom_halves_the_batch_and_completes(unfailed, tmp_path, monkeypatch, cap
     calls, freed = [], []
     monkeypatch.setattr(runs, "_decode_iter", oom_above(2, calls))
     monkeypatch.setattr(models, "free_memory", lambda: freed.append(1))
-    res = run(cfg(), tmp_path, progress=False)
+    res = run(cfg(decode={"batches_in_flight": 1}), tmp_path, progress=False)
     # batch 1 (4 prompts) fails after one output; its 3 others go 2 at a time; batch 2 has 2 prompts
     assert calls == [(4, 4), (3, 2), (2, 4)] and len(freed) == 1
     [note] = res["timings"]["oom_halvings"]
@@ -121,7 +121,7 @@ def test_oom_at_the_start_gives_the_bytes_of_the_smaller_batch(unfailed, tmp_pat
         yield from real(method, members, prompts, dcfg, stop=stop)
 
     monkeypatch.setattr(runs, "_decode_iter", oom_first)
-    run(cfg(), tmp_path, progress=False)
+    run(cfg(decode={"batches_in_flight": 1}), tmp_path, progress=False)
     assert calls == [4, 2, 4]
     assert (tmp_path / "samples.jsonl").read_bytes() == (unfailed[2] / "samples.jsonl").read_bytes()
 
@@ -144,6 +144,25 @@ def test_oom_with_batches_in_flight_goes_one_batch_at_a_time(unfailed, tmp_path,
     assert note["batches_in_flight"] == 3 and note["retry_batches_in_flight"] == 1
     assert "out of GPU memory decoding 3 batches at once" in capsys.readouterr().err
     assert (tmp_path / "samples.jsonl").read_bytes() == (unfailed[2] / "samples.jsonl").read_bytes()
+
+
+def test_oom_in_a_last_lone_batch_halves_it_at_once(unfailed, tmp_path, monkeypatch, capsys):
+    """With batches in flight but one batch left, out of memory halves that batch: decoding it
+    'one batch at a time' would be the same batch again."""
+    calls, real = [], runs._decode_iter
+
+    def oom_big(method, members, prompts, dcfg, stop=None):
+        calls.append((len(prompts), dcfg.batch_size, dcfg.batches_in_flight))
+        if min(dcfg.batch_size, len(prompts)) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        yield from real(method, members, prompts, dcfg, stop=stop)
+
+    monkeypatch.setattr(runs, "_decode_iter", oom_big)
+    res = run(cfg(batch_size=8, decode={"batches_in_flight": 2}), tmp_path, progress=False)
+    assert calls == [(6, 8, 1), (6, 3, 1)]  # one batch of 6, so 1 in flight; halved, still one at a time
+    [note] = res["timings"]["oom_halvings"]
+    assert note["batch_size"] == 6 and note["retry_batch_size"] == 3
+    assert "at once" not in capsys.readouterr().err
 
 
 def test_oom_on_a_single_example_is_a_clear_error_and_keeps_finished_ones(tmp_path, monkeypatch, capsys):

@@ -100,12 +100,14 @@ def test_resume_after_truncated_line_is_identical(tmp_path):
     assert res["timings"]["n_resumed"] == 1
 
 
-@pytest.mark.parametrize("decode", [{}, {"batches_in_flight": 2}])
-def test_resume_after_exception_mid_batch_is_identical(reference, tmp_path, monkeypatch, decode):
-    """Stopped after one answer (with two batches in flight: while both were), then resumed:
-    the bytes of the uninterrupted one-batch-at-a-time run."""
+@pytest.mark.parametrize("first, then", [(1, 1), (2, 2), (2, 1), (1, 3)])
+def test_resume_after_exception_mid_batch_is_identical(reference, tmp_path, monkeypatch, first, then):
+    """Stopped after one answer (with two batches in flight: while both were), then resumed,
+    with the same or another number of batches in flight: the bytes of the uninterrupted
+    one-batch-at-a-time run."""
     c, ref, _ = reference
-    c = RunConfig(**{**c.to_dict(), "decode": decode})
+    with_n = lambda n: RunConfig(**{**c.to_dict(), "decode": {"batches_in_flight": n} if n > 1 else {}})
+    c = with_n(first)
     real, seen = runs._decode_iter, []
 
     def interrupted(*a, **kw):
@@ -120,7 +122,7 @@ def test_resume_after_exception_mid_batch_is_identical(reference, tmp_path, monk
         run(c, tmp_path, progress=False)
     assert len(lines(tmp_path / "samples.jsonl")) == 1 and not (tmp_path / "results.json").exists()
     monkeypatch.setattr(runs, "_decode_iter", real)
-    run(c, tmp_path, progress=False)
+    run(with_n(then), tmp_path, progress=False)
     assert (tmp_path / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
 
 

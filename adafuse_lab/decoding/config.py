@@ -71,7 +71,7 @@ class DecodeConfig:
     trace: bool = True             # record the per-round trace
     early_scoring: bool = True     # AdaFuse rounds: members score candidates while they grow, not in a forward after
     member_turns: bool = False     # span methods: members take turns, each planning its forward while the GPU runs the others' (answers differ a little: BENCHMARKS.md, engine v17)
-    batches_in_flight: int = 1     # batches decoded at once, taking turns step by step, each on a CUDA stream of its own
+    batches_in_flight: int = 2     # batches decoded at once, taking turns step by step, each on a CUDA stream of its own
     feed_cap: int = 16             # tokens a prompt feeds per forward at most (0: no cap); candidates longer wait a step
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
