@@ -113,7 +113,8 @@
 #           base's then HEAD's (captures without the device sync) (no generate)
 #   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
 #   v19r    staged: `run` (the quality runs' path, not bench) on 256 GSM8K questions: b64 with 1 batch in flight,
-#           then with 2 (the default since engine v18): same samples.jsonl bytes?; b128 with 2; then a cProfile
+#           then with 2 (the default since engine v18): same samples.jsonl bytes?; b128 with 2; two processes
+#           under torchrun, each with 2 in flight (the host's work on two cores); then a cProfile
 #           of one b64 batch (the host, the bottleneck with 2 in flight)
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
@@ -442,6 +443,7 @@ PY
     r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
     r f2x64 1 --limit 256 --batch-size 64
     r f2x128 1 --limit 256 --batch-size 128
+    r p2f2x64 2 --limit 256 --batch-size 64  # two processes (host work in parallel), each with 2 in flight
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
         --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
     head -45 $O/cprofile_b64.log; pack; exit 0
