@@ -114,7 +114,8 @@
 #   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
 #   v19r    staged: `run` (the quality runs' path, not bench) on 256 GSM8K questions: b64 with 1 batch in flight,
 #           then with 2 (the default since engine v18): same samples.jsonl bytes?; b128 with 2; two processes
-#           under torchrun, each with 2 in flight (the host's work on two cores); then a cProfile
+#           under torchrun, each with 2 in flight (the host's work on two cores); target 2's 64 questions as one
+#           batch of 64 and as two batches of 32 in flight; then a cProfile
 #           of one b64 batch (the host, the bottleneck with 2 in flight)
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
@@ -444,6 +445,12 @@ PY
     r f2x64 1 --limit 256 --batch-size 64
     r f2x128 1 --limit 256 --batch-size 128
     r p2f2x64 2 --limit 256 --batch-size 64  # two processes (host work in parallel), each with 2 in flight
+    # target 2's 64 questions: one batch of 64, against two batches of 32 in flight (host of one behind the other's forwards)
+    for bs in 64 32; do
+      python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size $bs --no-generate \
+          --out $O/q64_b$bs.json > $O/q64_b$bs.log 2>&1
+      python benchmarks/bench_summary.py $O/q64_b$bs.json; pack
+    done
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
         --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
     head -45 $O/cprofile_b64.log; pack; exit 0
