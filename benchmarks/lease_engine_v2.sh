@@ -112,7 +112,8 @@
 #           streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2 batches in flight, the
 #           base's then HEAD's (captures without the device sync) (no generate)
 #   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
-#   v19r    staged: `run` (the quality runs' path, not bench) on 256 GSM8K questions: b64 with 1 batch in flight,
+#   v19r    staged: the CUDA tests of streams and graphs (graphs.capture took in the warm-up after the v18
+#           lease); `run` (the quality runs' path, not bench) on 256 GSM8K questions: b64 with 1 batch in flight,
 #           then with 2 (the default since engine v18): same samples.jsonl bytes?; b128 with 2; two processes
 #           under torchrun, each with 2 in flight (the host's work on two cores); target 2's 64 questions as one
 #           batch of 64 and as two batches of 32 in flight; then a cProfile
@@ -126,6 +127,9 @@ O=${OUT:-/tmp/out}; mkdir -p $O
 D="--task gsm8k --source local --data-dir .gpu-extra/data --max-new-tokens 256"
 M=qwen2.5-coder-0.5b,smollm2-135m
 ALL=adafuse,single,unite,gac,sweetspan,coolfusion,rerank
+# steps that time a change against a base commit run its package from .gpu-extra/base (gpu_prepare.sh BASE)
+ROOT=$(pwd); BASE=$ROOT/.gpu-extra/base
+base_py() { (cd $BASE && PYTHONPATH=/tmp/site:$BASE python "$@"); }
 # steps v10c and v11c: the other methods at batch 64 (no generate); every method at batch 1 (with generate)
 others_and_b1() {
   python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
@@ -397,8 +401,6 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
   # `git archive d7a104d adafuse_lab | tar -x -C .gpu-extra/base`), on one host
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
-  ROOT=$(pwd); BASE=$ROOT/.gpu-extra/base
-  base_py() { (cd $BASE && PYTHONPATH=/tmp/site:$BASE python "$@"); }
   both() { local name=$1; shift
     base_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} "$@" --out $O/${name}_base.json > $O/${name}_base.log 2>&1
     python benchmarks/bench_summary.py $O/${name}_base.json
@@ -441,6 +443,8 @@ print(f"  n={r['n_examples']} decode_span_s={t.get('decode_span_s', t.get('decod
 PY
     pack; }
   if [ $STEP = v19r ]; then
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
+        > $O/cuda19.log 2>&1; tail -3 $O/cuda19.log; pack
     r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
     r f2x64 1 --limit 256 --batch-size 64
     r f2x128 1 --limit 256 --batch-size 128
@@ -468,11 +472,9 @@ PY
 v18f|v18g|v18s|v18p)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
-  ROOT=$(pwd); BASE=$ROOT/.gpu-extra/base
   fb() { local name=$1 bs=$2 n=$3
-    (cd $BASE && PYTHONPATH=/tmp/site:$BASE python -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} \
-        --method adafuse --limit 256 --batch-size $bs --no-generate --set batches_in_flight=$n --out $O/${name}_base.json \
-        > $O/${name}_base.log 2>&1)
+    base_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} --method adafuse --limit 256 \
+        --batch-size $bs --no-generate --set batches_in_flight=$n --out $O/${name}_base.json > $O/${name}_base.log 2>&1
     python benchmarks/bench_summary.py $O/${name}_base.json; pack; }
   [ $STEP = v18g ] || timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
       > $O/cuda18.log 2>&1; tail -3 $O/cuda18.log; pack

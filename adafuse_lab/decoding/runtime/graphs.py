@@ -106,14 +106,8 @@ class Graphs:
         # lies: the cache updates it in place while its width holds (a widening clears the graphs)
         start = time.perf_counter()
         static = plan.clone()
-        run = lambda: eager_forward(model, backend, kv, static, window, mixed, self.compiled)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph (lazy handles, workspaces)
-            run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        logits = capture(graph, self.pool, side, run)
+        graph, logits = capture(self.pool, lambda: eager_forward(model, backend, kv, static, window, mixed,
+                                                                 self.compiled))
         COUNTS[id(model), "capture_s"] += time.perf_counter() - start  # host time, compiling included
         COUNTS[id(model), "captures"] += 1
         return _Captured(graph, static, logits)
@@ -179,31 +173,32 @@ class SmallGraphs:
     def _capture(self, fn, fixed, k, N, consts) -> _Small:
         start = time.perf_counter()
         index = torch.zeros((k, N), dtype=torch.long, device=self.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph (a function that writes writes nothing: index 0 masked)
-            fn(*fixed, index, *consts)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        out = capture(graph, self.pool, side, lambda: fn(*fixed, index, *consts))
+        # (its warm-up run writes nothing, if fn writes: a zero index is masked)
+        graph, out = capture(self.pool, lambda: fn(*fixed, index, *consts))
         COUNTS[self.key, "capture_s"] += time.perf_counter() - start
         COUNTS[self.key, "captures"] += 1
         return _Small(graph, index, out)
 
 
-def capture(graph: torch.cuda.CUDAGraph, pool, stream, fn):
-    """fn() captured into `graph` on `stream` (a side stream, where fn has just run once to warm
-    up); returns fn's output. Unlike the torch.cuda.graph context, it does not synchronize the
-    device nor empty the allocator's device and pinned-host caches first: with batches in
-    flight that would stall the other batches' queued work at every capture, and make every
-    allocation after it a fresh cudaMalloc or cudaHostAlloc."""
-    with torch.cuda.stream(stream):
+def capture(pool, fn) -> tuple[torch.cuda.CUDAGraph, object]:
+    """(graph, fn's output): fn run once on a side stream to warm up (lazy handles, workspaces),
+    then captured there into a graph of `pool`. Unlike the torch.cuda.graph context, it does not
+    synchronize the device nor empty the allocator's device and pinned-host caches first: with
+    batches in flight that would stall the other batches' queued work at every capture, and
+    make every allocation after it a fresh cudaMalloc or cudaHostAlloc."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
         graph.capture_begin(pool, capture_error_mode="global")
         try:
             out = fn()
         finally:
             graph.capture_end()
-    return out
+    return graph, out
 
 
 def on_device_index(index: np.ndarray, device) -> torch.Tensor:
