@@ -447,7 +447,6 @@ PY
         > $O/cuda19.log 2>&1; tail -3 $O/cuda19.log; pack
     r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
     r f2x64 1 --limit 256 --batch-size 64
-    r f2x128 1 --limit 256 --batch-size 128
     r p2f2x64 2 --limit 256 --batch-size 64  # two processes (host work in parallel), each with 2 in flight
     # target 2's 64 questions: one batch of 64, against two batches of 32 in flight (host of one behind the other's forwards)
     for bs in 64 32; do  # b64 also times the members' generate: target 2's yardstick on the same host
@@ -457,9 +456,10 @@ PY
     done
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
         --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
-    head -45 $O/cprofile_b64.log; pack
+    sed -n "/internal time/,+34p" $O/cprofile_b64.log | cut -c1-150; pack
     python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
-    python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack; exit 0
+    python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack
+    r f2x128 1 --limit 256 --batch-size 128; exit 0  # last: engine v18 has b128 with 2 in flight (bench)
   fi
   r p4x64 4 --limit 256 --batch-size 64
   r p1x64 1 --limit 256 --batch-size 64
