@@ -113,11 +113,11 @@
 #           base's then HEAD's (captures without the device sync) (no generate)
 #   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
 #   v19r    staged: the CUDA tests of streams and graphs (graphs.capture took in the warm-up after the v18
-#           lease); `run` (the quality runs' path, not bench) on 256 GSM8K questions: b64 with 1 batch in flight,
-#           then with 2 (the default since engine v18): same samples.jsonl bytes?; b128 with 2; two processes
-#           under torchrun, each with 2 in flight (the host's work on two cores); target 2's 64 questions as one
-#           batch of 64 and as two batches of 32 in flight; then a cProfile
-#           of one b64 batch (the host, the bottleneck with 2 in flight)
+#           lease); `run` (the quality runs' path, not bench) on 256 GSM8K questions at b64 with 2 batches in
+#           flight (the default since engine v18), then 1: same samples.jsonl bytes?; target 2's 64 questions
+#           with the members' generate; a cProfile of one b64 batch (the host, the bottleneck); the anchors;
+#           b256 with member turns (target 3); the 64 questions as two batches of 32 in flight; `run` b128
+#           with 2; two processes under torchrun, each with 2 in flight
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
 #   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
@@ -442,24 +442,27 @@ print(f"  n={r['n_examples']} decode_span_s={t.get('decode_span_s', t.get('decod
       f"predictions_sha256={hashlib.sha256(''.join(json.loads(x)['prediction'] + chr(10) for x in open(f'{d}/samples.jsonl')).encode()).hexdigest()[:12]}")
 PY
     pack; }
-  if [ $STEP = v19r ]; then
+  if [ $STEP = v19r ]; then  # most wanted first: the device may be taken back before the end
     timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
         > $O/cuda19.log 2>&1; tail -3 $O/cuda19.log; pack
-    r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
     r f2x64 1 --limit 256 --batch-size 64
-    r p2f2x64 2 --limit 256 --batch-size 64  # two processes (host work in parallel), each with 2 in flight
-    # target 2's 64 questions: one batch of 64, against two batches of 32 in flight (host of one behind the other's forwards)
-    for bs in 64 32; do  # b64 also times the members' generate: target 2's yardstick on the same host
-      python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size $bs $([ $bs = 64 ] || echo --no-generate) \
-          --out $O/q64_b$bs.json > $O/q64_b$bs.log 2>&1
-      python benchmarks/bench_summary.py $O/q64_b$bs.json; pack
-    done
+    r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
+    bq() { local name=$1; shift
+      python -m adafuse_lab bench --models $M $D --method adafuse "$@" --out $O/$name.json > $O/$name.log 2>&1
+      python benchmarks/bench_summary.py $O/$name.json; pack; }
+    # target 2's 64 questions, with the members' generate: its yardstick on the same host
+    bq q64_b64 --limit 64 --batch-size 64
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
         --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
     sed -n "/internal time/,+34p" $O/cprofile_b64.log | cut -c1-150; pack
     python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
     python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack
-    r f2x128 1 --limit 256 --batch-size 128; exit 0  # last: engine v18 has b128 with 2 in flight (bench)
+    # target 3: one batch of 256 leaves the host and the GPU in turn (engine v18: host 20 s + wait 11 s);
+    # member turns overlap the two members inside the batch
+    bq b256_turns --limit 256 --batch-size 256 --no-generate --set member_turns=true
+    bq q64_b32 --limit 64 --batch-size 32 --no-generate  # two batches of 32 in flight
+    r f2x128 1 --limit 256 --batch-size 128
+    r p2f2x64 2 --limit 256 --batch-size 64; exit 0  # two processes, 2 in flight each (engine v17: no gain at 1)
   fi
   r p4x64 4 --limit 256 --batch-size 64
   r p1x64 1 --limit 256 --batch-size 64
