@@ -445,6 +445,9 @@ PY
   if [ $STEP = v19r ]; then  # most wanted first: the device may be taken back before the end
     timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
         > $O/cuda19.log 2>&1; tail -3 $O/cuda19.log; pack
+    python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
+        --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
+    sed -n "/internal time/,+34p" $O/cprofile_b64.log | cut -c1-150; pack
     r f2x64 1 --limit 256 --batch-size 64
     r f1x64 1 --limit 256 --batch-size 64 --set batches_in_flight=1
     bq() { local name=$1; shift
@@ -452,9 +455,6 @@ PY
       python benchmarks/bench_summary.py $O/$name.json; pack; }
     # target 2's 64 questions, with the members' generate: its yardstick on the same host
     bq q64_b64 --limit 64 --batch-size 64
-    python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
-        --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
-    sed -n "/internal time/,+34p" $O/cprofile_b64.log | cut -c1-150; pack
     python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
     python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack
     # target 3: one batch of 256 leaves the host and the GPU in turn (engine v18: host 20 s + wait 11 s);
