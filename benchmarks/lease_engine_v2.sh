@@ -112,6 +112,8 @@
 #           streams and graphs; adafuse on 256 GSM8K questions at b64 with 1 and 2 batches in flight, the
 #           base's then HEAD's (captures without the device sync) (no generate)
 #   v18g    staged: as v18f, HEAD only: b128 with 2 in flight, b256 with 1, b64 with 4
+#   v19t    no staging: the CUDA tests of streams and graphs alone (a lease's first call, carry .gpu-extra:
+#           graphs.capture's refactor, 803e8cc, has not run on a GPU yet)
 #   v19r    staged: the CUDA tests of streams and graphs (graphs.capture took in the warm-up after the v18
 #           lease); `run` (the quality runs' path, not bench) on 256 GSM8K questions at b64 with 2 batches in
 #           flight (the default since engine v18), then 1: same samples.jsonl bytes?; target 2's 64 questions
@@ -419,6 +421,9 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
     both b256 --method adafuse --limit 256 --batch-size 256 --no-generate
     both b64_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true ;;
   esac ;;
+v19t)  # no staging needed (tiny members): a lease's first call, before the 20 chunks
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
+      2>&1 | tail -3 ;;
 v17p|v19r)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
