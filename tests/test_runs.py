@@ -103,10 +103,10 @@ def test_resume_after_truncated_line_is_identical(tmp_path):
 @pytest.mark.parametrize("first, then", [(1, 1), (2, 2), (2, 1), (1, 3)])
 def test_resume_after_exception_mid_batch_is_identical(reference, tmp_path, monkeypatch, first, then):
     """Stopped after one answer (with two batches in flight: while both were), then resumed,
-    with the same or another number of batches in flight: the bytes of the uninterrupted
-    one-batch-at-a-time run."""
+    with the same or another number of batches in flight: the bytes of the uninterrupted run
+    (2 in flight, the default)."""
     c, ref, _ = reference
-    with_n = lambda n: RunConfig(**{**c.to_dict(), "decode": {"batches_in_flight": n} if n > 1 else {}})
+    with_n = lambda n: RunConfig(**{**c.to_dict(), "decode": {"batches_in_flight": n}})
     c = with_n(first)
     real, seen = runs._decode_iter, []
 
