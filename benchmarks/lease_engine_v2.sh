@@ -132,6 +132,9 @@ ALL=adafuse,single,unite,gac,sweetspan,coolfusion,rerank
 # steps that time a change against a base commit run its package from .gpu-extra/base (gpu_prepare.sh BASE)
 ROOT=$(pwd); BASE=$ROOT/.gpu-extra/base
 base_py() { (cd $BASE && PYTHONPATH=/tmp/site:$BASE python "$@"); }
+# the CUDA tests of streams, graphs and batches in flight (tiny members), within $1 seconds
+cuda_tests() { timeout $1 python -m pytest -q -p no:cacheprovider tests/test_decoding.py \
+    -k "in_flight or graphs_survive or small_graphs"; }
 # steps v10c and v11c: the other methods at batch 64 (no generate); every method at batch 1 (with generate)
 others_and_b1() {
   python -m adafuse_lab bench --models $M --method unite,gac,sweetspan,coolfusion,rerank $D --limit 64 --batch-size 64 \
@@ -422,8 +425,7 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
     both b64_turns --method adafuse --limit 64 --batch-size 64 --no-generate --set member_turns=true ;;
   esac ;;
 v19t)  # no staging needed (tiny members): a lease's first call, before the 20 chunks
-  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
-      2>&1 | tail -3 ;;
+  cuda_tests 150 2>&1 | tail -3 ;;
 v17p|v19r)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
@@ -448,8 +450,7 @@ print(f"  n={r['n_examples']} decode_span_s={t.get('decode_span_s', t.get('decod
 PY
     pack; }
   if [ $STEP = v19r ]; then  # most wanted first: the device may be taken back before the end
-    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
-        > $O/cuda19.log 2>&1; tail -3 $O/cuda19.log; pack
+    cuda_tests 120 > $O/cuda19.log 2>&1; tail -3 $O/cuda19.log; pack
     python -m adafuse_lab bench --models $M $D --method adafuse --limit 64 --batch-size 64 --no-generate \
         --cprofile --profile-only --out $O/cprofile_b64.json > $O/cprofile_b64.log 2>&1
     sed -n "/internal time/,+34p" $O/cprofile_b64.log | cut -c1-150; pack
@@ -486,8 +487,7 @@ v18f|v18g|v18s|v18p)
     base_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} --method adafuse --limit 256 \
         --batch-size $bs --no-generate --set batches_in_flight=$n --out $O/${name}_base.json > $O/${name}_base.log 2>&1
     python benchmarks/bench_summary.py $O/${name}_base.json; pack; }
-  [ $STEP = v18g ] || timeout 120 python -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "in_flight or graphs_survive or small_graphs" \
-      > $O/cuda18.log 2>&1; tail -3 $O/cuda18.log; pack
+  [ $STEP = v18g ] || cuda_tests 120 > $O/cuda18.log 2>&1; tail -3 $O/cuda18.log; pack
   f() { local name=$1 bs=$2 n=$3
     python -m adafuse_lab bench --models $M $D --method adafuse --limit ${L:-256} --batch-size $bs --no-generate \
         --set batches_in_flight=$n --out $O/$name.json > $O/$name.log 2>&1
