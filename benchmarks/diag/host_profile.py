@@ -25,7 +25,16 @@ from adafuse_lab.decoding import DecodeConfig, decode
 from adafuse_lab.models import load_session
 
 
-def prompts(n: int) -> list[str]:
+def prompts(n: int, shots: int = 0) -> list[str]:
+    """n prompts: a templated one-line question, or with `shots` > 0 the package's GSM8K dev
+    questions after that many of the paper's demonstrations (answers as real as the members')."""
+    if shots:
+        from pathlib import Path
+        import json
+        here = Path(__file__).resolve().parents[2] / "adafuse_lab" / "samples" / "gsm8k"
+        demos = "\n\n".join((here / "prompt.txt").read_text().strip().split("\n\n")[:shots])
+        qs = [json.loads(x)["question"] for x in (here / "dev.jsonl").read_text().splitlines()]
+        return [f"{demos}\n\nQuestion: {qs[i % len(qs)]}\nAnswer:" for i in range(n)]
     return [f"Question: Tom has {i} apples and buys {i % 7 + 2} more. How many apples does he have?\nAnswer:"
             for i in range(n)]
 
@@ -47,6 +56,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--shots", type=int, default=0, help="GSM8K dev questions after this many demonstrations")
     ap.add_argument("--ops", action="store_true", help="count tensor operators outside the forwards instead")
     ap.add_argument("--by-caller", action="store_true", help="with --ops: by the package function that called them")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields (as the CLI's --set)")
@@ -57,11 +67,11 @@ def main() -> None:
     cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.batch, **extra)
     decode(args.method, members, prompts(4), DecodeConfig(max_new_tokens=8, batch_size=4))  # warm-up
     if args.ops:
-        return count_ops(args.method, members, prompts(args.batch), cfg, args.top, args.by_caller)
+        return count_ops(args.method, members, prompts(args.batch, args.shots), cfg, args.top, args.by_caller)
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
-    outs = decode(args.method, members, prompts(args.batch), cfg)
+    outs = decode(args.method, members, prompts(args.batch, args.shots), cfg)
     prof.disable()
     wall = time.perf_counter() - start
     stats = pstats.Stats(prof)
