@@ -466,6 +466,7 @@ PY
     # target 3: one batch of 256 leaves the host and the GPU in turn (engine v18: host 20 s + wait 11 s);
     # member turns overlap the two members inside the batch
     bq b256_turns --limit 256 --batch-size 256 --no-generate --set member_turns=true
+    python benchmarks/diag/target_bounds.py $O/q64_b64.json $O/b256_turns.json  # per question against the floor
     bq q64_b32 --limit 64 --batch-size 32 --no-generate  # two batches of 32 in flight
     r f2x128 1 --limit 256 --batch-size 128
     r p2f2x64 2 --limit 256 --batch-size 64; exit 0  # two processes, 2 in flight each (engine v17: no gain at 1)
