@@ -229,6 +229,20 @@ def _benchmark_script(name):
     return mod
 
 
+def test_target_bounds_from_the_committed_results(capsys):
+    """benchmarks/diag/target_bounds.py: per question, engine v18's b256 is 1.29x cheaper than b64
+    at the floor and 1.71x in GPU forwards (the figures BENCHMARKS.md quotes for targets 2 and 3)."""
+    mod = _benchmark_script("diag/target_bounds")
+    v18 = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "engine_v18"
+    b64, b256 = (mod.per_question(str(v18 / f)) for f in ("v18f/b64_f1.json", "v18g/b256_f1.json"))
+    assert (b64["batch"], b256["batch"]) == (64, 256)
+    assert round(b64["floor"] / b256["floor"], 2) == 1.29
+    assert round(b64["gpu_forwards"] / b256["gpu_forwards"], 2) == 1.71
+    assert round(b64["wall"], 4) == 0.1850 and round(b256["wall"], 4) == 0.1357
+    mod.main([str(v18 / "v18f/b64_f1.json"), str(v18 / "v18g/b256_f1.json")])
+    assert "batch 256: floor 1.29, GPU forwards 1.71, wall 1.36" in capsys.readouterr().out
+
+
 def test_speed_figures_from_the_committed_results(tmp_path):
     """benchmarks/plot_speed.py reads the committed JSON files (numbers as BENCHMARKS.md quotes them)."""
     mod = _benchmark_script("plot_speed")
