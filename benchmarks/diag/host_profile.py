@@ -29,11 +29,10 @@ def prompts(n: int, shots: int = 0) -> list[str]:
     """n prompts: a templated one-line question, or with `shots` > 0 the package's GSM8K dev
     questions after that many of the paper's demonstrations (answers as real as the members')."""
     if shots:
-        from pathlib import Path
-        import json
-        here = Path(__file__).resolve().parents[2] / "adafuse_lab" / "samples" / "gsm8k"
-        demos = "\n\n".join((here / "prompt.txt").read_text().strip().split("\n\n")[:shots])
-        qs = [json.loads(x)["question"] for x in (here / "dev.jsonl").read_text().splitlines()]
+        from adafuse_lab.tasks import get_task
+        task = get_task("gsm8k")
+        demos = "\n\n".join(task.prompt_txt.strip().split("\n\n")[:shots])
+        qs = [e.question for e in task.load(source="sample")]
         return [f"{demos}\n\nQuestion: {qs[i % len(qs)]}\nAnswer:" for i in range(n)]
     return [f"Question: Tom has {i} apples and buys {i % 7 + 2} more. How many apples does he have?\nAnswer:"
             for i in range(n)]
