@@ -420,6 +420,79 @@ def test_batches_in_flight_decode_as_one_batch_at_a_time(tiny, method):
         assert [(o.text, o.trace, o.stats) for o in many] == [(o.text, o.trace, o.stats) for o in one]
 
 
+@pytest.mark.parametrize("method", ["adafuse", "single", "unite"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_reused_buffers_decode_as_fresh_ones(tiny, method, n, monkeypatch):
+    """reuse_buffers (on CUDA: where graphs are captured; here switched on for the CPU): a
+    batch takes over the KV cache of a finished batch of the same rows and width, refilled in
+    place. Each batch computes what it computes with fresh buffers (decoded alone, in a call of
+    its own): the same answers, traces and stats. Caches are taken over, for each member, and
+    a batch of another width gets fresh ones."""
+    from adafuse_lab.decoding.runtime import reuse as reuse_mod, streams
+    monkeypatch.setattr(streams, "REUSE_DEVICES", {"cuda", "cpu"})
+    taken = []
+    take = reuse_mod.Reuse.take
+
+    def spy(self, key, *a):
+        held = take(self, key, *a)
+        taken.append((key[0], key[3], held is not None))
+        return held
+    monkeypatch.setattr(reuse_mod.Reuse, "take", spy)
+    members = [tiny["bpe"], tiny["spm"]]
+    prompts = PROMPTS + ["Why?", "Once upon a time, " * 40 + "there"]  # 4 batches, the last one wider
+    cfg = DecodeConfig(max_new_tokens=12, batch_size=2, theta=0.5, batches_in_flight=n)
+    many = decode(method, members, prompts, cfg)
+    calls = list(taken)
+    alone = [o for i in range(0, len(prompts), 2) for o in decode(method, members, prompts[i:i + 2], cfg)]
+    assert [(o.text, o.trace, o.stats) for o in many] == [(o.text, o.trace, o.stats) for o in alone]
+    for model in [members[0].model] if method == "single" else [m.model for m in members]:
+        mine = [(width, hit) for key, width, hit in calls if key == id(model)]
+        # n=1: batches 2 and 3 take over the cache of the batch before; n=2: batch 3 takes batch 1's
+        assert [hit for _, hit in mine] == [False] + [True] * (2 - n) + [False] * (n - 1) + [True, False], mine
+        assert mine[-1][0] > mine[0][0], "the last batch has no wider cache"
+    assert not any(hit for *_, hit in taken[len(calls):]), "a decode call took another call's cache"
+
+
+def test_reuse_off_and_a_refilled_cache_equals_a_fresh_one(tiny, monkeypatch):
+    """KVCache.refill writes a prefill as a new cache of that width holds it (buffers, committed
+    columns, positions, owners, front), over whatever the cache held; it refuses other rows and
+    too few columns. reuse_buffers=false takes nothing over."""
+    from adafuse_lab.decoding.runtime import reuse as reuse_mod, streams
+    from adafuse_lab.decoding.runtime.kv import KVCache
+    from transformers import DynamicCache
+    s = tiny["spm"]
+    make = lambda prompts: runtime(s, prompts, max_new_tokens=8, kv_slack=4)
+    used = make(["A longer prompt for the first cache, then", "Hi"])
+    with torch.inference_mode():  # stale values everywhere, as a batch leaves them
+        used.m.kv.cache.k[0].normal_()
+        used.m.kv.owner.fill_(7)
+    used.m.kv.front = 3
+    caught = {}
+
+    def as_wide(prefill, committed, pos, extra):  # a fresh cache as wide as the used one
+        caught["args"] = (prefill, committed, pos)
+        return KVCache(prefill, committed, pos, used.m.kv.width - committed.shape[1])
+    monkeypatch.setattr(streams, "KVCache", as_wide)
+    fresh = runtime(s, ["Hi there", "x ="], max_new_tokens=8, kv_slack=4)
+    prefill, committed, pos = caught["args"]
+    assert fresh.m.kv.width == used.m.kv.width
+    with torch.inference_mode():
+        assert used.m.kv.refill(prefill, committed, pos)
+    a, b = used.m.kv, fresh.m.kv
+    for x, y in zip(a.cache.k + a.cache.v + [a.committed, a.pos, a.owner], b.cache.k + b.cache.v + [b.committed, b.pos, b.owner]):
+        assert torch.equal(x, y)
+    assert (a.front, a.compactions) == (b.front, 0)
+    assert not used.m.kv.refill(prefill, committed[:1], pos[:1])  # other rows
+    wide = DynamicCache()
+    for layer, (k, v) in enumerate(zip(a.cache.k, a.cache.v)):
+        wide.update(torch.cat([k, k], 2), torch.cat([v, v], 2), layer)
+    n = 2 * a.width
+    assert not used.m.kv.refill(wide, committed.new_ones((2, n)), pos.new_zeros((2, n)))  # too few columns
+    monkeypatch.setattr(streams, "REUSE_DEVICES", {"cuda", "cpu"})
+    monkeypatch.setattr(reuse_mod.Reuse, "take", lambda *a: pytest.fail("reuse_buffers=false took a cache"))
+    decode("adafuse", [tiny["bpe"], s], PROMPTS, DecodeConfig(max_new_tokens=4, batch_size=2, reuse_buffers=False))
+
+
 def test_batches_in_flight_take_turns_at_each_step(tiny):
     """The batches really interleave: the second batch's first step comes before the first
     batch has finished (else the option would run them one after the other)."""

@@ -20,6 +20,7 @@ from .attention import get_backend
 from .config import ConfigError, DecodeConfig
 from .methods import ROUNDS, STEP, Batch, DecodeOutput, make_stop
 from .runtime import Runtime
+from .runtime.reuse import Reuse
 from ..session import ModelSession
 
 METHODS = ("single", "adafuse", "unite", "gac", "sweetspan", "coolfusion", "rerank")
@@ -112,23 +113,28 @@ def _decode(method: str, members: list, prompts: list[str], cfg: DecodeConfig, s
     with _older_objects_frozen():
         sessions = [members[cfg.member]] if method == "single" else list(members)
         stop_fn = make_stop(stop)
+        reuse = Reuse(keep=1)  # each finished batch's buffers wait for the next batch only
         batches = (_batch_rounds(method, sessions, prompts, range(start, min(start + cfg.batch_size, len(prompts))),
-                                 cfg, stop_fn) for start in range(0, len(prompts), cfg.batch_size))
+                                 cfg, stop_fn, reuse) for start in range(0, len(prompts), cfg.batch_size))
         yield from _in_turns(batches, cfg.batches_in_flight, sessions[0].device)
 
 
-def _batch_rounds(method: str, sessions: list, prompts: list[str], idx, cfg: DecodeConfig, stop_fn) -> Iterator:
+def _batch_rounds(method: str, sessions: list, prompts: list[str], idx, cfg: DecodeConfig, stop_fn,
+                  reuse: Reuse | None = None) -> Iterator:
     """One batch: a runtime per member (the prefill), then the method's rounds. Yields
-    (prompt index, output) as each prompt finishes, and STEP after each step's forwards."""
+    (prompt index, output) as each prompt finishes, and STEP after each step's forwards.
+    At the end its members' caches go to `reuse`, for the next batch."""
     idx = list(idx)
     runtimes = [Runtime(s, [prompts[i] for i in idx], cfg,
-                        get_backend(cfg.attention, s.device, s.model, len(idx))) for s in sessions]
+                        get_backend(cfg.attention, s.device, s.model, len(idx)), reuse) for s in sessions]
     batch = Batch(idx, cfg, stop_fn, len(sessions))
     for item in ROUNDS[method](runtimes, batch, cfg):
         if item is not STEP:
             item[1].stats["method"] = method
             item[1].stats["members"] = [s.name for s in sessions]
         yield item
+    for rt in runtimes:
+        rt.release()
 
 
 def _in_turns(batches: Iterator[Iterator], n: int, device) -> Iterator[tuple[int, DecodeOutput]]:

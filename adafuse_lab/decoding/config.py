@@ -75,6 +75,7 @@ class DecodeConfig:
     feed_cap: int = 16             # tokens a prompt feeds per forward at most (0: no cap); candidates longer wait a step
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
+    reuse_buffers: bool = True     # with graphs: a batch takes over a finished batch's KV buffers and graphs (widths rounded up to 256 columns)
     compile: bool = False          # members' decode forwards through torch.compile (each shape compiles once: slow start)
     attention: str = "auto"        # attention backend: auto (CUDA: the fastest one measured) | sdpa_gqa | sdpa_fold | triton | reference
 
@@ -105,7 +106,7 @@ class DecodeConfig:
         need(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         need(self.gac_threshold is None or 0.0 <= self.gac_threshold <= 1.0, "gac_threshold must be in [0, 1]")
         need(isinstance(self.compat, bool), f"compat must be true or false, got {self.compat!r}")
-        for name in ("cuda_graphs", "compile", "trace", "score_eos", "outlier_filter", "early_scoring",
+        for name in ("cuda_graphs", "reuse_buffers", "compile", "trace", "score_eos", "outlier_filter", "early_scoring",
                      "member_turns"):
             v = getattr(self, name)
             need(isinstance(v, bool), f"{name} must be true or false, got {v!r}")

@@ -44,6 +44,13 @@ class ColumnCache(DynamicCache):
             idx = order.to(buf.device)[:, None, :, None].expand(-1, buf.shape[1], -1, buf.shape[3])
             buf[:, :, : order.shape[1]] = buf.gather(2, idx)
 
+    def refill(self, source: DynamicCache) -> None:
+        """The prefill `source` in the first columns, zeros after it, in the buffers as they are."""
+        for bufs, layers in ((self.k, [x.keys for x in source.layers]), (self.v, [x.values for x in source.layers])):
+            for buf, new in zip(bufs, layers):
+                buf[:, :, : new.shape[2]] = new
+                buf[:, :, new.shape[2]:] = 0
+
     def batch_select_indices(self, rows: torch.Tensor) -> None:
         self.k = [b.index_select(0, rows.to(b.device)) for b in self.k]
         self.v = [b.index_select(0, rows.to(b.device)) for b in self.v]
@@ -69,6 +76,25 @@ class KVCache:
         self.pos = _pad_cols(pos, extra)
         self.owner = torch.full_like(self.pos, NOBODY, dtype=torch.int32)
         self.compactions = 0
+
+    def refill(self, prefill: DynamicCache, committed: torch.Tensor, pos: torch.Tensor) -> bool:
+        """Another batch's prefill in this cache's buffers, as a new KVCache of the same width
+        would hold it, written in place (graphs captured on the buffers stay valid). False when
+        it does not fit (other rows, fewer columns, another layout): nothing is written then."""
+        rows, n = committed.shape
+        layers = prefill.layers
+        if rows != self.rows or n > self.width or len(layers) != len(self.cache.k) or any(
+                x.keys.shape[:2] != b.shape[:2] or x.keys.shape[3] != b.shape[3] or x.keys.dtype != b.dtype
+                for x, b in zip(layers, self.cache.k)):
+            return False
+        self.cache.refill(prefill)
+        for name, new, free in (("committed", committed.bool(), False), ("pos", pos, 0)):
+            old = getattr(self, name)
+            old[:, :n] = new
+            old[:, n:] = free
+        self.owner.fill_(NOBODY)
+        self.front, self.compactions = n, 0
+        return True
 
     @property
     def width(self) -> int:

@@ -70,7 +70,8 @@ _NUMPY = {None: None, torch.long: np.int64, torch.int32: np.int32, torch.bool: n
 class Member:
     """A session plus its committed text for the prompts of one batch, and its KV cache."""
 
-    def __init__(self, session: ModelSession, prompts: list[str], window_tokens: int = 8, extra_columns: int = 0):
+    def __init__(self, session: ModelSession, prompts: list[str], window_tokens: int = 8, extra_columns: int = 0,
+                 make_kv=KVCache):
         self.s = session
         self.window = window_tokens
         self.eos = set(session.eos_token_ids)
@@ -82,10 +83,11 @@ class Member:
         self.ids = ids                              # committed token ids per prompt
         self.prompt_len = [len(x) for x in ids]
         self._windows: dict[int, tuple] = {}        # prompt -> cached re-tokenization window
-        self.kv, self.last_logits = self._prefill(ids, extra_columns)  # logits after the committed text
+        # make_kv(prefill, committed, pos, extra): the fixed-width cache (a Reuse hands over a held one)
+        self.kv, self.last_logits = self._prefill(ids, extra_columns, make_kv)  # logits after the committed text
 
     @torch.inference_mode()
-    def _prefill(self, ids: list[list[int]], extra: int) -> tuple[KVCache, torch.Tensor]:
+    def _prefill(self, ids: list[list[int]], extra: int, make_kv=KVCache) -> tuple[KVCache, torch.Tensor]:
         """One forward over the left-padded prompts (every prompt's last token in the last column),
         through the model's own attention; then the cache becomes fixed-width columns."""
         s, dev = self.s, self.s.device
@@ -103,7 +105,7 @@ class Member:
                       use_cache=True, logits_to_keep=1)
         self.forwards += 1
         logits = out.logits[:, -1].to(dev).float()
-        kv = KVCache(cache, mask, pos, extra)
+        kv = make_kv(cache, mask, pos, extra)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         COUNTS[id(s.model), "forwards"] += 1

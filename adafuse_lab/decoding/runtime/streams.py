@@ -26,7 +26,9 @@ from ..criteria import confidences
 from ..scoring import token_log_probs
 from .counters import COUNTS, TIMED, settle
 from .graphs import Graphs, SmallGraphs, bucket, eager_forward
+from .kv import KVCache
 from .member import HostCopy, Member, on_device, on_device_many
+from .reuse import REUSE_DEVICES, Reuse
 
 NO_STREAM = -2   # a query's parent when it has none
 PAD = -3         # the owner of a pad column: nobody reads it
@@ -63,14 +65,29 @@ class Runtime:
     """One member's streams for a batch of prompts, over its Member (committed text, KV cache)."""
 
     @torch.inference_mode()
-    def __init__(self, session, prompts: list[str], cfg, backend: AttentionBackend):
-        self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + cfg.kv_slack)
+    def __init__(self, session, prompts: list[str], cfg, backend: AttentionBackend, reuse: Reuse | None = None):
         self.backend = backend
+        self.model_key = id(session.model)
+        # the buffers and graphs of a finished batch of the same shape (reuse.py); rows stay fixed then
+        self.reuse = reuse if (reuse is not None and cfg.reuse_buffers and session.device.type in REUSE_DEVICES
+                               and not spans_devices(session.model)) else None
+        held = []
+
+        def make_kv(prefill, committed, pos, extra):
+            if self.reuse is None:
+                return KVCache(prefill, committed, pos, extra)
+            n = committed.shape[1]
+            width = Reuse.width(n + extra)
+            h = self.reuse.take(self._reuse_key(committed.shape[0], width), prefill, committed, pos)
+            held.append(h)
+            return h.kv if h else KVCache(prefill, committed, pos, width - n)
+
+        self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + cfg.kv_slack, make_kv)
         P = len(prompts)
         # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
         # and cross-device copies are not worth it for members that big.
         use = cfg.cuda_graphs and session.device.type == "cuda" and not spans_devices(session.model)
-        self.graphs = Graphs(session.device, cfg.compile) if use else None
+        self.graphs = (held[0].graphs if held and held[0] else Graphs(session.device, cfg.compile)) if use else None
         self.small = SmallGraphs(session.device, id(session.model), capture=use)
         self.compiled = cfg.compile  # rows stay fixed while graphs or compiled shapes live
         self._uid = 0
@@ -99,6 +116,16 @@ class Runtime:
         self.landed: _Peeked | None = None     # the newest prefetch() known to be on the host
         self.crow: list[int | None] = list(range(P))  # cache row of each live prompt
         self.window, self.mixed = _sliding_window(session.model.config)
+
+    def _reuse_key(self, rows: int, width: int) -> tuple:
+        return self.model_key, self.backend.name, rows, width
+
+    def release(self) -> None:
+        """The batch is over: its cache buffers and graphs go to the next batch of its shape."""
+        if self.reuse is not None:
+            kv = self.m.kv
+            self.reuse.give(self._reuse_key(kv.rows, kv.width), kv, self.graphs)
+            self.reuse = None
 
     # ---- streams -------------------------------------------------------------
     def new_stream(self, p: int, kind: str, **kw) -> Stream:
@@ -247,7 +274,7 @@ class Runtime:
     def drop_prompts(self, finished: list[int]) -> None:
         """Remove the cache rows of finished prompts (not with graphs: they need fixed shapes;
         a finished prompt's row is then fed pads)."""
-        if not finished or self.graphs is not None or self.compiled:
+        if not finished or self.graphs is not None or self.compiled or self.reuse is not None:
             return
         alive = sorted((r, p) for p, r in enumerate(self.crow) if r is not None and p not in finished)
         self.m.kv.keep_rows(on_device([r for r, _ in alive], self.m.s.device, torch.long))

@@ -1,0 +1,61 @@
+"""What a finished batch leaves to the next one of the same shape: each member's KV cache
+buffers and the forward graphs captured on them.
+
+A batch of 64 GSM8K prompts captures about 40 forward and small graphs per member; captures
+were 7-10% of a multi-batch run's wall time (BENCHMARKS.md, engine v18). A graph replays on
+the buffers it was captured with, so the next batch takes over the buffers, and with them the
+graphs, if it has the same rows and width. For that, widths are rounded up (WIDTH_STEP):
+a batch's width then depends on its own prompts only, never on which batch came before, so
+its answers stay those it gets alone. Held for one decode call, then freed with it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kv import KVCache
+
+WIDTH_STEP = 256  # KV columns: prompts of one task mostly fall in one step
+# Where buffers are reused (widths rounded): where graphs are captured. The tests add "cpu".
+REUSE_DEVICES = {"cuda"}
+
+
+@dataclass
+class Held:
+    kv: KVCache
+    graphs: object             # runtime.graphs.Graphs or None
+    ready: object = None       # a CUDA event after the last work of the batch that held it
+
+
+class Reuse:
+    """Idle caches by (member model, backend, rows, width); at most `keep` per member."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.idle: list[tuple[tuple, Held]] = []  # oldest first
+
+    @staticmethod
+    def width(need: int) -> int:
+        return -(-need // WIDTH_STEP) * WIDTH_STEP
+
+    def take(self, key: tuple, prefill, committed: torch.Tensor, pos: torch.Tensor) -> Held | None:
+        """A held cache of this key, its buffers refilled with `prefill` (KVCache.refill), or None."""
+        for i, (k, held) in enumerate(self.idle):
+            if k == key:
+                if held.ready is not None:  # the last batch that held it queued work on another stream
+                    torch.cuda.current_stream(committed.device).wait_event(held.ready)
+                if held.kv.refill(prefill, committed, pos):
+                    del self.idle[i]
+                    return held
+        return None
+
+    def give(self, key: tuple, kv: KVCache, graphs) -> None:
+        ready = None
+        if kv.committed.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(kv.committed.device))
+        self.idle.append((key, Held(kv, graphs, ready)))
+        mine = [i for i, (k, _) in enumerate(self.idle) if k[0] == key[0]]
+        for i in reversed(mine[: max(0, len(mine) - self.keep)]):  # the oldest go: their memory is freed
+            del self.idle[i]
