@@ -116,7 +116,10 @@ def _decode(method: str, members: list, prompts: list[str], cfg: DecodeConfig, s
         reuse = Reuse(keep=1)  # each finished batch's buffers wait for the next batch only
         batches = (_batch_rounds(method, sessions, prompts, range(start, min(start + cfg.batch_size, len(prompts))),
                                  cfg, stop_fn, reuse) for start in range(0, len(prompts), cfg.batch_size))
-        yield from _in_turns(batches, cfg.batches_in_flight, sessions[0].device)
+        try:
+            yield from _in_turns(batches, cfg.batches_in_flight, sessions[0].device)
+        finally:
+            reuse.close()
 
 
 def _batch_rounds(method: str, sessions: list, prompts: list[str], idx, cfg: DecodeConfig, stop_fn,

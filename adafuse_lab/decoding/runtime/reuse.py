@@ -43,8 +43,12 @@ class Reuse:
         """A held cache of this key, its buffers refilled with `prefill` (KVCache.refill), or None."""
         for i, (k, held) in enumerate(self.idle):
             if k == key:
-                if held.ready is not None:  # the last batch that held it queued work on another stream
-                    torch.cuda.current_stream(committed.device).wait_event(held.ready)
+                if held.ready is not None:  # the batch that held it queued its work on another stream
+                    stream = torch.cuda.current_stream(committed.device)
+                    stream.wait_event(held.ready)
+                    # freed later, the buffers wait for this stream's work too, not only their first one's
+                    for t in [*held.kv.cache.k, *held.kv.cache.v, held.kv.committed, held.kv.pos, held.kv.owner]:
+                        t.record_stream(stream)
                 if held.kv.refill(prefill, committed, pos):
                     del self.idle[i]
                     return held
@@ -58,4 +62,14 @@ class Reuse:
         self.idle.append((key, Held(kv, graphs, ready)))
         mine = [i for i, (k, _) in enumerate(self.idle) if k[0] == key[0]]
         for i in reversed(mine[: max(0, len(mine) - self.keep)]):  # the oldest go: their memory is freed
-            del self.idle[i]
+            self._drop(i)
+
+    def close(self) -> None:
+        """Free what is held (at the end of a decode call)."""
+        while self.idle:
+            self._drop(-1)
+
+    def _drop(self, i: int) -> None:
+        held = self.idle.pop(i)[1]
+        if held.ready is not None:  # its graphs' pool is freed with them: after their last replay
+            held.ready.synchronize()
