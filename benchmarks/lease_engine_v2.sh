@@ -122,7 +122,8 @@
 #           with 2; two processes under torchrun, each with 2 in flight
 # Buffers and graphs reused across batches (decoding.runtime.reuse; files engine_v20/):
 #   v20     staged: the CUDA tests (reuse included); adafuse on 256 questions at b64 (2 in flight) with
-#           reuse_buffers on, then off; target 2's 64 questions with generate; the anchors; b256
+#           reuse_buffers on, then off; target 2's 64 questions with generate
+#   v20b    after v20 on the same host: the 64 questions as two batches of 32 in flight; the anchors; b256
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
 #   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
@@ -429,20 +430,24 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
   esac ;;
 v19t)  # no staging needed (tiny members): a lease's first call, before the 20 chunks
   cuda_tests 150 2>&1 | tail -3 ;;
-v20)  # staged: buffers and graphs reused across batches (reuse_buffers), on against off; targets 2 and 3
+v20|v20b)  # staged: buffers and graphs reused across batches (reuse_buffers), on against off; targets 2 and 3
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
-  cuda_tests 110 > $O/cuda20.log 2>&1; tail -3 $O/cuda20.log; pack
   bq() { local name=$1; shift
     python -m adafuse_lab bench --models $M $D --method adafuse "$@" --out $O/$name.json > $O/$name.log 2>&1
     python benchmarks/bench_summary.py $O/$name.json; pack; }
-  bq f2_reuse --limit 256 --batch-size 64 --no-generate
-  bq f2_fresh --limit 256 --batch-size 64 --no-generate --set reuse_buffers=false
-  bq q64_b64 --limit 64 --batch-size 64  # target 2, with the members' generate on the same host
+  if [ $STEP = v20 ]; then
+    cuda_tests 110 > $O/cuda20.log 2>&1; tail -3 $O/cuda20.log; pack
+    bq f2_reuse --limit 256 --batch-size 64 --no-generate
+    bq f2_fresh --limit 256 --batch-size 64 --no-generate --set reuse_buffers=false
+    bq q64_b64 --limit 64 --batch-size 64  # target 2, with the members' generate on the same host
+    exit 0
+  fi
+  bq q64_b32 --limit 64 --batch-size 32 --no-generate  # target 2's questions as two batches of 32 in flight
   python .gpu-extra/floor_bench.py qwen2.5-coder-0.5b --out $O/floor_qwen05_b64.json > $O/floor.log 2>&1; tail -3 $O/floor.log; pack
   python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack
   bq b256 --limit 256 --batch-size 256 --no-generate  # target 3
-  python benchmarks/diag/target_bounds.py $O/q64_b64.json $O/b256.json ;;
+  python benchmarks/diag/target_bounds.py /tmp/v20/q64_b64.json $O/b256.json ;;
 v17p|v19r)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
