@@ -121,6 +121,7 @@
 #           b256 with member turns (target 3); the 64 questions as two batches of 32 in flight; `run` b128
 #           with 2; two processes under torchrun, each with 2 in flight
 # Buffers and graphs reused across batches (decoding.runtime.reuse; files engine_v20/):
+#   v20t    no staging: the CUDA tests (reuse included); tiny members, 256 questions at b64, reuse on then off
 #   v20     staged: the CUDA tests (reuse included); adafuse on 256 questions at b64 (2 in flight) with
 #           reuse_buffers on, then off; target 2's 64 questions with generate
 #   v20b    after v20 on the same host: the 64 questions as two batches of 32 in flight; the anchors; b256
@@ -430,6 +431,17 @@ v16h|v16b)  # this commit (SmallGraphs and the host cuts since) against d7a104d 
   esac ;;
 v19t)  # no staging needed (tiny members): a lease's first call, before the 20 chunks
   cuda_tests 150 2>&1 | tail -3 ;;
+v20t)  # no staging (a lease's first call): the CUDA tests (reuse included); tiny members (host-bound) on
+  # 256 TriviaQA questions at b64, reuse_buffers on then off
+  STEP=$1; O=/tmp/$STEP; mkdir -p $O
+  pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
+  cuda_tests 110 > $O/cuda20.log 2>&1; tail -3 $O/cuda20.log; pack
+  T="--models tiny:bpe,tiny:spm --task triviaqa --source local --data-dir .gpu-extra/data --max-new-tokens 64 --device cuda"
+  for r in true false; do
+    python -m adafuse_lab bench $T --method adafuse --limit 256 --batch-size 64 --no-generate --set reuse_buffers=$r \
+        --out $O/tiny_reuse_$r.json > $O/tiny_reuse_$r.log 2>&1
+    python benchmarks/bench_summary.py $O/tiny_reuse_$r.json; pack
+  done ;;
 v20|v20b)  # staged: buffers and graphs reused across batches (reuse_buffers), on against off; targets 2 and 3
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
