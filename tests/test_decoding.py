@@ -1264,8 +1264,9 @@ def test_on_device_keeps_values_and_dtypes(device):
 
 
 def test_settle_adds_the_gpu_time_of_finished_forwards():
-    """counters.settle: without waiting, only forwards already done are added (the others stay
-    queued); waiting adds the rest. Times are the end events' elapsed ms, in seconds."""
+    """counters.settle: without waiting, only work already done is added (the rest stays
+    queued); waiting adds the rest. Times are the end events' elapsed ms, in seconds, each in
+    its own counter (forwards, prefills)."""
     from adafuse_lab.decoding.runtime.counters import COUNTS, TIMED, settle
 
     class Event:
@@ -1284,12 +1285,15 @@ def test_settle_adds_the_gpu_time_of_finished_forwards():
     key = object()
     slow = Event(done=False, ms=7.0)
     saved = list(TIMED)
-    TIMED[:] = [(key, Event(), Event(ms=5.0)), (key, Event(), slow)]
+    TIMED[:] = [(key, "model_gpu_s", Event(), Event(ms=5.0)), (key, "model_gpu_s", Event(), slow),
+                (key, "prefill_s", Event(), Event(ms=2.0))]
     try:
         settle(wait=False)
         assert COUNTS[key, "model_gpu_s"] == pytest.approx(0.005) and len(TIMED) == 1 and not slow.waited
+        assert COUNTS[key, "prefill_s"] == pytest.approx(0.002)
         settle()
         assert COUNTS[key, "model_gpu_s"] == pytest.approx(0.012) and TIMED == [] and slow.waited
     finally:
         TIMED[:] = saved
         COUNTS.pop((key, "model_gpu_s"), None)
+        COUNTS.pop((key, "prefill_s"), None)

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from ...session import ModelSession
 from ..scoring import eos_tensor
-from .counters import COUNTS
+from .counters import COUNTS, gpu_time, gpu_timer
 from .kv import KVCache
 
 
@@ -92,6 +92,8 @@ class Member:
         through the model's own attention; then the cache becomes fixed-width columns."""
         s, dev = self.s, self.s.device
         start = time.perf_counter()
+        # its GPU time is read later: a device-wide wait here would stall the batches in flight
+        timer = gpu_timer(dev)
         width = max(len(x) for x in ids)
         tok = torch.full((len(ids), width), s.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(tok)
@@ -106,10 +108,11 @@ class Member:
         self.forwards += 1
         logits = out.logits[:, -1].to(dev).float()
         kv = make_kv(cache, mask, pos, extra)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
         COUNTS[id(s.model), "forwards"] += 1
-        COUNTS[id(s.model), "prefill_s"] += time.perf_counter() - start
+        if timer:
+            gpu_time(id(s.model), "prefill_s", timer)
+        else:
+            COUNTS[id(s.model), "prefill_s"] += time.perf_counter() - start
         return kv, logits
 
     def text_after(self, row: int, new: list[int]) -> str:

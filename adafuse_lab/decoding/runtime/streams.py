@@ -24,7 +24,7 @@ from ...session import spans_devices
 from ..attention import AttentionBackend
 from ..criteria import confidences
 from ..scoring import token_log_probs
-from .counters import COUNTS, TIMED, settle
+from .counters import COUNTS, gpu_time, gpu_timer
 from .graphs import Graphs, SmallGraphs, bucket, eager_forward
 from .kv import KVCache
 from .member import HostCopy, Member, on_device, on_device_many
@@ -330,16 +330,13 @@ class Runtime:
             self.fed = HostCopy(chosen)
             plan[0, r, q] = chosen  # one entry per stream, in feeding order
         # a forward that captures its graph counts in capture_s instead
-        timed = _events(dev) if self.graphs is None or T in self.graphs.captured else None
+        timer = gpu_timer(dev) if self.graphs is None or T in self.graphs.captured else None
         if self.graphs is not None:
             logits = self.graphs(m.s.model, self.backend, kv, plan, self.window, self.mixed)
         else:
             logits = eager_forward(m.s.model, self.backend, kv, plan, self.window, self.mixed, self.compiled)
-        if timed:
-            timed[1].record()
-            TIMED.append((key, *timed))
-            if len(TIMED) > 512:
-                settle(wait=False)
+        if timer:
+            gpu_time(key, "model_gpu_s", timer)
         m.forwards += 1
         self._score(feeding, logits)  # reads self.last before it moves on
         rows, ends, slots = on_device_many([[self.crow[s.p] for s in feeding], [s.off + s.take - 1 for s in feeding],
@@ -680,14 +677,6 @@ def _extend(s: Stream, plan: tuple) -> bool:
     return True
 
 
-def _events(dev: torch.device):
-    """A CUDA start event recorded now and an end event for after the model's forward
-    (counters.TIMED); None off CUDA."""
-    if dev.type != "cuda":
-        return None
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    return start, end
 
 
 def _sliding_window(config) -> tuple[int | None, bool]:
