@@ -123,8 +123,8 @@
 # Buffers and graphs reused across batches (decoding.runtime.reuse; files engine_v20/):
 #   v20t    no staging: the CUDA tests (reuse included); tiny members, 256 questions at b64, reuse on then off
 #   v20     staged, .gpu-extra/base = 89d0f70 (this session's start): the CUDA tests (reuse included); a
-#           warm-up; adafuse on 256 questions at b64 (2 in flight): the base, then this commit with
-#           reuse_buffers on, then off (the prefill without a device sync in both); target 2's 64
+#           warm-up; adafuse on 256 questions at b64 (2 in flight): this commit, the base, then this
+#           commit with reuse_buffers off (the prefill without a device sync in both); target 2's 64
 #           questions with generate
 #   v20b    after v20 on the same host: the 64 questions as two batches of 32 in flight; the anchors; b256
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
@@ -453,11 +453,11 @@ v20|v20b)  # staged: buffers and graphs reused across batches (reuse_buffers), o
   if [ $STEP = v20 ]; then
     cuda_tests 110 > $O/cuda20.log 2>&1; tail -3 $O/cuda20.log; pack
     bq warm --limit 64 --batch-size 64 --max-new-tokens 32 --no-generate  # Triton's disk cache
-    # the session's start (89d0f70: .gpu-extra/base), then this commit with reuse on and off
+    # this commit, the session's start (89d0f70: .gpu-extra/base), this commit with reuse off
+    bq f2_reuse --limit 256 --batch-size 64 --no-generate
     base_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} --method adafuse --limit 256 \
         --batch-size 64 --no-generate --out $O/f2_base.json > $O/f2_base.log 2>&1
     python benchmarks/bench_summary.py $O/f2_base.json; pack
-    bq f2_reuse --limit 256 --batch-size 64 --no-generate
     bq f2_fresh --limit 256 --batch-size 64 --no-generate --set reuse_buffers=false
     bq q64_b64 --limit 64 --batch-size 64  # target 2, with the members' generate on the same host
     exit 0
