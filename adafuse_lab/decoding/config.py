@@ -75,7 +75,7 @@ class DecodeConfig:
     feed_cap: int = 16             # tokens a prompt feeds per forward at most (0: no cap); candidates longer wait a step
     kv_slack: int = 320            # cache columns beyond prompt + budget, for live streams' feeds (fewer: more compactions)
     cuda_graphs: bool = True       # on CUDA: capture each forward shape once, then replay it
-    reuse_buffers: bool = True     # with graphs: a batch takes over a finished batch's KV buffers and graphs (widths rounded up to 256 columns)
+    reuse_buffers: bool = True     # on CUDA: a batch takes over a finished batch's KV buffers and graphs (widths rounded up to 256 columns)
     compile: bool = False          # members' decode forwards through torch.compile (each shape compiles once: slow start)
     attention: str = "auto"        # attention backend: auto (CUDA: the fastest one measured) | sdpa_gqa | sdpa_fold | triton | reference
 

@@ -1,10 +1,11 @@
 """What a finished batch leaves to the next one of the same shape: each member's KV cache
 buffers and the forward graphs captured on them.
 
-A batch of 64 GSM8K prompts captures about 40 forward and small graphs per member; captures
-were 7-10% of a multi-batch run's wall time (BENCHMARKS.md, engine v18). A graph replays on
-the buffers it was captured with, so the next batch takes over the buffers, and with them the
-graphs, if it has the same rows and width. For that, widths are rounded up (WIDTH_STEP):
+Graph captures were 7-10% of a multi-batch run's wall time (BENCHMARKS.md, engine v18), most
+of it the forwards' (the small graphs between them, runtime.graphs.SmallGraphs, are cheap to
+capture and are made anew per batch). A graph replays on the buffers it was captured with, so
+the next batch takes over the buffers, and with them the forward graphs, if it has the same
+rows and width. For that, widths are rounded up (WIDTH_STEP):
 a batch's width then depends on its own prompts only, never on which batch came before, so
 its answers stay those it gets alone. Held for one decode call, then freed with it.
 """
