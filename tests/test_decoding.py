@@ -427,7 +427,7 @@ def test_reused_buffers_decode_as_fresh_ones(tiny, method, n, monkeypatch):
     batch takes over the KV cache of a finished batch of the same rows and width, refilled in
     place. Each batch computes what it computes with fresh buffers (decoded alone, in a call of
     its own): the same answers, traces and stats. Caches are taken over, for each member, and
-    a batch of another width gets fresh ones."""
+    a batch of another width gets fresh ones (the held ones freed first)."""
     from adafuse_lab.decoding.runtime import reuse as reuse_mod, streams
     monkeypatch.setattr(streams, "REUSE_DEVICES", {"cuda", "cpu"})
     taken = []
@@ -436,6 +436,8 @@ def test_reused_buffers_decode_as_fresh_ones(tiny, method, n, monkeypatch):
     def spy(self, key, *a):
         held = take(self, key, *a)
         taken.append((key[0], key[3], held is not None))
+        if held is None:  # a batch that allocates its own cache: this member holds no other
+            assert not [k for k, _ in self.idle if k[0] == key[0]]
         return held
     monkeypatch.setattr(reuse_mod.Reuse, "take", spy)
     members = [tiny["bpe"], tiny["spm"]]

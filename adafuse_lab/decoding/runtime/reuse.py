@@ -53,6 +53,9 @@ class Reuse:
                 if held.kv.refill(prefill, committed, pos):
                     del self.idle[i]
                     return held
+        # none fits: free this member's held caches before the batch allocates its own
+        for i in reversed([i for i, (k, _) in enumerate(self.idle) if k[0] == key[0]]):
+            self._drop(i)
         return None
 
     def give(self, key: tuple, kv: KVCache, graphs) -> None:
