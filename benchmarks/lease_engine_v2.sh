@@ -451,8 +451,9 @@ v20|v20b)  # staged: buffers and graphs reused across batches (reuse_buffers), o
     python -m adafuse_lab bench --models $M $D --method adafuse "$@" --out $O/$name.json > $O/$name.log 2>&1
     python benchmarks/bench_summary.py $O/$name.json; pack; }
   if [ $STEP = v20 ]; then
-    cuda_tests 110 > $O/cuda20.log 2>&1; tail -3 $O/cuda20.log; pack
-    bq warm --limit 64 --batch-size 64 --max-new-tokens 32 --no-generate  # Triton's disk cache
+    # the tests ran already where step v20t ran on this machine
+    [ -e /tmp/v20t/cuda20.log ] || { cuda_tests 110 > $O/cuda20.log 2>&1; tail -3 $O/cuda20.log; pack; }
+    bq warm --limit 64 --batch-size 64 --max-new-tokens 16 --no-generate  # Triton's disk cache
     # this commit, the session's start (89d0f70: .gpu-extra/base), this commit with reuse off
     bq f2_reuse --limit 256 --batch-size 64 --no-generate
     base_py -m adafuse_lab bench --models $M ${D/.gpu-extra/$ROOT/.gpu-extra} --method adafuse --limit 256 \
