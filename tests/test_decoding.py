@@ -437,7 +437,7 @@ def test_reused_buffers_decode_as_fresh_ones(tiny, method, n, monkeypatch):
         held = take(self, key, *a)
         taken.append((key[0], key[3], held is not None))
         if held is None:  # a batch that allocates its own cache: this member holds no other
-            assert not [k for k, _ in self.idle if k[0] == key[0]]
+            assert key[0] not in self.idle
         return held
     monkeypatch.setattr(reuse_mod.Reuse, "take", spy)
     members = [tiny["bpe"], tiny["spm"]]

@@ -113,7 +113,7 @@ def _decode(method: str, members: list, prompts: list[str], cfg: DecodeConfig, s
     with _older_objects_frozen():
         sessions = [members[cfg.member]] if method == "single" else list(members)
         stop_fn = make_stop(stop)
-        reuse = Reuse(keep=1)  # each finished batch's buffers wait for the next batch only
+        reuse = Reuse()  # each finished batch's buffers wait for the next batch of its member
         batches = (_batch_rounds(method, sessions, prompts, range(start, min(start + cfg.batch_size, len(prompts))),
                                  cfg, stop_fn, reuse) for start in range(0, len(prompts), cfg.batch_size))
         try:

@@ -30,50 +30,52 @@ class Held:
 
 
 class Reuse:
-    """Idle caches by (member model, backend, rows, width); at most `keep` per member."""
+    """At most one idle cache per member model, under its key (model, backend, rows, width)."""
 
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.idle: list[tuple[tuple, Held]] = []  # oldest first
+    def __init__(self):
+        self.idle: dict[int, tuple[tuple, Held]] = {}  # member model -> (key, held cache)
 
     @staticmethod
     def width(need: int) -> int:
         return -(-need // WIDTH_STEP) * WIDTH_STEP
 
     def take(self, key: tuple, prefill, committed: torch.Tensor, pos: torch.Tensor) -> Held | None:
-        """A held cache of this key, its buffers refilled with `prefill` (KVCache.refill), or None."""
-        for i, (k, held) in enumerate(self.idle):
-            if k == key:
-                if held.ready is not None:  # the batch that held it queued its work on another stream
-                    stream = torch.cuda.current_stream(committed.device)
-                    stream.wait_event(held.ready)
-                    # freed later, the buffers wait for this stream's work too, not only their first one's
-                    for t in [*held.kv.cache.k, *held.kv.cache.v, held.kv.committed, held.kv.pos, held.kv.owner]:
-                        t.record_stream(stream)
-                if held.kv.refill(prefill, committed, pos):
-                    del self.idle[i]
-                    return held
-        # none fits: free this member's held caches before the batch allocates its own
-        for i in reversed([i for i, (k, _) in enumerate(self.idle) if k[0] == key[0]]):
-            self._drop(i)
+        """The member's held cache if it has this key, its buffers refilled with `prefill`
+        (KVCache.refill); else None, the held cache freed before the batch allocates its own."""
+        k, held = self.idle.pop(key[0], (None, None))
+        if held is None:
+            return None
+        if k == key:
+            if held.ready is not None:  # the batch that held it queued its work on another stream
+                stream = torch.cuda.current_stream(committed.device)
+                stream.wait_event(held.ready)
+                # freed later, the buffers wait for this stream's work too, not only their first one's
+                for t in [*held.kv.cache.k, *held.kv.cache.v, held.kv.committed, held.kv.pos, held.kv.owner]:
+                    t.record_stream(stream)
+            if held.kv.refill(prefill, committed, pos):
+                return held
+        _free(held)
         return None
 
     def give(self, key: tuple, kv: KVCache, graphs) -> None:
+        """A finished batch's cache, for the member's next batch (one it held before is freed)."""
         ready = None
         if kv.committed.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(kv.committed.device))
-        self.idle.append((key, Held(kv, graphs, ready)))
-        mine = [i for i, (k, _) in enumerate(self.idle) if k[0] == key[0]]
-        for i in reversed(mine[: max(0, len(mine) - self.keep)]):  # the oldest go: their memory is freed
-            self._drop(i)
+        _, older = self.idle.get(key[0], (None, None))
+        if older is not None:
+            _free(older)
+        self.idle[key[0]] = (key, Held(kv, graphs, ready))
 
     def close(self) -> None:
         """Free what is held (at the end of a decode call)."""
-        while self.idle:
-            self._drop(-1)
+        for _, held in self.idle.values():
+            _free(held)
+        self.idle = {}
 
-    def _drop(self, i: int) -> None:
-        held = self.idle.pop(i)[1]
-        if held.ready is not None:  # its graphs' pool is freed with them: after their last replay
-            held.ready.synchronize()
+
+def _free(held: Held) -> None:
+    """Wait until the last work on a held cache is done; dropping it then frees its memory."""
+    if held.ready is not None:  # its graphs' pool is freed with them: after their last replay
+        held.ready.synchronize()

@@ -71,23 +71,23 @@ class Runtime:
         # the buffers and graphs of a finished batch of the same shape (reuse.py); rows stay fixed then
         self.reuse = reuse if (reuse is not None and cfg.reuse_buffers and session.device.type in REUSE_DEVICES
                                and not spans_devices(session.model)) else None
-        held = []
+        held = None  # what make_kv took over
 
         def make_kv(prefill, committed, pos, extra):
+            nonlocal held
             if self.reuse is None:
                 return KVCache(prefill, committed, pos, extra)
             n = committed.shape[1]
             width = Reuse.width(n + extra)
-            h = self.reuse.take(self._reuse_key(committed.shape[0], width), prefill, committed, pos)
-            held.append(h)
-            return h.kv if h else KVCache(prefill, committed, pos, width - n)
+            held = self.reuse.take(self._reuse_key(committed.shape[0], width), prefill, committed, pos)
+            return held.kv if held else KVCache(prefill, committed, pos, width - n)
 
         self.m = m = Member(session, prompts, cfg.window_tokens, cfg.max_new_tokens + cfg.kv_slack, make_kv)
         P = len(prompts)
         # A model spread over several GPUs (device "auto") runs eagerly: one graph per device
         # and cross-device copies are not worth it for members that big.
         use = cfg.cuda_graphs and session.device.type == "cuda" and not spans_devices(session.model)
-        self.graphs = (held[0].graphs if held and held[0] else Graphs(session.device, cfg.compile)) if use else None
+        self.graphs = (held.graphs if held else Graphs(session.device, cfg.compile)) if use else None
         self.small = SmallGraphs(session.device, id(session.model), capture=use)
         self.compiled = cfg.compile  # rows stay fixed while graphs or compiled shapes live
         self._uid = 0
