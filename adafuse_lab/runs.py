@@ -913,45 +913,54 @@ def _oom_errors() -> tuple:
 
 
 def _decode_batch(method, members, batch, prompts, dcfg, stop, oom: list):
-    """Yield (example, DecodeOutput) for the examples of `batch` (one batch, or with
-    batches_in_flight n, n batches decoded at once); on out-of-memory, shrink and go on.
+    """Yield (example, DecodeOutput) for the examples of `batch` (whole batches of
+    dcfg.batch_size in order, the last may be short), in one decoding call: with
+    batches_in_flight n, a batch starts as soon as one of the n before it ends, and takes over
+    its buffers (decoding.runtime.reuse). On out of memory, shrink the batches that were in
+    flight and go on.
 
-    When the GPU runs out of memory, the examples that have not finished are decoded
-    again: first one batch at a time, then in sub-batches of half the size of the one that
-    failed, down to one example; `oom` gets a note of each step. (Smaller batches pad prompts
-    differently: trace values may then differ from a run that did not halve in the
-    last float bits, see IGNORED_KEYS.)"""
+    When the GPU runs out of memory, the unfinished examples of the batches in flight are
+    decoded again: first one batch at a time, then in sub-batches of half the size of the one
+    that failed, down to one example; `oom` gets a note of each step. The batches after them go
+    on at the settings asked for. (Smaller batches pad prompts differently: trace values may then
+    differ from a run that did not halve in the last float bits, see IGNORED_KEYS.)"""
     from tqdm.auto import tqdm
 
     from .models import free_memory
-    todo, size, flight, finished = list(batch), dcfg.batch_size, dcfg.batches_in_flight, set()
-    while todo:
-        flight = min(flight, -(-len(todo) // size))  # no more in flight than there are batches left
-        try:
-            for i, o in _decode_iter(method, members, [prompts[ex.id] for ex in todo],
-                                     dataclasses.replace(dcfg, batch_size=size, batches_in_flight=flight), stop=stop):
-                finished.add(todo[i].id)
-                yield todo[i], o
-            return
-        except _oom_errors() as e:
-            k = next(j for j, ex in enumerate(todo) if ex.id not in finished)
-            failed = todo[k // size * size:][:size]  # the sub-batch decode_iter was working on
-            if len(failed) == 1 and flight == 1:
-                raise UsageError(f"out of GPU memory decoding example {failed[0].id!r} on its own (batch size 1): "
-                                 "free GPU memory, lower --max-new-tokens or use smaller models; finished "
-                                 "examples are saved, rerun the same command to resume") from e
-        todo = [ex for ex in todo if ex.id not in finished]
-        free_memory()  # after the except block: the traceback no longer holds the batch's tensors
-        if flight > 1:
-            oom.append({"example": todo[0].id, "batches_in_flight": flight, "retry_batches_in_flight": 1})
-            tqdm.write(f"warning: out of GPU memory decoding {flight} batches at once; decoding the {len(todo)} "
-                       "unfinished examples one batch at a time", file=sys.stderr)
-            flight = 1
-            continue
-        size = len(failed) // 2
-        oom.append({"example": todo[0].id, "batch_size": len(failed), "retry_batch_size": size})
+    todo, size, finished = list(batch), dcfg.batch_size, set()
+    flight = min(dcfg.batches_in_flight, -(-len(todo) // size))  # no more in flight than there are batches
+    try:
+        for i, o in _decode_iter(method, members, [prompts[ex.id] for ex in todo],
+                                 dataclasses.replace(dcfg, batch_size=size, batches_in_flight=flight), stop=stop):
+            finished.add(todo[i].id)
+            yield todo[i], o
+        return
+    except _oom_errors() as e:
+        k = next(j for j, ex in enumerate(todo) if ex.id not in finished)
+        failed = todo[k // size * size:][:size]  # the first unfinished batch
+        if len(failed) == 1 and flight == 1:
+            raise UsageError(f"out of GPU memory decoding example {failed[0].id!r} on its own (batch size 1): "
+                             "free GPU memory, lower --max-new-tokens or use smaller models; finished "
+                             "examples are saved, rerun the same command to resume") from e
+        # the batches that may have been in flight: from the failed one, `flight` of them, and on
+        # to the last with a finished example; those after them had not started and stay whole
+        touched = [j // size for j, ex in enumerate(todo) if ex.id in finished and j >= k]
+        end = max(k // size + flight, max(touched, default=0) + 1) * size
+    group = [ex for ex in todo[:end] if ex.id not in finished]
+    free_memory()  # after the except block: the traceback no longer holds the batch's tensors
+    if flight > 1:
+        oom.append({"example": group[0].id, "batches_in_flight": flight, "retry_batches_in_flight": 1})
+        tqdm.write(f"warning: out of GPU memory decoding {flight} batches at once; decoding the {len(group)} "
+                   "unfinished examples of those one batch at a time", file=sys.stderr)
+        smaller = dataclasses.replace(dcfg, batches_in_flight=1)
+    else:
+        oom.append({"example": group[0].id, "batch_size": len(failed), "retry_batch_size": len(failed) // 2})
         tqdm.write(f"warning: out of GPU memory decoding {len(failed)} examples together; decoding the "
-                   f"{len(todo)} unfinished ones of this batch {size} at a time", file=sys.stderr)
+                   f"{len(group)} unfinished ones of this batch {len(failed) // 2} at a time", file=sys.stderr)
+        smaller = dataclasses.replace(dcfg, batch_size=len(failed) // 2, batches_in_flight=1)
+    yield from _decode_batch(method, members, group, prompts, smaller, stop, oom)
+    if todo[end:]:
+        yield from _decode_batch(method, members, todo[end:], prompts, dcfg, stop, oom)
 
 
 def run(cfg: RunConfig, out_dir, progress: bool = True, shard: tuple[int, int] | None = None,
@@ -1042,20 +1051,18 @@ def _run(cfg: RunConfig, task, dcfg, out: Path, locks: list, t_start: float, pro
         with open(samples, "ab", buffering=0) as f, tqdm(total=len(mine), initial=len(done), disable=not progress,
                                             desc=f"{cfg.task}/{cfg.method}", unit="ex") as bar:
             t_prev = time.perf_counter()
-            # batches_in_flight n: n batches at once, whole and in order (only the last can be short),
-            # so the decoder cuts them back into the same batches
-            n = dcfg.batches_in_flight
-            for group in (sum(batches[j:j + n], []) for j in range(0, len(batches), n)):
-                for ex, o in _decode_batch(cfg.method, members, group, prompts, dcfg, task.stop_fn, oom):
-                    if ex.id in done:
-                        continue  # finished before the interruption; same bytes either way
-                    rec = _record(task, ex, prompts[ex.id], o)
-                    _append(f, samples, _line(rec))
-                    done[ex.id] = rec
-                    now = time.perf_counter()
-                    per_example[ex.id] = round(now - t_prev, 4)  # in a batch: time since the previous yield
-                    t_prev = now
-                    bar.update(1)
+            # every unfinished batch, whole and in order (only the last can be short), in one call:
+            # the decoder cuts them back into the same batches
+            for ex, o in _decode_batch(cfg.method, members, sum(batches, []), prompts, dcfg, task.stop_fn, oom):
+                if ex.id in done:
+                    continue  # finished before the interruption; same bytes either way
+                rec = _record(task, ex, prompts[ex.id], o)
+                _append(f, samples, _line(rec))
+                done[ex.id] = rec
+                now = time.perf_counter()
+                per_example[ex.id] = round(now - t_prev, 4)  # in a batch: time since the previous yield
+                t_prev = now
+                bar.update(1)
     decode_s = time.perf_counter() - t_decode
     missing = [i for i in ids if i not in done]
     if missing:

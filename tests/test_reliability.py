@@ -98,8 +98,9 @@ def test_oom_halves_the_batch_and_completes(unfailed, tmp_path, monkeypatch, cap
     monkeypatch.setattr(runs, "_decode_iter", oom_above(2, calls))
     monkeypatch.setattr(models, "free_memory", lambda: freed.append(1))
     res = run(cfg(decode={"batches_in_flight": 1}), tmp_path, progress=False)
-    # batch 1 (4 prompts) fails after one output; its 3 others go 2 at a time; batch 2 has 2 prompts
-    assert calls == [(4, 4), (3, 2), (2, 4)] and len(freed) == 1
+    # both batches in one call; batch 1 (4 prompts) fails after one output; its 3 others go 2 at a
+    # time; then batch 2 (2 prompts) at the batch size asked for
+    assert calls == [(6, 4), (3, 2), (2, 4)] and len(freed) == 1
     [note] = res["timings"]["oom_halvings"]
     assert note["batch_size"] == 4 and note["retry_batch_size"] == 2 and note["example"] < "triviaqa-0004"
     assert "out of GPU memory decoding 4 examples together" in capsys.readouterr().err
@@ -144,6 +145,29 @@ def test_oom_with_batches_in_flight_goes_one_batch_at_a_time(unfailed, tmp_path,
     assert note["batches_in_flight"] == 3 and note["retry_batches_in_flight"] == 1
     assert "out of GPU memory decoding 3 batches at once" in capsys.readouterr().err
     assert (tmp_path / "samples.jsonl").read_bytes() == (unfailed[2] / "samples.jsonl").read_bytes()
+
+
+def test_batches_after_an_oom_go_on_in_flight(tmp_path, monkeypatch, capsys):
+    """A run decodes all its batches in one call, so that batches keep flowing into free places
+    in flight. Out of memory then shrinks only the batches that were in flight; those after
+    them go on with the settings asked for, and the bytes are those of a run without the error."""
+    run(cfg(batch_size=1, decode={"batches_in_flight": 1}), tmp_path / "ref", progress=False)
+    calls, real = [], runs._decode_iter
+
+    def oom_first_call(method, members, prompts, dcfg, stop=None):
+        calls.append((len(prompts), dcfg.batch_size, dcfg.batches_in_flight))
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        yield from real(method, members, prompts, dcfg, stop=stop)
+
+    monkeypatch.setattr(runs, "_decode_iter", oom_first_call)
+    res = run(cfg(batch_size=1, decode={"batches_in_flight": 2}), tmp_path / "o", progress=False)
+    # the six batches of 1 in one call; the two in flight one at a time; the other four two at a time again
+    assert calls == [(6, 1, 2), (2, 1, 1), (4, 1, 2)]
+    [note] = res["timings"]["oom_halvings"]
+    assert note["batches_in_flight"] == 2 and note["retry_batches_in_flight"] == 1
+    assert "decoding the 2 unfinished examples of those one batch at a time" in capsys.readouterr().err
+    assert (tmp_path / "o" / "samples.jsonl").read_bytes() == (tmp_path / "ref" / "samples.jsonl").read_bytes()
 
 
 def test_oom_in_a_last_lone_batch_halves_it_at_once(unfailed, tmp_path, monkeypatch, capsys):
