@@ -127,6 +127,10 @@
 #           commit with reuse_buffers off (the prefill without a device sync in both); target 2's 64
 #           questions with generate
 #   v20b    after v20 on the same host: the 64 questions as two batches of 32 in flight; the anchors; b256
+#   v20r    staged, after v20 on the same host: `run` (the quality runs' path) on 256 questions at b64 with 2
+#           in flight, this commit (every unfinished batch in one decoding call: the next batch starts as soon
+#           as one ends, and takes over its buffers) against the base (batches in groups of 2, one call each);
+#           decode seconds and samples.jsonl bytes of each
 #   v18p    no staging: the tests; paper-scale members (random 8B-class, as v14p) at theta 1, b32, 64 questions,
 #           64 new tokens, with 1 then 2 batches in flight
 #   v18s    the same, short (a lease with little device time left): the tests; warm-up; on 128 questions b64 with 1
@@ -468,6 +472,21 @@ v20|v20b)  # staged: buffers and graphs reused across batches (reuse_buffers), o
   python .gpu-extra/attn_bench.py --out $O/attn_b64.json > $O/attn.log 2>&1; tail -8 $O/attn.log; pack
   bq b256 --limit 256 --batch-size 256 --no-generate  # target 3
   python benchmarks/diag/target_bounds.py /tmp/v20/q64_b64.json $O/b256.json ;;
+v20r)  # staged: the run path, every batch in one call (this commit) against batches in groups (the base)
+  STEP=$1; O=/tmp/$STEP; mkdir -p $O
+  pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
+  R="--task gsm8k --source local --data-dir $ROOT/.gpu-extra/data --max-new-tokens 256 --models $M --method adafuse"
+  R="$R --no-progress --limit 256 --batch-size 64"
+  python -m adafuse_lab run $R --out $O/run_head > $O/run_head.log 2>&1; pack
+  base_py -m adafuse_lab run $R --out $O/run_base > $O/run_base.log 2>&1; pack
+  for d in run_head run_base; do python - $O/$d <<'PY'
+import hashlib, json, sys
+d = sys.argv[1]
+t = json.load(open(f"{d}/results.json"))["timings"]
+print(d, {k: t.get(k) for k in ("decode_s", "wall_s", "load_s")},
+      "samples_sha256", hashlib.sha256(open(f"{d}/samples.jsonl", "rb").read()).hexdigest()[:12])
+PY
+  done | tee $O/times.txt; pack ;;
 v17p|v19r)
   STEP=$1; O=/tmp/$STEP; mkdir -p $O
   pack() { tar -czf ${OUT:-/tmp}/$STEP.tgz -C $O . ; }
