@@ -647,10 +647,14 @@ def test_early_scoring_stays_off_where_the_scored_text_is_not_the_grown_one(tiny
 @pytest.mark.parametrize("theta,tail", [(0.0, False), (0.5, False), (1.0, False), (0.5, True)])
 def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
     """Runtime.prefetch() queues the next step's confidences and top-k right behind a member's
-    forward: the peeks it serves (nearly all of them) give what peeks computed when asked give,
-    and a write to the newest logits after it (a commit with a look-ahead tail) is not missed."""
+    forward: the peeks it serves give what peeks computed when asked give, and a write to the
+    newest logits after it (a commit with a look-ahead tail) is not missed. It serves every peek
+    and score but those after such a write, winners that were score streams included: a read
+    that waits on a GPU waits for the other member's forward too."""
     from adafuse_lab.decoding.runtime import streams
+    from adafuse_lab.decoding.runtime.counters import COUNTS
     from adafuse_lab.decoding.runtime.streams import _Peeked
+    waits = lambda: sum(v for (_, name), v in COUNTS.items() if name in ("sync_peeks", "sync_reads"))
     monkeypatch.setattr(streams, "PREFETCH_DEVICES", {"cuda", "cpu"})
     members = [tiny["bpe"], tiny["spm"]]
     # without member turns: there every member's copies land before a round is scored, as reads
@@ -661,8 +665,10 @@ def test_prefetched_peeks_decode_as_fresh_ones(tiny, theta, tail, monkeypatch):
     peek, rows = Runtime.peek, _Peeked.rows
     monkeypatch.setattr(Runtime, "peek", lambda self, *a: (asked.append(1), peek(self, *a))[1])
     monkeypatch.setattr(_Peeked, "rows", lambda self: (served.append(1), rows(self))[1])
+    before = waits()
     prefetched = decode("adafuse", members, PROMPTS, cfg)
     assert len(served) > 0.8 * len(asked), (len(served), len(asked))
+    assert tail or waits() == before
     monkeypatch.setattr(Runtime, "prefetch", lambda self, *a: None)
     fresh = decode("adafuse", members, PROMPTS, cfg)
     assert [o.text for o in prefetched] == [o.text for o in fresh]

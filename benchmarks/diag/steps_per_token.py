@@ -6,7 +6,9 @@ tokens it commits, with one member or several.
 GSM8K dev questions after the paper's demonstrations (host_profile.prompts), with the engine's
 GPU path of reading scores (prefetch) switched on. Prints, per prompt, the answer's tokens in
 the first member's tokenizer, the rounds, the rounds in which a member branched, and each
-member's forwards; then the forwards per answer token over all prompts that used the whole budget.
+member's forwards; then the forwards per answer token over all prompts that used the whole budget,
+and per member the reads of results that waited for the device (on a GPU each waits for every
+forward queued before it) and the rows each prefetch queued.
 """
 import argparse
 import sys
@@ -18,6 +20,7 @@ from host_profile import prompts  # noqa: E402
 from adafuse_lab.cli import parse_sets  # noqa: E402
 from adafuse_lab.decoding import DecodeConfig, decode  # noqa: E402
 from adafuse_lab.decoding.runtime import streams  # noqa: E402
+from adafuse_lab.decoding.runtime.counters import COUNTS  # noqa: E402
 from adafuse_lab.models import load_session  # noqa: E402
 
 
@@ -32,6 +35,9 @@ def main() -> None:
     streams.PREFETCH_DEVICES = {"cuda", "cpu"}
     members = [load_session(m) for m in args.members.split(",")]
     cfg = DecodeConfig(max_new_tokens=args.tokens, batch_size=args.prompts, **parse_sets(args.set))
+    rows = []  # rows of each prefetch: its peeks' slots
+    peeks = streams.Runtime._peeks
+    streams.Runtime._peeks = lambda self, slots, *a: (rows.append(len(slots)), peeks(self, slots, *a))[1]
     outs = decode("adafuse", members, prompts(args.prompts, args.shots), cfg)
     full = []
     for o in outs:
@@ -44,6 +50,11 @@ def main() -> None:
         per = [sum(f[k] for _, f in full) / sum(t for t, _ in full) for k in range(len(members))]
         print(f"{len(full)} answers at the budget: forwards per answer token "
               + ", ".join(f"{m.name} {x:.2f}" for m, x in zip(members, per)))
+    for m in dict.fromkeys(members):
+        key = id(m.model)
+        print(f"{m.name}: {COUNTS[key, 'forwards']} forwards, reads that waited: {COUNTS[key, 'sync_peeks']} peeks, "
+              f"{COUNTS[key, 'sync_reads']} scores")
+    print(f"peek rows per call (prefetches and waiting peeks): {sum(rows) / max(len(rows), 1):.1f}")
 
 
 if __name__ == "__main__":

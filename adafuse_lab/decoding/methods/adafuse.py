@@ -52,7 +52,6 @@ def span_rounds(runtimes: list, batch: Batch, cfg, span_words: int | None = None
     early = cfg.early_scoring and not (bare or text_rule or span.tail)
     for rt in runtimes:
         rt.score_decoded = early
-        rt.peek_scores = cfg.member_turns
 
     def decide(k, rt):
         """Every main and branch stream not yet decided this step decides what it feeds next."""

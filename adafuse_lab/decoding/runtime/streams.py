@@ -104,9 +104,6 @@ class Runtime:
         # the NLL of the tokens they feed, and a candidate they decoded as it tokenizes is scored
         # from those sums, with no stream of its own (about half of the tokens early scoring fed).
         self.score_decoded = False
-        # prefetch() rows for complete score streams too: where a peek that waits would also wait
-        # for the other members' forwards (member turns); elsewhere they cost the GPU for nothing
-        self.peek_scores = False
         self.decoded: dict[int, dict[str, tuple]] = {}   # prompt -> own text -> (look-ahead, branch or None)
         self.virtual: dict[int, dict[int, tuple]] = {}   # prompt -> candidate -> (look-ahead, branch or None, eos)
         self.logits = None                     # logits of the last forward (rows x T x V)
@@ -429,16 +426,17 @@ class Runtime:
         return self.small(_peek_slots, (self.last, self.m.eos_t), [slots], (pool, criterion))
 
     def prefetch(self, pool: int, criterion: str) -> None:
-        """Queue peek()'s work for every stream fed to its end (complete score streams too with
-        peek_scores: a candidate may win and go on as the main stream), with the streams' NLL
-        sums, right behind this member's forward, copied to the host: the next peek() then waits
-        for this forward only, the host decides for this member while the GPU runs the next
-        member's forward, and candidate_nll(host=True) reads the sums without waiting for the
-        forwards after it."""
+        """Queue peek()'s work for every stream fed to its end, with the streams' NLL sums, right
+        behind this member's forward, copied to the host: the next peek() then waits for this
+        forward only, the host decides for this member while the GPU runs the next member's
+        forward, and candidate_nll(host=True) reads the sums without waiting for the forwards
+        after it. Complete score streams are covered too: a candidate that wins goes on as the
+        main stream and is peeked in the same step (engine v18 counted a peek that waited, for
+        both members' forwards, in 3 of 4 steps of each member when they were left out)."""
         if self.last.device.type not in PREFETCH_DEVICES:
             return
         streams = [s for s in self.rows if not s.dead and not s.feed
-                   and (s.kind != "score" or (self.peek_scores and s.role != "score"))]
+                   and (s.kind != "score" or s.role != "score")]
         slots = [s.slot for s in streams]
         rows = self._peeks(slots, pool, criterion) if slots else None
         self.peeked = _Peeked((self.version, pool, criterion), self.m.forwards, {slot: i for i, slot in enumerate(slots)},
