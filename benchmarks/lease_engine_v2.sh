@@ -124,8 +124,9 @@
 #   v20t    no staging: the CUDA tests (reuse included); tiny members, 256 questions at b64, reuse on then off
 #   v20     staged, .gpu-extra/base = 89d0f70 (this session's start): the CUDA tests (reuse included); a
 #           warm-up; adafuse on 256 questions at b64 (2 in flight): this commit, the base, then this
-#           commit with reuse_buffers off (the prefill without a device sync in both); target 2's 64
-#           questions with generate
+#           commit with reuse_buffers off (the prefill without a device sync, and prefetch covering the
+#           score streams that can win, in both: sync_reads in the JSON counts the peeks that still wait);
+#           target 2's 64 questions with generate
 #   v20b    after v20 on the same host: the 64 questions as two batches of 32 in flight; the anchors; b256
 #   v20r    staged, after v20 on the same host: `run` (the quality runs' path) on 256 questions at b64 with 2
 #           in flight, this commit (every unfinished batch in one decoding call: the next batch starts as soon
