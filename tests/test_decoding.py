@@ -551,6 +551,44 @@ def test_small_graphs_add_scores_once_and_pads_nothing(device):
     assert len(small.graphs) == (device == "cuda") and small.failed is None
 
 
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_commit_through_small_graphs_writes_the_wins_only(device):
+    """commit_many's device work as one SmallGraphs call: on an index of zeros (what a capture's
+    warm-up runs, valid 0) it changes nothing; with the wins padded by copies of the first it
+    writes what plain arithmetic gives for those wins, and nothing else."""
+    from adafuse_lab.decoding.runtime.graphs import SmallGraphs
+    from adafuse_lab.decoding.runtime.kv import NOBODY
+    from adafuse_lab.decoding.runtime.streams import _commit_wins
+    torch.manual_seed(0)
+    R, W, P, S, V = 3, 8, 3, 6, 5
+    committed = torch.rand(R, W, device=device) > 0.5
+    pos = torch.arange(W, device=device).repeat(R, 1)
+    owner = torch.randint(-1, 4, (R, W), device=device, dtype=torch.int32)
+    last_logits, last = torch.randn(P, V, device=device), torch.randn(S, V, device=device)
+    nll = torch.rand(S, 2, device=device)
+    state = lambda: [x.clone().cpu() for x in (committed, pos, owner, last_logits, last, nll)]
+    fixed = (committed, pos, owner, last_logits, last, nll)
+    before = state()
+    _commit_wins(*fixed, torch.zeros(8, 4, dtype=torch.long, device=device), True)
+    assert all(torch.equal(a, b) for a, b in zip(state(), before))
+    # two wins: row 2 (prompt 1, owner 3, also 1, hide from 5, committed up to 7) and row 0 (prompt
+    # 2, owner 2, no second stream, hide from 3, no end); padded to 4 with copies of the first
+    wins = [[2, 0], [3, 2], [1, -2], [5, 3], [7, 1 << 40], [1, 1], [1, 2], [4, 0]]
+    small = SmallGraphs(device, "test", capture=device == "cuda")
+    small(_commit_wins, fixed, [w + w[:1] * 2 for w in wins], (True,))
+    c, o = before[0].clone(), before[2].clone()
+    for r, own, also, hide, end in zip(*wins[:5]):
+        written = (o[r] == own) | (o[r] == also)
+        c[r] = (c[r] & (before[1][r] < hide)) | (written & (before[1][r] < end))
+        o[r] = o[r].masked_fill(written, NOBODY)
+    ll, n = before[3].clone(), before[5].clone()
+    ll[[1, 2]] = before[4][[4, 0]]
+    n[[4, 0]] = 0
+    after = state()
+    assert torch.equal(after[0], c) and torch.equal(after[2], o) and torch.equal(after[3], ll) and torch.equal(after[5], n)
+    assert torch.equal(after[1], before[1]) and torch.equal(after[4], before[4])
+
+
 def _floats_apart(x, out=None):
     """(x with every float as "f", the floats in order): structures compare exactly, values
     within a tolerance (CUDA's index_add_ sums in no fixed order)."""

@@ -6,12 +6,13 @@ work that the GPU waits for between forwards (docs/engine_log.md, engine v5). Pr
 time, time by kind (torch operators, tokenizer calls, Python of the package, other Python)
 and the package's functions by own time.
 
-    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25] [--ops [--by-caller]]
+    python benchmarks/diag/host_profile.py [--method adafuse] [--batch 64] [--tokens 64] [--top 25] [--ops [--by-caller]] [--prefetch]
 
 --ops counts instead the tensor operators dispatched outside the members' forwards (each one
 kernel launch or more on a GPU, where a forward is one graph replay, and a SmallGraphs call an
 index copy and one replay), by name, per forward;
-with --by-caller, by the package function that called them.
+with --by-caller, by the package function that called them. --prefetch reads results as on a GPU
+(Runtime.prefetch's copies behind each forward), which the CPU otherwise skips.
 """
 import argparse
 import cProfile
@@ -59,7 +60,11 @@ def main() -> None:
     ap.add_argument("--ops", action="store_true", help="count tensor operators outside the forwards instead")
     ap.add_argument("--by-caller", action="store_true", help="with --ops: by the package function that called them")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE DecodeConfig fields (as the CLI's --set)")
+    ap.add_argument("--prefetch", action="store_true", help="read results from copies queued behind each forward, as on a GPU")
     args = ap.parse_args()
+    if args.prefetch:
+        from adafuse_lab.decoding.runtime import streams
+        streams.PREFETCH_DEVICES = {*streams.PREFETCH_DEVICES, "cpu"}
     torch.set_num_threads(1)
     members = [load_session(m) for m in args.members.split(",")]
     extra = parse_sets(args.set)

@@ -138,20 +138,22 @@ class KVCache:
         self.cache.batch_select_indices(rows)
         self.committed, self.pos, self.owner = (x.index_select(0, rows) for x in (self.committed, self.pos, self.owner))
 
-    def commit_streams(self, rows: list[int], owners: list[int], hide_from: list[int], ends: list[int],
-                       also: list[int]) -> None:
-        """For each i: the columns owners[i] (and also[i], a second stream; an owner of no column
-        for none) wrote in rows[i] become committed text; committed columns of that row at positions >= hide_from[i]
-        stop being (they were re-tokenized); so do its columns at positions >= ends[i] (scored,
-        never committed). One row each."""
-        from .member import on_device_many
-        r, own, other, hide, end = on_device_many([rows, owners, also, hide_from, ends], self.owner.device)
-        own, other, hide, end = own[:, None], other[:, None], hide[:, None], end[:, None]
-        pos, owner = self.pos.index_select(0, r), self.owner.index_select(0, r)
-        written = (owner == own) | (owner == other)
-        committed = (self.committed.index_select(0, r) & (pos < hide)) | (written & (pos < end))
-        self.committed.index_copy_(0, r, committed)
-        self.owner.index_copy_(0, r, owner.masked_fill(written, NOBODY))
+
+def commit_columns(committed: torch.Tensor, pos: torch.Tensor, owner: torch.Tensor, index) -> None:
+    """A KVCache's per-column state (committed, pos, owner) after commits, in place. index rows,
+    one column each: cache row r, owner, also (a second stream; an owner of no column for none),
+    hide_from, end, valid. The columns `owner` (and `also`) wrote in row r become committed text;
+    committed columns of that row at positions >= hide_from stop being (they were re-tokenized);
+    so do its columns at positions >= end (scored, never committed). A column with valid 0
+    writes row r back as it was (a captured graph's warm-up runs on an index of zeros); a row
+    may come several times only with the same values."""
+    r, own, other, hide, end, valid = (x[:, None] if i else x for i, x in enumerate(index))
+    rows_pos, rows_owner, rows_committed = pos.index_select(0, r), owner.index_select(0, r), committed.index_select(0, r)
+    written = (rows_owner == own) | (rows_owner == other)
+    new = (rows_committed & (rows_pos < hide)) | (written & (rows_pos < end))
+    keep = valid == 0
+    committed.index_copy_(0, r, torch.where(keep, rows_committed, new))
+    owner.index_copy_(0, r, torch.where(keep, rows_owner, rows_owner.masked_fill(written, NOBODY)))
 
 
 def _pad_cols(x: torch.Tensor, n: int, value=0) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ..criteria import confidences
 from ..scoring import token_log_probs
 from .counters import COUNTS, gpu_time, gpu_timer
 from .graphs import Graphs, SmallGraphs, bucket, eager_forward
-from .kv import KVCache
+from .kv import KVCache, commit_columns
 from .member import HostCopy, Member, on_device, on_device_many
 from .reuse import REUSE_DEVICES, Reuse
 
@@ -586,11 +586,14 @@ class Runtime:
                 self.main[p] = s
         if not rows:
             return
-        m.kv.commit_streams(rows, owners, hide, ends, also)
-        prompt_t, slot_t = on_device_many([prompts, slots], self.last.device)
-        m.last_logits[prompt_t] = self.last.index_select(0, slot_t)
+        # one captured graph on a GPU (two dozen kernels eagerly); padded to its bucket with
+        # copies of the first win, which write what that win writes
+        index = [x + x[:1] * (bucket(len(x)) - len(x)) for x in (rows, owners, also, hide, ends, [1] * len(rows),
+                                                                  prompts, slots)]
+        kv = m.kv
+        self.small(_commit_wins, (kv.committed, kv.pos, kv.owner, m.last_logits, self.last, self.nll), index,
+                   (self.score_decoded,))
         if self.score_decoded:  # the new look-ahead sums its own tokens from zero
-            self.nll.index_fill_(0, slot_t, 0)
             for p in prompts:
                 self.main[p].fed_at = -1
 
@@ -607,6 +610,20 @@ def _peek_rows(last: torch.Tensor, slots: torch.Tensor, pool: int, criterion: st
     top_lp, top_ids = torch.log_softmax(logits.float(), -1).topk(min(pool, logits.shape[-1]), dim=-1)
     return torch.cat([torch.stack([conf[criterion], conf["margin"], conf["entropy"], ending.float()], 1).double(),
                       top_lp.double(), top_ids.double()], 1)
+
+
+def _commit_wins(committed, pos, owner, last_logits, last, nll, index, zero_nll: bool) -> torch.Tensor:
+    """commit_many's device work (SmallGraphs' calling convention). index rows: the cache's
+    (row, owner, also, hide_from, end, valid) as kv.commit_columns takes them, then prompt and
+    slot: the prompt's logits after its committed text become its winner's newest logits, and
+    with zero_nll the winner's NLL sums start from zero (it goes on as the look-ahead). Columns
+    with valid 0 write back what they read."""
+    commit_columns(committed, pos, owner, index[:6])
+    valid, prompt, slot = index[5][:, None] > 0, index[6], index[7]
+    last_logits[prompt] = torch.where(valid, last.index_select(0, slot), last_logits.index_select(0, prompt))
+    if zero_nll:
+        nll[slot] = torch.where(valid, 0.0, nll.index_select(0, slot))
+    return slot
 
 
 def _peek_slots(last, eos, index, pool: int, criterion: str) -> torch.Tensor:
