@@ -148,7 +148,8 @@ def commit_columns(committed: torch.Tensor, pos: torch.Tensor, owner: torch.Tens
     writes row r back as it was (a captured graph's warm-up runs on an index of zeros); a row
     may come several times only with the same values."""
     r, own, other, hide, end, valid = (x[:, None] if i else x for i, x in enumerate(index))
-    rows_pos, rows_owner, rows_committed = pos.index_select(0, r), owner.index_select(0, r), committed.index_select(0, r)
+    rows_pos, rows_owner = pos.index_select(0, r), owner.index_select(0, r)
+    rows_committed = committed.index_select(0, r)
     written = (rows_owner == own) | (rows_owner == other)
     new = (rows_committed & (rows_pos < hide)) | (written & (rows_pos < end))
     keep = valid == 0
