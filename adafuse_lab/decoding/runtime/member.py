@@ -87,7 +87,7 @@ class Member:
         self.kv, self.last_logits = self._prefill(ids, extra_columns, make_kv)  # logits after the committed text
 
     @torch.inference_mode()
-    def _prefill(self, ids: list[list[int]], extra: int, make_kv=KVCache) -> tuple[KVCache, torch.Tensor]:
+    def _prefill(self, ids: list[list[int]], extra: int, make_kv) -> tuple[KVCache, torch.Tensor]:
         """One forward over the left-padded prompts (every prompt's last token in the last column),
         through the model's own attention; then the cache becomes fixed-width columns."""
         s, dev = self.s, self.s.device

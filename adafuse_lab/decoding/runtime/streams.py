@@ -692,8 +692,6 @@ def _extend(s: Stream, plan: tuple) -> bool:
     return True
 
 
-
-
 def _sliding_window(config) -> tuple[int | None, bool]:
     """(window, mixed): the sliding window the model's layers use, and whether only some do
     (then the model takes one mask per layer type). A custom 4-D mask replaces the model's
